@@ -1,0 +1,147 @@
+"""Data: token files as nanoGPT writes them, and random batches drawn from them.
+
+A data set is a folder data/<dataset>/ holding train.bin and val.bin (uint16
+token ids, memory-mapped) and, for character-level sets, meta.json with the
+vocabulary (nanoGPT writes meta.pkl; jaxgpt loads no pickle).
+
+  python -m jaxgpt.data shakespeare_char   # prepare tiny Shakespeare
+"""
+
+import json
+import pathlib
+import sys
+import urllib.request
+
+import numpy as np
+
+from jaxgpt.config import JaxGPTError
+
+SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+GPT2_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as nanoGPT does
+
+
+class DataError(JaxGPTError):
+  pass
+
+
+def data_dir(dataset: str) -> pathlib.Path:
+  return pathlib.Path('data') / dataset
+
+
+# -- preparation ---------------------------------------------------------------
+
+
+def prepare_shakespeare_char(out: pathlib.Path) -> None:
+  """nanoGPT's data/shakespeare_char/prepare.py: characters as tokens.
+
+  Reads out/input.txt (downloading it first when absent) and writes train.bin
+  and val.bin (first 90% / last 10%) and meta.json. The vocabulary is the
+  sorted set of characters, so the ids are nanoGPT's.
+  """
+  out.mkdir(parents=True, exist_ok=True)
+  input_path = out / 'input.txt'
+  if not input_path.exists():
+    _download(SHAKESPEARE_URL, input_path)
+  text = input_path.read_text(encoding='utf-8')
+  chars = sorted(set(text))
+  print(f'length of dataset in characters: {len(text):,}')
+  print(f'vocab size: {len(chars):,}')
+  stoi = {ch: i for i, ch in enumerate(chars)}
+  ids = np.array([stoi[ch] for ch in text], dtype=np.uint16)
+  n = len(ids)
+  split = int(n * 0.9)
+  print(f'train has {split:,} tokens')
+  print(f'val has {n - split:,} tokens')
+  ids[:split].tofile(out / 'train.bin')
+  ids[split:].tofile(out / 'val.bin')
+  meta = {'vocab_size': len(chars), 'itos': chars}
+  (out / 'meta.json').write_text(json.dumps(meta, ensure_ascii=False), encoding='utf-8')
+
+
+def _download(url: str, path: pathlib.Path) -> None:
+  print(f'downloading {url}')
+  try:
+    with urllib.request.urlopen(url, timeout=30) as response:
+      data = response.read()
+  except OSError as e:
+    raise DataError(f'could not download {url} ({e}); offline, put the file at {path} '
+                    f'and run again') from None
+  path.write_bytes(data)
+
+
+PREPARERS = {'shakespeare_char': prepare_shakespeare_char}
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def ensure_prepared(dataset: str) -> pathlib.Path:
+  """The data set's folder, prepared first when it can be (shakespeare_char)."""
+  folder = data_dir(dataset)
+  if not (folder / 'train.bin').exists() and dataset in PREPARERS:
+    print(f'preparing {dataset} in {folder}')
+    PREPARERS[dataset](folder)
+  for split in ('train', 'val'):
+    if not (folder / f'{split}.bin').exists():
+      raise DataError(f'{folder / f"{split}.bin"} not found: prepare the data set first '
+                      f'(nanoGPT\'s data/{dataset}/prepare.py writes the same files)')
+  return folder
+
+
+def load_vocab(folder: pathlib.Path) -> list[str] | None:
+  """The character vocabulary (id -> character), or None for GPT-2 tokens."""
+  meta_path = folder / 'meta.json'
+  if not meta_path.exists():
+    if (folder / 'meta.pkl').exists():
+      raise DataError(f'{folder / "meta.pkl"} is a pickle, which jaxgpt does not load: '
+                      f'run `python -m jaxgpt.data {folder.name}` to write meta.json')
+    return None
+  try:
+    meta = json.loads(meta_path.read_text(encoding='utf-8'))
+    itos = meta['itos']
+    if meta['vocab_size'] != len(itos):
+      raise ValueError('vocab_size does not match itos')
+  except (ValueError, KeyError, TypeError) as e:
+    raise DataError(f'{meta_path} is corrupt ({e}): prepare the data set again') from None
+  return itos
+
+
+class BatchSampler:
+  """Random windows of a token file, like nanoGPT's get_batch.
+
+  Each call returns `steps` stacks of (batch_size, block_size) inputs and the
+  same windows shifted by one as targets, int32. The numpy generator is the
+  only source of randomness, so a seed fixes the batches.
+  """
+
+  def __init__(self, path: pathlib.Path, block_size: int, batch_size: int, rng: np.random.Generator):
+    self.tokens = np.memmap(path, dtype=np.uint16, mode='r')
+    if len(self.tokens) < block_size + 1:
+      raise DataError(f'{path} holds {len(self.tokens)} tokens, fewer than block_size + 1 = '
+                      f'{block_size + 1}: lower --config.block_size or use more data')
+    # every window of block_size + 1 tokens, as a view: indexing it copies only the rows drawn
+    self.windows = np.lib.stride_tricks.sliding_window_view(self.tokens, block_size + 1)
+    self.batch_size = batch_size
+    self.rng = rng
+
+  def __call__(self, steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    # any start in [0, len - block_size), as nanoGPT's torch.randint(len(data) - block_size)
+    ix = self.rng.integers(0, len(self.windows), size=(steps, self.batch_size))
+    w = self.windows[ix].astype(np.int32)  # (steps, B, T + 1)
+    return w[..., :-1], w[..., 1:]
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 2 or argv[1] not in PREPARERS:
+    print(f'usage: python -m jaxgpt.data {{{",".join(PREPARERS)}}}', file=sys.stderr)
+    return 2
+  try:
+    PREPARERS[argv[1]](data_dir(argv[1]))
+  except JaxGPTError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

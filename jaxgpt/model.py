@@ -1,0 +1,162 @@
+"""The GPT language model, in Flax NNX, identical to nanoGPT's model.py.
+
+Module and parameter names follow nanoGPT (and so GPT-2): `wte`, `wpe`, `h`,
+`ln_f`, `c_attn`, `c_proj`, `c_fc`, so importing nanoGPT or GPT-2 weights is a
+name map (jaxgpt/nanogpt.py). Linear weights are stored as Flax does,
+(in, out); nanoGPT stores them (out, in).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxgpt.config import GPTConfig
+
+_STD = 0.02  # GPT-2's init scale for every Linear and Embedding weight
+
+
+@jax.custom_vjp
+def residual_barrier(x: jax.Array) -> jax.Array:
+  """Identity that XLA may not fuse across, forward or backward.
+
+  Without it XLA:CPU fuses the elementwise chain of the whole residual stream
+  into the transpose feeding every weight-gradient dot, so the backward pass
+  recomputes it once per layer (O(n_layer^2) work; 62 vs 37 ms/iter on the
+  seed model). Needs `jaxgpt.runtime`'s XLA flag, or XLA drops the barrier.
+  """
+  return jax.lax.optimization_barrier(x)
+
+
+def _barrier_fwd(x):
+  return jax.lax.optimization_barrier(x), None
+
+
+def _barrier_bwd(_, g):
+  return (jax.lax.optimization_barrier(g),)
+
+
+residual_barrier.defvjp(_barrier_fwd, _barrier_bwd)
+
+
+def _linear(in_features: int, out_features: int, config: GPTConfig, rngs: nnx.Rngs,
+            std: float = _STD) -> nnx.Linear:
+  return nnx.Linear(in_features, out_features, use_bias=config.bias, dtype=config.dtype,
+                    kernel_init=nnx.initializers.normal(std), rngs=rngs)
+
+
+def _layer_norm(config: GPTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # torch's eps, and the two-pass variance torch computes (the one-pass
+  # E[x^2] - E[x]^2 form drifts from nanoGPT by ~1e-6 per layer)
+  return nnx.LayerNorm(config.n_embd, epsilon=1e-5, use_bias=config.bias, dtype=config.dtype,
+                       use_fast_variance=False, rngs=rngs)
+
+
+def _c_proj_std(config: GPTConfig) -> float:
+  # GPT-2 scales the init of each residual projection by 1/sqrt(2 * n_layer):
+  # every block adds two of them to the residual stream
+  return _STD / math.sqrt(2 * config.n_layer)
+
+
+class CausalSelfAttention(nnx.Module):
+
+  def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+    self.n_head = config.n_head
+    self.c_attn = _linear(config.n_embd, 3 * config.n_embd, config, rngs)  # q, k, v at once
+    self.c_proj = _linear(config.n_embd, config.n_embd, config, rngs, std=_c_proj_std(config))
+    self.attn_dropout = nnx.Dropout(config.dropout)
+    self.resid_dropout = nnx.Dropout(config.dropout)
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    B, T, C = x.shape
+    hs = C // self.n_head
+    q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+    q = q.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    k = k.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    v = v.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    att = (q @ k.swapaxes(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
+    att = jnp.where(causal, att, -jnp.inf)
+    att = jax.nn.softmax(att.astype(jnp.float32), axis=-1).astype(x.dtype)
+    att = self.attn_dropout(att, deterministic=rngs is None, rngs=rngs)
+    y = att @ v  # (B, nh, T, hs)
+    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
+    return self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+    self.c_fc = _linear(config.n_embd, 4 * config.n_embd, config, rngs)
+    self.c_proj = _linear(4 * config.n_embd, config.n_embd, config, rngs, std=_c_proj_std(config))
+    self.dropout = nnx.Dropout(config.dropout)
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    x = jax.nn.gelu(residual_barrier(self.c_fc(x)), approximate=False)  # exact erf GELU, as torch's nn.GELU()
+    return self.dropout(self.c_proj(x), deterministic=rngs is None, rngs=rngs)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+    self.ln_1 = _layer_norm(config, rngs)
+    self.attn = CausalSelfAttention(config, rngs=rngs)
+    self.ln_2 = _layer_norm(config, rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    x = residual_barrier(x)
+    x = residual_barrier(x + self.attn(self.ln_1(x), rngs))
+    return x + self.mlp(self.ln_2(x), rngs)
+
+
+class GPT(nnx.Module):
+
+  def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    embed_init = nnx.initializers.normal(_STD)
+    self.wte = nnx.Embed(config.vocab_size, config.n_embd, dtype=config.dtype,
+                         embedding_init=embed_init, rngs=rngs)
+    self.wpe = nnx.Embed(config.block_size, config.n_embd, dtype=config.dtype,
+                         embedding_init=embed_init, rngs=rngs)
+    self.drop = nnx.Dropout(config.dropout)
+    self.h = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layer)])
+    self.ln_f = _layer_norm(config, rngs)
+    # lm_head is tied to wte (weight tying): logits = x @ wte.T, see `__call__`
+
+  def __call__(self, idx: jax.Array, targets: jax.Array | None = None, *,
+               rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """Returns (logits, loss). `rngs` with a `dropout` stream enables dropout.
+
+    With targets: logits at every position and the mean cross entropy over
+    targets that are not -1. Without: logits of the last position only (all
+    that generation needs), and loss None.
+    """
+    _, T = idx.shape
+    if T > self.config.block_size:
+      raise ValueError(f'cannot forward a sequence of length {T}: block_size is {self.config.block_size}')
+    x = self.wte(idx) + self.wpe(jnp.arange(T))  # (B, T, C)
+    x = self.drop(x, deterministic=rngs is None, rngs=rngs)
+    for block in self.h:
+      x = block(x, rngs)
+    x = self.ln_f(residual_barrier(x))
+    if targets is None:
+      return self.wte.attend(x[:, -1:, :]).astype(jnp.float32), None  # (B, 1, vocab)
+    logits = self.wte.attend(x).astype(jnp.float32)  # (B, T, vocab)
+    return logits, cross_entropy(logits, targets)
+
+  def num_params(self, non_embedding: bool = True) -> int:
+    """Parameter count, as nanoGPT reports it: the position embedding is not
+    counted by default; the token embedding is, as it is also the lm_head."""
+    params = nnx.state(self, nnx.Param)
+    n = sum(p.size for p in jax.tree.leaves(params))
+    return n - self.wpe.embedding.value.size if non_embedding else n
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean cross entropy over the targets that are not -1 (torch's ignore_index)."""
+  valid = targets != -1
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, targets, 0))
+  return jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(jnp.sum(valid), 1)

@@ -1,0 +1,51 @@
+"""CPU runtime set-up. Imported first by `jaxgpt/__init__.py`, before jax.
+
+Both settings were measured on the seed model (../shared/reference/
+xla-cpu-performance.md, docs/performance.md) and are pinned to the jax version
+in pyproject.toml; `python -m jaxgpt.bench` catches a regression.
+"""
+
+import ctypes
+import ctypes.util
+import os
+
+
+def _disable_barrier_expander() -> None:
+  """Keep `lax.optimization_barrier` alive on XLA:CPU.
+
+  The model puts barriers at residual boundaries (`model.residual_barrier`) so
+  that XLA does not recompute the whole residual stream inside every
+  weight-gradient transpose (O(n_layer^2) work). XLA:CPU's pass
+  `cse_barrier_expander` deletes barriers; this switches it off. XLA reads the
+  flag when the backend starts, so it must be set before the first jax array.
+  """
+  flag = '--xla_disable_hlo_passes=cse_barrier_expander'
+  flags = os.environ.get('XLA_FLAGS', '')
+  if flag not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {flag}'.strip()
+
+
+def _keep_freed_memory() -> None:
+  """Stop glibc returning XLA's per-step temp buffer to the OS.
+
+  XLA allocates a ~50 MB temp buffer per step on a worker thread; above the
+  mmap threshold glibc maps and unmaps it every step (~14k page faults, ~25 ms
+  of system time). One arena, no mmap and a high trim threshold keep it
+  reused. Same as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+  MALLOC_TRIM_THRESHOLD_=1073741824, but without needing a wrapper script.
+  """
+  libc_name = ctypes.util.find_library('c')
+  if libc_name is None:  # not glibc (macOS, musl): nothing to tune
+    return
+  libc = ctypes.CDLL(libc_name)
+  if not hasattr(libc, 'mallopt'):
+    return
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
+  libc.mallopt(m_arena_max, 1)
+  libc.mallopt(m_mmap_max, 0)
+  libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def setup() -> None:
+  _disable_barrier_expander()
+  _keep_freed_memory()

@@ -1,0 +1,117 @@
+"""The train and eval steps: pure functions of (params, optimizer state, batch),
+jitted once. train.py, the parity check and the benchmark all build them here.
+
+The model is split once into a static graph definition and a params pytree;
+each step merges them inside jit, so there is no NNX graph traversal on the
+Python side per call (that costs more than the math for a model this small).
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxgpt.model import GPT
+
+Params = nnx.State
+
+
+class StepMetrics(NamedTuple):
+  loss: jax.Array  # mean loss over the step's micro-batches, before the update
+  grad_norm: jax.Array  # global gradient norm, before clipping
+
+
+TrainStep = Callable[[Params, optax.OptState, jax.Array, jax.Array, jax.Array],
+                     tuple[Params, optax.OptState, StepMetrics]]
+
+
+def _loss(graphdef: nnx.GraphDef, params: Params, x: jax.Array, y: jax.Array,
+          dropout_key: jax.Array | None) -> jax.Array:
+  model = nnx.merge(graphdef, params)
+  rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+  _, loss = model(x, y, rngs=rngs)
+  return loss
+
+
+def _loss_and_grads(graphdef, params, xs, ys, step_key):
+  """Mean loss and gradient over the micro-batches xs, ys: (accum, B, T).
+
+  nanoGPT scales each micro-batch loss by 1/accum and lets backward() sum the
+  gradients; that is the mean computed here, inside one XLA program.
+  """
+  accum = xs.shape[0]
+  grad_fn = jax.value_and_grad(lambda p, x, y, k: _loss(graphdef, p, x, y, k))
+  micro_key = (lambda i: None) if step_key is None else (lambda i: jax.random.fold_in(step_key, i))
+  if accum == 1:  # no loop: keeps the program as lean as a plain step
+    return grad_fn(params, xs[0], ys[0], micro_key(0))
+
+  def add_micro_batch(carry, batch):
+    loss_sum, grad_sum = carry
+    i, x, y = batch
+    loss, grads = grad_fn(params, x, y, micro_key(i))
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss_sum, grad_sum), _ = jax.lax.scan(add_micro_batch, zeros, (jnp.arange(accum), xs, ys))
+  return loss_sum / accum, jax.tree.map(lambda g: g / accum, grad_sum)
+
+
+def _apply_update(tx: optax.GradientTransformation, params, opt_state, grads):
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                    dropout: bool, seed: int, fused: bool) -> TrainStep:
+  """Returns step(params, opt_state, xs, ys, iter_num) -> (params, opt_state, metrics).
+
+  fused=True (nanoGPT's compile=True): forward, backward, clipping and AdamW
+  are one XLA program, params and optimizer state donated. fused=False
+  (compile=False): gradients and the update are two jitted programs, the
+  closest analogue of uncompiled PyTorch; same numbers. The dropout key of
+  each step is derived from (seed, iter_num), so a resumed run draws the same.
+  """
+  base_key = jax.random.key(seed)
+
+  def loss_and_grads(params, xs, ys, iter_num):
+    step_key = jax.random.fold_in(base_key, iter_num) if dropout else None
+    loss, grads = _loss_and_grads(graphdef, params, xs, ys, step_key)
+    return StepMetrics(loss, optax.global_norm(grads)), grads
+
+  def apply_update(params, opt_state, grads):
+    return _apply_update(tx, params, opt_state, grads)
+
+  if fused:
+    def fused_step(params, opt_state, xs, ys, iter_num):
+      metrics, grads = loss_and_grads(params, xs, ys, iter_num)
+      params, opt_state = apply_update(params, opt_state, grads)
+      return params, opt_state, metrics
+    return jax.jit(fused_step, donate_argnums=(0, 1))
+
+  grads_jit = jax.jit(loss_and_grads)
+  update_jit = jax.jit(apply_update, donate_argnums=(0, 1))
+
+  def staged_step(params, opt_state, xs, ys, iter_num):
+    metrics, grads = grads_jit(params, xs, ys, iter_num)
+    params, opt_state = update_jit(params, opt_state, grads)
+    return params, opt_state, metrics
+  return staged_step
+
+
+def make_eval_loss(graphdef: nnx.GraphDef) -> Callable[[Params, jax.Array, jax.Array], jax.Array]:
+  """Returns eval_loss(params, xs, ys) -> mean loss over the batches xs, ys:
+  (n, B, T), in one jitted program (dropout off)."""
+
+  @jax.jit
+  def eval_loss(params, xs, ys):
+    losses = jax.lax.map(lambda xy: _loss(graphdef, params, xy[0], xy[1], None), (xs, ys))
+    return jnp.mean(losses)
+  return eval_loss
+
+
+def init_model(config, seed: int) -> tuple[GPT, nnx.GraphDef, Params]:
+  model = GPT(config, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split(model)
+  return model, graphdef, params

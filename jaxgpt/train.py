@@ -1,0 +1,123 @@
+"""The training loop, with nanoGPT's semantics and log lines.
+
+Iterations 0..max_iters inclusive; train and val loss estimated every
+eval_interval iterations (and at 0); a checkpoint when val improves (or
+always, with always_save_checkpoint), never at iteration 0; eval_only stops
+after the first evaluation.
+"""
+
+import dataclasses
+import math
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxgpt import data
+from jaxgpt.checkpoint import Checkpoints
+from jaxgpt.config import GPTConfig, JaxGPTError, model_config
+from jaxgpt.optim import make_optimizer
+from jaxgpt.step import init_model, make_eval_loss, make_train_step
+
+A100_BF16_PEAK_FLOPS = 312e12  # nanoGPT reports MFU against this; kept so the numbers compare
+
+
+def pin_device(device: str) -> None:
+  """Pins jax to the CPU, or checks that it has a GPU. Before any array exists."""
+  if device == 'cpu':
+    jax.config.update('jax_platforms', 'cpu')
+    return
+  try:
+    jax.devices('gpu')
+  except RuntimeError:
+    raise JaxGPTError(f'device={device} but jax sees no GPU: install jax with CUDA '
+                      '(pip install "jax[cuda12]") or pass --config.device=cpu') from None
+
+
+def estimate_mfu(config: GPTConfig, num_params: int, tokens_per_iter: int, dt: float) -> float:
+  """nanoGPT's model flops utilization, from the PaLM paper's appendix B."""
+  L, H, Q, T = config.n_layer, config.n_head, config.n_embd // config.n_head, config.block_size
+  flops_per_token = 6 * num_params + 12 * L * H * Q * T
+  return flops_per_token * tokens_per_iter / dt / A100_BF16_PEAK_FLOPS
+
+
+def run(c: ml_collections.ConfigDict) -> dict[str, float]:
+  """Trains as the config says; returns the last evaluation's losses."""
+  pin_device(c.device)
+  tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
+  print(f'tokens per iteration will be: {tokens_per_iter:,}')
+
+  folder = data.ensure_prepared(c.dataset)
+  vocab = data.load_vocab(folder)
+  if vocab is None:
+    vocab_size = data.GPT2_VOCAB_SIZE
+    print(f'defaulting to vocab_size of GPT-2 to {vocab_size} (50257 rounded up for efficiency)')
+  else:
+    vocab_size = len(vocab)
+    print(f'found vocab_size = {vocab_size} (inside {folder / "meta.json"})')
+  # separate streams, so that eval_iters does not change the training batches
+  train_rng, eval_rng = (np.random.default_rng([c.seed, stream]) for stream in (0, 1))
+  next_train = data.BatchSampler(folder / 'train.bin', c.block_size, c.batch_size, train_rng)
+  eval_batches = {split: data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size, eval_rng)
+                  for split in ('train', 'val')}
+
+  print('Initializing a new model from scratch')
+  config = model_config(c, vocab_size)
+  model, graphdef, params = init_model(config, c.seed)
+  num_params = model.num_params()
+  print(f'number of parameters: {num_params / 1e6:.2f}M')
+  del model  # from here on the params pytree is the model's only state
+
+  tx = make_optimizer(c)
+  opt_state = tx.init(params)
+  train_step = make_train_step(graphdef, tx, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
+  eval_loss = make_eval_loss(graphdef)
+  checkpoints = Checkpoints(c.out_dir)
+
+  def estimate_loss() -> dict[str, float]:
+    return {split: float(eval_loss(params, *sample(c.eval_iters))) for split, sample in eval_batches.items()}
+
+  iter_num, best_val_loss, losses = 0, math.inf, {}
+  local_iter_num, running_mfu = 0, -1.0
+  xs, ys = next_train(c.gradient_accumulation_steps)
+  t0, iters_timed = time.time(), 0
+  try:
+    while True:
+      if iter_num % c.eval_interval == 0:
+        losses = estimate_loss()
+        print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
+        if losses['val'] < best_val_loss or c.always_save_checkpoint:
+          best_val_loss = losses['val']
+          if iter_num > 0:
+            print(f'saving checkpoint to {c.out_dir}')
+            checkpoints.save(iter_num, params, opt_state, {
+                'iter_num': iter_num, 'best_val_loss': best_val_loss,
+                'model_args': dataclasses.asdict(config), 'config': c.to_dict()})
+        t0, iters_timed = time.time(), 0  # the iteration time below leaves evaluation out
+      if iter_num == 0 and c.eval_only:
+        break
+
+      params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
+      xs, ys = next_train(c.gradient_accumulation_steps)  # drawn while the step runs
+      iters_timed += 1
+
+      if iter_num % c.log_interval == 0:
+        lossf = float(metrics.loss)  # waits for the step
+        t1 = time.time()
+        dt = (t1 - t0) / iters_timed  # mean over the iterations since the last log line
+        t0, iters_timed = t1, 0
+        if local_iter_num >= 5:  # let the training loop settle a bit
+          mfu = estimate_mfu(config, num_params, tokens_per_iter, dt)
+          running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+        print(f'iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%')
+        if not math.isfinite(lossf):
+          raise JaxGPTError(f'loss is {lossf} at iteration {iter_num}: lower --config.learning_rate '
+                            'or raise --config.warmup_iters')
+      iter_num += 1
+      local_iter_num += 1
+      if iter_num > c.max_iters:
+        break
+  finally:
+    checkpoints.close()
+  return losses
