@@ -1,0 +1,63 @@
+"""Shared fixtures: the repo root, the tiny Shakespeare corpus, nanoGPT traces,
+and a tiny model reused across tests (each distinct shape costs a jit compile).
+"""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPT
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / 'tests' / 'fixtures'
+CORPUS_ENV = 'JAXGPT_TINYSHAKESPEARE'
+
+# the model of tests/fixtures/tiny.npz: 2 layers, 2 heads, 32 wide, block 16
+TINY = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+
+
+def corpus_path() -> pathlib.Path:
+  """tiny Shakespeare: $JAXGPT_TINYSHAKESPEARE, else <repo>/../shared/data/tinyshakespeare/input.txt."""
+  if os.environ.get(CORPUS_ENV):
+    return pathlib.Path(os.environ[CORPUS_ENV])
+  return REPO_ROOT.parent / 'shared' / 'data' / 'tinyshakespeare' / 'input.txt'
+
+
+@pytest.fixture(scope='session')
+def shakespeare() -> pathlib.Path:
+  """The tiny Shakespeare input.txt; the tests never download it."""
+  path = corpus_path()
+  if not path.is_file():
+    pytest.fail(f'tiny Shakespeare not found at {path}: put input.txt (1,115,394 characters, '
+                f'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt) '
+                f'there, or set {CORPUS_ENV}=/path/to/input.txt', pytrace=False)
+  return path
+
+
+def load_trace(name: str) -> dict[str, np.ndarray]:
+  with np.load(FIXTURES / name) as npz:
+    return {k: npz[k] for k in npz.files}
+
+
+@pytest.fixture(scope='session')
+def tiny_trace() -> dict[str, np.ndarray]:
+  return load_trace('tiny.npz')
+
+
+@pytest.fixture(scope='module')
+def tiny_model() -> GPT:
+  return GPT(TINY, rngs=nnx.Rngs(0))
+
+
+def flat_params(params) -> dict[str, np.ndarray]:
+  """'h/0/attn/c_attn/kernel' -> array, for params as an nnx.State or a plain nested dict."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey)]
+    flat['/'.join(keys)] = np.asarray(leaf)
+  return flat

@@ -1,0 +1,95 @@
+"""jaxgpt against nanoGPT, number by number: the replay of the traces in tests/fixtures.
+
+The tolerances are jaxgpt.parity's, from ../shared/reference/README.md: a
+faithful float32 port lands within 2e-6 of nanoGPT's loss and 1e-6 of its
+logits, so 1e-5 holds with headroom, and a real difference (a wrong GELU or
+schedule) moves the loss by 1e-4 or more within a few steps.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, REPO_ROOT
+from jaxgpt import parity
+
+
+@pytest.mark.parametrize('trace', ['tiny.npz', 'seed_model.npz'])
+def test_cli_passes_on_trace(trace):
+  path = FIXTURES / trace
+  proc = subprocess.run([sys.executable, '-m', 'jaxgpt.parity', str(path)], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  lines = proc.stdout.splitlines()
+  steps = {'tiny.npz': 30, 'seed_model.npz': 40}[trace]
+  assert lines[-1] == f'PASS: jaxgpt matches nanoGPT on {path} ({steps} steps)'
+  for figure in ('logits0', 'loss', 'lr', 'grad_norm', 'weights'):
+    row = [line for line in lines if line.startswith(figure + ' ')]
+    assert len(row) == 1 and row[0].endswith('ok'), proc.stdout
+
+
+def test_staged_step_within_tolerance(tiny_trace):
+  # compile=False: gradients and update as two jitted programs, same numbers
+  diffs = parity.replay(tiny_trace, fused=False)
+  limits = parity.tolerances(tiny_trace)
+  assert set(diffs) == {'logits0', 'loss', 'lr', 'grad_norm', 'weights'}
+  for name, diff in diffs.items():
+    assert diff <= limits[name], f'{name}: {diff:.3e} > {limits[name]:.1e}'
+
+
+def test_tolerances_are_the_reference_ones(tiny_trace):
+  limits = parity.tolerances(tiny_trace)
+  assert limits['logits0'] == 1e-5
+  assert limits['loss'] == 1e-5
+  assert limits['lr'] == 1e-6
+  assert limits['grad_norm'] == 1e-4
+  # max(1e-5, 10 x float32's drift from float64), the drift recorded in the trace
+  assert limits['weights'] == pytest.approx(max(1e-5, 10 * float(tiny_trace['final_fp64_max_abs_diff'])))
+  assert limits['weights'] > 1e-5  # tiny.npz drifts by 2.6e-6: the drift term decides
+
+
+def test_corrupted_trace_fails(tiny_trace, tmp_path, capsys):
+  corrupted = dict(tiny_trace)
+  corrupted['logits0'] = tiny_trace['logits0'] + 1e-3  # 100x the tolerance
+  corrupted['loss'] = tiny_trace['loss'] + 1e-3
+  path = tmp_path / 'corrupted.npz'
+  np.savez(path, **corrupted)
+  assert parity.main([str(path)]) == 1
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[-1] == f'FAIL: logits0, loss outside tolerance ({path}, 30 steps)'
+  rows = {line.split()[0]: line for line in lines[1:-1]}
+  assert rows['logits0'].endswith('FAIL') and rows['loss'].endswith('FAIL')
+  assert all(rows[name].endswith('ok') for name in ('lr', 'grad_norm', 'weights'))
+
+
+def _npz_without_meta(path):
+  np.savez(path, x=np.zeros(3))
+
+
+def _npz_of_other_format(path):
+  np.savez(path, meta=np.array(json.dumps({'format': 'something-else/2'})))
+
+
+def _text_file(path):
+  path.write_text('not a trace\n')
+
+
+@pytest.mark.parametrize('write, reason', [
+    (_npz_without_meta, "trace: 'meta'"),  # the KeyError of the missing key
+    (_npz_of_other_format, 'not a nanogpt-trace/1 file'),
+    (_text_file, 'pickled (object) data'),  # numpy's word for anything not npy/npz
+    (None, 'No such file or directory'),
+])
+def test_non_trace_file_is_an_error(tmp_path, capsys, write, reason):
+  path = tmp_path / 'trace.npz'
+  if write is not None:
+    write(path)
+  assert parity.main([str(path)]) == 2
+  out, err = capsys.readouterr()
+  assert out == ''
+  [line] = err.splitlines()
+  assert line.startswith(f'error: cannot read {path} as a nanoGPT trace: ')
+  assert reason in line
