@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxgpt.model import GPT
 
-Params = dict  # nested {module: {param: array}}, from nnx.State.to_pure_dict()
+Params = dict  # nested {module: {param: array}}, from nnx.to_pure_dict
 
 
 class StepMetrics(NamedTuple):
@@ -79,7 +79,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
   def loss_and_grads(params, xs, ys, iter_num):
     step_key = jax.random.fold_in(base_key, iter_num) if dropout else None
     loss, grads = _loss_and_grads(graphdef, params, xs, ys, step_key)
-    return StepMetrics(loss, optax.global_norm(grads)), grads
+    return StepMetrics(loss, optax.tree.norm(grads)), grads
 
   def apply_update(params, opt_state, grads):
     return _apply_update(tx, params, opt_state, grads)
@@ -116,4 +116,4 @@ def init_model(config, seed: int) -> tuple[GPT, nnx.GraphDef, Params]:
   """A freshly initialised model, its graph definition and its params."""
   model = GPT(config, rngs=nnx.Rngs(seed))
   graphdef, state = nnx.split(model)
-  return model, graphdef, state.to_pure_dict()
+  return model, graphdef, nnx.to_pure_dict(state)
