@@ -27,6 +27,16 @@ def translate_nanogpt_argv(argv: list[str]) -> list[str]:
   return out
 
 
+def _unknown_key_message(e: Exception) -> str:
+  # ml_collections raises AttributeError wrapping a KeyError whose text is the
+  # key, then possibly a 'Did you mean ...' line
+  cause = e.args[0] if e.args and isinstance(e.args[0], KeyError) else e
+  key, *hint = str(cause.args[0] if cause.args else cause).splitlines()
+  key = key.strip('"\'')
+  hint = f' ({hint[0].strip()})' if hint else ''
+  return f'unknown config key {key!r}{hint}: valid keys are {", ".join(base_config())}'
+
+
 def parse_config(argv: list[str]):
   """The run config from the command line; ConfigError for anything wrong."""
   argv = translate_nanogpt_argv(argv)
@@ -35,16 +45,17 @@ def parse_config(argv: list[str]):
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
   try:
     rest = flag_values(argv)
+    config = flag_values.config
+    if config is not None:
+      config.keys()  # a file that failed to load raises OSError on first use
   except flags.Error as e:
     raise ConfigError(f'{e}: check the value\'s type against the config file') from None
   except (AttributeError, KeyError) as e:  # an override of a key the config does not have
-    key = str(e).strip('"\'')
-    raise ConfigError(f'unknown config key {key!r}: valid keys are {", ".join(base_config())}') from None
+    raise ConfigError(_unknown_key_message(e)) from None
   except OSError as e:  # the config file could not be loaded
     raise ConfigError(str(e).splitlines()[-1].strip() + ': pass --config=configs/<recipe>.py') from None
   if len(rest) > 1:
     raise ConfigError(f'unexpected arguments {rest[1:]}: overrides are --config.key=value')
-  config = flag_values.config
   if config is None:
     raise ConfigError('no config file: pass --config=configs/shakespeare_char.py (or another recipe)')
   validate(config)

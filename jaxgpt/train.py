@@ -18,7 +18,7 @@ from jaxgpt import data
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig, JaxGPTError, model_config
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import init_model, make_eval_loss, make_train_step
+from jaxgpt.step import StepMetrics, init_model, make_eval_loss, make_train_step
 
 A100_BF16_PEAK_FLOPS = 312e12  # nanoGPT reports MFU against this; kept so the numbers compare
 
@@ -79,12 +79,32 @@ def run(c: ml_collections.ConfigDict) -> dict[str, float]:
     return {split: float(eval_loss(params, *sample(c.eval_iters))) for split, sample in eval_batches.items()}
 
   iter_num, best_val_loss, losses = 0, math.inf, {}
-  local_iter_num, running_mfu = 0, -1.0
+  running_mfu = -1.0
+  t0, last_timed = time.time(), -1  # the clock started after iteration last_timed
+  pending = None  # (iter_num, metrics) of a dispatched step whose log line is still to print
+
+  def log(logged_iter: int, metrics: StepMetrics) -> None:
+    """Prints nanoGPT's iteration line. Reading the loss waits for that step."""
+    nonlocal t0, last_timed, running_mfu
+    lossf = float(metrics.loss)
+    t1 = time.time()
+    dt = (t1 - t0) / (logged_iter - last_timed)  # mean over the iterations since the last line
+    t0, last_timed = t1, logged_iter
+    if logged_iter >= 5:  # let the training loop settle a bit
+      mfu = estimate_mfu(config, num_params, tokens_per_iter, dt)
+      running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+    print(f'iter {logged_iter}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%')
+    if not math.isfinite(lossf):
+      raise JaxGPTError(f'loss is {lossf} at iteration {logged_iter}: lower --config.learning_rate '
+                        'or raise --config.warmup_iters')
+
   xs, ys = next_train(c.gradient_accumulation_steps)
-  t0, iters_timed = time.time(), 0
   try:
     while True:
       if iter_num % c.eval_interval == 0:
+        if pending:
+          log(*pending)
+          pending = None
         losses = estimate_loss()
         print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
         if losses['val'] < best_val_loss or c.always_save_checkpoint:
@@ -94,30 +114,22 @@ def run(c: ml_collections.ConfigDict) -> dict[str, float]:
             checkpoints.save(iter_num, params, opt_state, {
                 'iter_num': iter_num, 'best_val_loss': best_val_loss,
                 'model_args': dataclasses.asdict(config), 'config': c.to_dict()})
-        t0, iters_timed = time.time(), 0  # the iteration time below leaves evaluation out
+        t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
       if iter_num == 0 and c.eval_only:
         break
 
       params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
-      xs, ys = next_train(c.gradient_accumulation_steps)  # drawn while the step runs
-      iters_timed += 1
-
-      if iter_num % c.log_interval == 0:
-        lossf = float(metrics.loss)  # waits for the step
-        t1 = time.time()
-        dt = (t1 - t0) / iters_timed  # mean over the iterations since the last log line
-        t0, iters_timed = t1, 0
-        if local_iter_num >= 5:  # let the training loop settle a bit
-          mfu = estimate_mfu(config, num_params, tokens_per_iter, dt)
-          running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-        print(f'iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%')
-        if not math.isfinite(lossf):
-          raise JaxGPTError(f'loss is {lossf} at iteration {iter_num}: lower --config.learning_rate '
-                            'or raise --config.warmup_iters')
+      # while the step runs: draw the next batch, then print the previous step's
+      # line (nanodo's trick: the host never makes the CPU wait between steps)
+      xs, ys = next_train(c.gradient_accumulation_steps)
+      if pending:
+        log(*pending)
+      pending = (iter_num, metrics) if iter_num % c.log_interval == 0 else None
       iter_num += 1
-      local_iter_num += 1
       if iter_num > c.max_iters:
         break
+    if pending:
+      log(*pending)
   finally:
     checkpoints.close()
   return losses

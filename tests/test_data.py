@@ -1,0 +1,179 @@
+"""Data: tiny Shakespeare prepared as nanoGPT's prepare.py does, and batches."""
+
+import json
+import shutil
+import urllib.request
+
+import numpy as np
+import pytest
+
+from jaxgpt import data
+from jaxgpt.data import BatchSampler, DataError
+
+# nanoGPT's shakespeare_char vocabulary: the sorted characters of input.txt
+CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope='module')
+def prepared(shakespeare, tmp_path_factory):
+  folder = tmp_path_factory.mktemp('shakespeare_char')
+  shutil.copy(shakespeare, folder / 'input.txt')
+  data.prepare_shakespeare_char(folder)
+  return folder
+
+
+def test_prepare_writes_nanogpts_files(prepared):
+  assert sorted(p.name for p in prepared.iterdir()) == ['input.txt', 'meta.json', 'train.bin', 'val.bin']
+
+
+def test_vocab_is_sorted_characters(prepared):
+  itos = data.load_vocab(prepared)
+  assert len(itos) == 65
+  assert ''.join(itos) == CHARS
+  assert json.loads((prepared / 'meta.json').read_text(encoding='utf-8'))['vocab_size'] == 65
+
+
+def test_split_sizes(prepared):
+  # 1,115,394 characters: the first 90% for training, the rest for validation
+  train = np.fromfile(prepared / 'train.bin', dtype=np.uint16)
+  val = np.fromfile(prepared / 'val.bin', dtype=np.uint16)
+  assert len(train) == 1_003_854
+  assert len(val) == 111_540
+  assert (prepared / 'train.bin').stat().st_size == 2 * 1_003_854  # uint16, no header
+  assert train.max() == 64 and val.max() < 65
+
+
+def test_ids_decode_to_the_text(prepared, shakespeare):
+  itos = np.array(data.load_vocab(prepared))
+  ids = np.concatenate([np.fromfile(prepared / f'{split}.bin', dtype=np.uint16) for split in ('train', 'val')])
+  assert ''.join(itos[ids]) == shakespeare.read_text(encoding='utf-8')
+  assert ''.join(itos[ids[:14]]) == 'First Citizen:'
+
+
+def test_prepare_prints_nanogpts_summary(shakespeare, tmp_path, capsys):
+  shutil.copy(shakespeare, tmp_path / 'input.txt')
+  data.prepare_shakespeare_char(tmp_path)
+  assert capsys.readouterr().out.splitlines() == [
+      'length of dataset in characters: 1,115,394',
+      'vocab size: 65',
+      'train has 1,003,854 tokens',
+      'val has 111,540 tokens',
+  ]
+
+
+def test_no_meta_means_gpt2_tokens(tmp_path):
+  assert data.load_vocab(tmp_path) is None
+
+
+@pytest.mark.parametrize('content', [
+    '{"vocab_size": 65, "itos": ["a"',  # truncated JSON
+    '{"vocab_size": 3, "itos": ["a", "b"]}',  # sizes disagree
+    '{"itos": ["a", "b"]}',  # no vocab_size
+    '["a", "b"]',  # not an object
+])
+def test_corrupt_meta_json(tmp_path, content):
+  (tmp_path / 'meta.json').write_text(content)
+  with pytest.raises(DataError, match=f'{tmp_path / "meta.json"} is corrupt .*: prepare the data set again'):
+    data.load_vocab(tmp_path)
+
+
+def test_meta_pkl_is_not_loaded(tmp_path):
+  (tmp_path / 'meta.pkl').write_bytes(b'\x80\x04K\x01.')  # a pickle of 1
+  with pytest.raises(DataError, match=r'meta\.pkl is a pickle, which jaxgpt does not load: '
+                                      r'run `python -m jaxgpt.data .*` to write meta\.json'):
+    data.load_vocab(tmp_path)
+
+
+@pytest.fixture
+def counting_tokens(tmp_path):
+  path = tmp_path / 'tokens.bin'
+  np.arange(1000, dtype=np.uint16).tofile(path)  # token i at offset i
+  return path
+
+
+def test_batch_targets_are_inputs_shifted_by_one(counting_tokens):
+  x, y = BatchSampler(counting_tokens, block_size=8, batch_size=4, rng=np.random.default_rng(0))(steps=3)
+  assert x.shape == y.shape == (3, 4, 8)
+  assert x.dtype == y.dtype == np.int32
+  np.testing.assert_array_equal(y, x + 1)
+  np.testing.assert_array_equal(x[..., 1:], x[..., :-1] + 1)  # windows of consecutive tokens
+  assert x.min() >= 0 and y.max() <= 999  # never past the end
+
+
+def test_batches_cover_every_start(counting_tokens):
+  # starts are uniform on [0, len - block_size), as nanoGPT's torch.randint(len(data) - block_size)
+  x, _ = BatchSampler(counting_tokens, block_size=8, batch_size=1000, rng=np.random.default_rng(0))(steps=20)
+  starts = np.unique(x[..., 0])
+  assert starts.min() == 0 and starts.max() == 1000 - 8 - 1
+  assert len(starts) == 1000 - 8
+
+
+def test_same_seed_same_batches(counting_tokens):
+  def draw(seed):
+    sample = BatchSampler(counting_tokens, block_size=8, batch_size=4, rng=np.random.default_rng(seed))
+    return [sample(2) for _ in range(3)]
+
+  first, again, other = draw(1337), draw(1337), draw(1338)
+  for (x1, y1), (x2, y2) in zip(first, again):
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+  assert any(not np.array_equal(x1, x3) for (x1, _), (x3, _) in zip(first, other))
+
+
+def test_short_token_file(tmp_path):
+  path = tmp_path / 'val.bin'
+  np.zeros(8, np.uint16).tofile(path)
+  BatchSampler(path, block_size=7, batch_size=2, rng=np.random.default_rng(0))  # 8 = block_size + 1 is enough
+  with pytest.raises(DataError, match=f'{path} holds 8 tokens, fewer than block_size \\+ 1 = 9: '
+                                      'lower --config.block_size'):
+    BatchSampler(path, block_size=8, batch_size=2, rng=np.random.default_rng(0))
+
+
+def test_missing_dataset(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(DataError, match=r"data/openwebtext/train\.bin not found: prepare the data set first "
+                                      r"\(nanoGPT's data/openwebtext/prepare\.py writes the same files\)"):
+    data.ensure_prepared('openwebtext')
+  assert capsys.readouterr().out == ''  # nothing it knows how to prepare
+
+
+def test_missing_val_split(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'data' / 'owt').mkdir(parents=True)
+  np.zeros(100, np.uint16).tofile(tmp_path / 'data' / 'owt' / 'train.bin')
+  with pytest.raises(DataError, match=r'data/owt/val\.bin not found'):
+    data.ensure_prepared('owt')
+
+
+def test_ensure_prepared_prepares_shakespeare(shakespeare, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  folder = tmp_path / 'data' / 'shakespeare_char'
+  folder.mkdir(parents=True)
+  shutil.copy(shakespeare, folder / 'input.txt')
+  assert data.ensure_prepared('shakespeare_char').resolve() == folder
+  assert (folder / 'train.bin').stat().st_size == 2 * 1_003_854
+  assert len(data.load_vocab(folder)) == 65
+
+
+def test_offline_download_says_where_to_put_input(tmp_path, monkeypatch):
+  def offline(*args, **kwargs):
+    raise OSError('Network is unreachable')
+
+  monkeypatch.setattr(urllib.request, 'urlopen', offline)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(DataError) as e:
+    data.ensure_prepared('shakespeare_char')
+  message = str(e.value)
+  assert message.startswith(f'could not download {data.SHAKESPEARE_URL} (Network is unreachable)')
+  assert message.endswith('offline, put the file at data/shakespeare_char/input.txt and run again')
+  assert not (tmp_path / 'data' / 'shakespeare_char' / 'input.txt').exists()
+
+
+def test_data_module_command(shakespeare, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  assert data.main(['jaxgpt.data', 'openwebtext']) == 2
+  assert capsys.readouterr().err == 'usage: python -m jaxgpt.data {shakespeare_char}\n'
+  (tmp_path / 'data' / 'shakespeare_char').mkdir(parents=True)
+  shutil.copy(shakespeare, tmp_path / 'data' / 'shakespeare_char' / 'input.txt')
+  assert data.main(['jaxgpt.data', 'shakespeare_char']) == 0
+  assert (tmp_path / 'data' / 'shakespeare_char' / 'val.bin').stat().st_size == 2 * 111_540

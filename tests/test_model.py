@@ -1,0 +1,229 @@
+"""The GPT model: size, causality, loss, init, jit, and the nanoGPT name map."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import TINY, flat_params, load_trace
+from jaxgpt import nanogpt
+from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPT, gelu
+from jaxgpt.step import init_model
+
+# the seed command's model: 4 layers, 4 heads, 128 wide, block 64, 65 characters
+SEED = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=True)
+
+
+def hand_count(c: GPTConfig) -> int:
+  """nanoGPT's get_num_params(): every parameter but the position embedding."""
+  C, b = c.n_embd, int(c.bias)
+  layer_norm = C + b * C
+  attn = (C * 3 * C + b * 3 * C) + (C * C + b * C)  # c_attn, c_proj
+  mlp = (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)  # c_fc, c_proj
+  block = 2 * layer_norm + attn + mlp
+  return c.vocab_size * C + c.n_layer * block + layer_norm  # wte (also lm_head), blocks, ln_f
+
+
+@pytest.fixture(scope='module')
+def tokens():
+  rng = np.random.default_rng(0)
+  return jnp.asarray(rng.integers(0, TINY.vocab_size, (2, TINY.block_size)), jnp.int32)
+
+
+@pytest.fixture(scope='module')
+def targets():
+  rng = np.random.default_rng(1)
+  return jnp.asarray(rng.integers(0, TINY.vocab_size, (2, TINY.block_size)), jnp.int32)
+
+
+@pytest.fixture(scope='module')
+def split(tiny_model):
+  return nnx.split(tiny_model)
+
+
+@pytest.fixture(scope='module')
+def forward(split):
+  """(state, idx, targets) -> (logits, loss), jitted once for the module."""
+  graphdef, _ = split
+  return jax.jit(lambda state, x, y: nnx.merge(graphdef, state)(x, y))
+
+
+@pytest.mark.parametrize('bias, count', [(True, 801_664), (False, 795_904)])
+def test_seed_model_parameter_count(bias, count):
+  c = dataclasses.replace(SEED, bias=bias)  # nanoGPT's seed run: bias=False; the seed trace: True
+  model = GPT(c, rngs=nnx.Rngs(0))
+  assert hand_count(c) == count
+  assert model.num_params() == count
+  assert model.num_params(non_embedding=False) == count + c.block_size * c.n_embd
+  assert f'{model.num_params() / 1e6:.2f}M' == '0.80M'  # train.py's "number of parameters" line
+
+
+def test_parameter_count_matches_nanogpt_tensors():
+  trace = load_trace('seed_model.npz')
+  sizes = {k.removeprefix('init/'): trace[k].size for k in trace if k.startswith('init/')}
+  # lm_head.weight is wte itself, and nanoGPT leaves wpe out of its count
+  expected = sum(sizes.values()) - sizes['lm_head.weight'] - sizes['transformer.wpe.weight']
+  assert hand_count(SEED) == expected == 801_664
+
+
+def test_future_tokens_do_not_change_past_logits(split, forward, tokens, targets):
+  t = 6
+  changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 1) % TINY.vocab_size)
+  logits, _ = forward(split[1], tokens, targets)
+  logits_changed, _ = forward(split[1], changed, targets)
+  np.testing.assert_allclose(logits_changed[:, :t + 1], logits[:, :t + 1], rtol=0, atol=1e-6)
+  assert np.abs(logits_changed[:, t + 1:] - logits[:, t + 1:]).max() > 1e-3  # the change did reach later positions
+
+
+@pytest.fixture(scope='module')
+def grad(split):
+  """(state, idx, targets) -> gradient of the loss, jitted once for the module."""
+  graphdef, _ = split
+  return jax.jit(jax.grad(lambda state, x, y: nnx.merge(graphdef, state)(x, y)[1]))
+
+
+@pytest.mark.parametrize('t', [0, 9])
+def test_loss_at_t_has_no_gradient_from_later_positions(split, grad, tokens, targets, t):
+  only_t = jnp.full_like(targets, -1).at[:, t].set(targets[:, t])  # the loss of position t alone
+  wpe = np.asarray(nnx.to_pure_dict(grad(split[1], tokens, only_t))['wpe']['embedding'])  # row s: position s
+  assert wpe.shape == (TINY.block_size, TINY.n_embd)
+  assert np.all(wpe[t + 1:] == 0.0)
+  assert np.all(np.abs(wpe[:t + 1]).max(axis=-1) > 0.0)
+
+
+def test_no_targets_gives_last_position_logits(split, forward, tokens, targets):
+  graphdef, state = split
+  logits, loss = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, tokens)
+  full, _ = forward(state, tokens, targets)
+  assert loss is None
+  assert logits.shape == (2, 1, TINY.vocab_size)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, full[:, -1:], rtol=0, atol=1e-6)
+
+
+def test_loss_ignores_targets_of_minus_one(split, forward, tokens, targets):
+  ignored = np.asarray(targets).copy()
+  ignored[0, :5] = -1
+  ignored[1, 10:] = -1
+  logits, loss = forward(split[1], tokens, jnp.asarray(ignored))
+  logits = np.asarray(logits, np.float64)
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  valid = ignored != -1
+  picked = np.take_along_axis(log_probs, np.where(valid, ignored, 0)[..., None], -1)[..., 0]
+  assert valid.sum() == 21
+  assert float(loss) == pytest.approx(-picked[valid].mean(), rel=1e-5)  # the mean over 21 positions, not 32
+  all_valid = -np.take_along_axis(log_probs, np.asarray(targets)[..., None], -1).mean()
+  assert abs(float(loss) - all_valid) > 1e-4  # the ignored positions would have moved it
+
+
+def test_initial_loss_is_a_uniform_guess(split, forward, tokens, targets):
+  # GPT-2 init: logits near 0, so the loss of random targets is about ln(65) = 4.174
+  _, loss = forward(split[1], tokens, targets)
+  assert float(loss) == pytest.approx(np.log(TINY.vocab_size), abs=0.05)
+
+
+def test_sequence_longer_than_block_size_raises(tiny_model):
+  with pytest.raises(ValueError, match='cannot forward a sequence of length 17: block_size is 16'):
+    tiny_model(jnp.zeros((1, TINY.block_size + 1), jnp.int32))
+
+
+def test_init_scales():
+  # 8 layers: residual projections at 0.02 / sqrt(2 * 8) = 0.005, not 0.02 / sqrt(8) = 0.0071
+  c = GPTConfig(block_size=32, vocab_size=512, n_layer=8, n_head=4, n_embd=256, bias=True)
+  params = flat_params(nnx.state(GPT(c, rngs=nnx.Rngs(0)), nnx.Param))
+
+  def pooled(module):
+    return np.concatenate([p.ravel() for name, p in params.items()
+                           if name.split('/')[-2] == module and not name.endswith('/bias')])
+
+  c_proj = pooled('c_proj')  # attn.c_proj and mlp.c_proj of every layer: 2.6M samples
+  assert c_proj.size == 8 * (256 * 256 + 1024 * 256)
+  assert np.std(c_proj) == pytest.approx(0.005, rel=0.01)
+  assert abs(np.mean(c_proj)) < 1e-4
+  for module in ('c_attn', 'c_fc', 'wte', 'wpe'):
+    assert np.std(pooled(module)) == pytest.approx(0.02, rel=0.01), module
+  for name, p in params.items():
+    if name.endswith('/bias'):
+      assert np.all(p == 0.0), name
+    elif name.split('/')[-2].startswith('ln_'):
+      assert np.all(p == 1.0), name
+
+
+def test_gelu_is_exact_erf():
+  # torch's nn.GELU(): x * Phi(x). The tanh approximation is off by 1e-4 near |x| = 2,
+  # too little for the tiny trace to see, so it is held here directly
+  xs = np.array([-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0], np.float32)
+  exact = [0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0))) for x in xs.astype(np.float64)]
+  np.testing.assert_allclose(gelu(jnp.asarray(xs)), exact, rtol=0, atol=1e-6)
+
+
+def test_jit_equals_no_jit(tiny_model, split, forward, tokens, targets):
+  eager = tiny_model(tokens, targets)[1]
+  assert float(forward(split[1], tokens, targets)[1]) == pytest.approx(float(eager), rel=1e-6)
+
+
+# -- nanoGPT names -------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def tiny_params():
+  return init_model(TINY, seed=0)[2]
+
+
+def test_names_and_layouts_are_nanogpt(tiny_params, tiny_trace):
+  state_dict = nanogpt.to_nanogpt(tiny_params)
+  reference = {k.removeprefix('init/'): v for k, v in tiny_trace.items() if k.startswith('init/')}
+  assert set(state_dict) == set(reference)
+  for name, array in state_dict.items():
+    assert array.shape == reference[name].shape, name  # torch's (out, in) Linear layout
+  assert state_dict['transformer.h.0.attn.c_attn.weight'].shape == (3 * 32, 32)
+  np.testing.assert_array_equal(state_dict['lm_head.weight'], state_dict['transformer.wte.weight'])
+
+
+def test_round_trip(tiny_params):
+  other = init_model(TINY, seed=1)[2]
+  restored = nanogpt.from_nanogpt(nanogpt.to_nanogpt(tiny_params), other)
+  expected, got = flat_params(tiny_params), flat_params(restored)
+  assert set(got) == set(expected)
+  for name in expected:
+    np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_loads_nanogpt_weights(tiny_trace):
+  init = {k.removeprefix('init/'): v for k, v in tiny_trace.items() if k.startswith('init/')}
+  params = nanogpt.from_nanogpt(init, init_model(TINY, seed=0)[2])
+  for name, array in nanogpt.to_nanogpt(params).items():
+    np.testing.assert_array_equal(array, init[name], err_msg=name)
+
+
+def test_accepts_torch_compile_prefix(tiny_params):
+  state_dict = {f'_orig_mod.{k}': v for k, v in nanogpt.to_nanogpt(tiny_params).items()}
+  restored = nanogpt.from_nanogpt(state_dict, init_model(TINY, seed=1)[2])
+  np.testing.assert_array_equal(flat_params(restored)['ln_f/bias'], flat_params(tiny_params)['ln_f/bias'])
+
+
+def test_wrong_shape_names_the_tensor(tiny_params):
+  state_dict = nanogpt.to_nanogpt(tiny_params)
+  state_dict['transformer.h.1.mlp.c_fc.weight'] = state_dict['transformer.h.1.mlp.c_fc.weight'].T
+  with pytest.raises(ValueError, match=r'transformer\.h\.1\.mlp\.c_fc\.weight: shape \(32, 128\)'):
+    nanogpt.from_nanogpt(state_dict, init_model(TINY, seed=1)[2])
+
+
+def test_missing_name_is_named(tiny_params):
+  state_dict = nanogpt.to_nanogpt(tiny_params)
+  del state_dict['transformer.h.0.ln_2.bias']
+  with pytest.raises(ValueError, match=r"missing \['transformer\.h\.0\.ln_2\.bias'\], unexpected \[\]"):
+    nanogpt.from_nanogpt(state_dict, init_model(TINY, seed=1)[2])
+
+
+def test_extra_name_is_named(tiny_params):
+  state_dict = nanogpt.to_nanogpt(tiny_params)
+  state_dict['transformer.h.2.ln_1.weight'] = np.ones(32, np.float32)  # a third layer
+  with pytest.raises(ValueError, match=r"missing \[\], unexpected \['transformer\.h\.2\.ln_1\.weight'\]"):
+    nanogpt.from_nanogpt(state_dict, init_model(TINY, seed=1)[2])

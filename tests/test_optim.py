@@ -1,0 +1,122 @@
+"""The optimizer against nanoGPT's get_lr and configure_optimizers."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TINY, flat_params
+from jaxgpt.config import base_config
+from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer
+from jaxgpt.step import init_model
+
+
+def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+  """nanoGPT train.py's get_lr, verbatim but for the globals."""
+  # 1) linear warmup for warmup_iters steps
+  if it < warmup_iters:
+    return learning_rate * (it + 1) / (warmup_iters + 1)
+  # 2) if it > lr_decay_iters, return min learning rate
+  if it > lr_decay_iters:
+    return min_lr
+  # 3) in between, use cosine decay down to min learning rate
+  decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+  assert 0 <= decay_ratio <= 1
+  coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+  return min_lr + coeff * (learning_rate - min_lr)
+
+
+def config(**overrides):
+  c = base_config()
+  c.update(dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=5000) | overrides)
+  return c
+
+
+@pytest.mark.parametrize('it', [0, 1, 99, 100, 101, 2550, 4999, 5000, 5100, 100_000])
+def test_schedule_is_nanogpt_get_lr(it):
+  c = config()
+  expected = nanogpt_get_lr(it, 1e-3, 100, 5000, 1e-4)
+  assert float(lr_schedule(c)(it)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_schedule_landmarks():
+  schedule = lr_schedule(config())
+  assert float(schedule(0)) == pytest.approx(1e-3 / 101, rel=1e-6)  # not 0: nanoGPT warms up from lr/(warmup+1)
+  assert float(schedule(99)) == pytest.approx(1e-3 * 100 / 101, rel=1e-6)
+  assert float(schedule(100)) == pytest.approx(1e-3, rel=1e-6)  # the peak, at warmup_iters
+  assert float(schedule(2550)) == pytest.approx(5.5e-4, rel=1e-6)  # halfway down the cosine
+  assert float(schedule(5000)) == pytest.approx(1e-4, rel=1e-6)
+  assert float(schedule(5100)) == pytest.approx(1e-4, rel=1e-6)  # min_lr held after lr_decay_iters
+
+
+def test_schedule_of_the_tiny_trace(tiny_trace):
+  # the lr column nanoGPT recorded: warmup 5 into a cosine ending at 30
+  c = config(warmup_iters=5, lr_decay_iters=30)
+  lrs = [float(lr_schedule(c)(i)) for i in range(len(tiny_trace['lr']))]
+  np.testing.assert_allclose(lrs, tiny_trace['lr'], rtol=1e-6)
+
+
+def test_constant_lr_without_decay():
+  schedule = lr_schedule(config(decay_lr=False))
+  for it in (0, 50, 100, 5000, 10_000):
+    assert float(schedule(it)) == pytest.approx(1e-3, rel=1e-7)
+
+
+@pytest.fixture(scope='module')
+def model_params():
+  return init_model(TINY, seed=0)[2]
+
+
+def test_decay_mask_on_model_params(model_params):
+  mask = flat_params(decay_mask(model_params))
+  params = flat_params(model_params)
+  assert set(mask) == set(params)
+  decayed = {name for name, on in mask.items() if on}
+  # embeddings and Linear weights: decayed; Linear biases and LayerNorm weights and biases: not
+  matrices = {name for name in params
+              if name.split('/')[-2] in ('wte', 'wpe', 'c_attn', 'c_proj', 'c_fc') and not name.endswith('/bias')}
+  assert decayed == matrices
+  assert decayed == {name for name, p in params.items() if p.ndim >= 2}
+  assert {'wte/embedding', 'wpe/embedding'} <= decayed
+  assert not any(name.startswith(('h/0/ln_1/', 'h/1/ln_2/', 'ln_f/')) for name in decayed)
+  assert not any(name.endswith('/bias') for name in decayed)
+  # nanoGPT's count: 2 embeddings + 4 Linear weights per layer
+  assert len(decayed) == 2 + 4 * TINY.n_layer
+
+
+def test_weight_decay_only_on_matrices():
+  # zero gradients: Adam's update is 0, so only the decoupled weight decay moves the params
+  c = config(weight_decay=0.1)
+  params = {'kernel': jnp.full((3, 4), 2.0), 'embedding': jnp.full((5, 3), -1.0),
+            'bias': jnp.full((4,), 2.0), 'scale': jnp.ones((3,))}
+  tx = make_optimizer(c)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr0 = 1e-3 / 101  # the schedule at step 0
+  np.testing.assert_allclose(updates['kernel'], -lr0 * 0.1 * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(updates['embedding'], -lr0 * 0.1 * -1.0, rtol=1e-6)
+  np.testing.assert_array_equal(updates['bias'], 0.0)
+  np.testing.assert_array_equal(updates['scale'], 0.0)
+
+
+def _first_moment_norm(c, grad_value):
+  params = {'w': jnp.zeros((2, 2)), 'b': jnp.zeros((2,))}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, grad_value), params)  # global norm sqrt(6) * grad_value
+  tx = make_optimizer(c)
+  _, state = tx.update(grads, tx.init(params), params)
+  [mu] = optax.tree_utils.tree_get_all_with_path(state, 'mu')
+  return float(optax.tree.norm(mu[1]))  # (1 - beta1) x the gradient Adam saw
+
+
+def test_grad_clip_clips_the_global_norm():
+  # nanoGPT: clip_grad_norm_(model.parameters(), grad_clip) before the step
+  norm = _first_moment_norm(config(grad_clip=1.0), 1e6)
+  assert norm == pytest.approx(0.1 * 1.0, rel=1e-5)
+
+
+def test_grad_clip_zero_disables_clipping():
+  norm = _first_moment_norm(config(grad_clip=0.0), 1e6)
+  assert norm == pytest.approx(0.1 * math.sqrt(6) * 1e6, rel=1e-5)

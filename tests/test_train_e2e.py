@@ -1,0 +1,169 @@
+"""train.py end to end, in a subprocess, on a tiny model: nanoGPT's log lines,
+evaluation, checkpoints, both command-line spellings, and clean user errors.
+
+Each run works in its own folder holding data/shakespeare_char/input.txt (a
+copy of the corpus: never downloaded), as train.py reads data/ and writes
+out_dir relative to the working directory.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
+# nanoGPT's log lines
+STEP = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})$')
+ITER = re.compile(r'^iter (\d+): loss (\d+\.\d{4}), time \d+\.\d{2}ms, mfu -?\d+\.\d{2}%$')
+TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=40, eval_interval=20,
+                eval_iters=5, log_interval=5, dropout=0.0, warmup_iters=5, lr_decay_iters=40)
+
+
+def train(workdir, *args, timeout=300):
+  """Runs train.py with cwd=workdir; returns the completed process."""
+  return subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), *map(str, args)], cwd=workdir,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def overrides(prefix, **settings):
+  return [f'{prefix}{key}={value}' for key, value in (TINY_RUN | settings).items()]
+
+
+@pytest.fixture
+def workdir(tmp_path, shakespeare):
+  folder = tmp_path / 'data' / 'shakespeare_char'
+  folder.mkdir(parents=True)
+  shutil.copy(shakespeare, folder / 'input.txt')
+  return tmp_path
+
+
+def parse_log(stdout):
+  steps = {int(m[1]): (float(m[2]), float(m[3])) for m in map(STEP.match, stdout.splitlines()) if m}
+  iters = {int(m[1]): float(m[2]) for m in map(ITER.match, stdout.splitlines()) if m}
+  return steps, iters
+
+
+@pytest.fixture(scope='module')
+def fused_run(tmp_path_factory, shakespeare):
+  """The --config spelling, compile=True (the default): 40 iterations, evaluated at 0, 20, 40."""
+  workdir = tmp_path_factory.mktemp('fused')
+  (workdir / 'data' / 'shakespeare_char').mkdir(parents=True)
+  shutil.copy(shakespeare, workdir / 'data' / 'shakespeare_char' / 'input.txt')
+  out_dir = workdir / 'out'
+  proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir))
+  return proc, out_dir
+
+
+def test_run_succeeds(fused_run):
+  proc, _ = fused_run
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert proc.stderr == ''  # no warning, no log noise
+
+
+def test_prepares_data_and_reports_the_model(fused_run):
+  lines = fused_run[0].stdout.splitlines()
+  assert lines[:9] == [
+      'tokens per iteration will be: 256',  # 1 x 8 x 32
+      'preparing shakespeare_char in data/shakespeare_char',
+      'length of dataset in characters: 1,115,394',
+      'vocab size: 65',
+      'train has 1,003,854 tokens',
+      'val has 111,540 tokens',
+      'found vocab_size = 65 (inside data/shakespeare_char/meta.json)',
+      'Initializing a new model from scratch',
+      'number of parameters: 0.03M',  # no biases: 2 x (12 x 32^2 + 2 x 32) + 65 x 32 + 32 = 26,816
+  ]
+
+
+def test_log_lines_are_nanogpts(fused_run):
+  proc, _ = fused_run
+  steps, iters = parse_log(proc.stdout)
+  assert sorted(steps) == [0, 20, 40]
+  assert sorted(iters) == list(range(0, 41, 5))  # iterations 0..max_iters inclusive, every log_interval
+  other = [line for line in proc.stdout.splitlines()
+           if line.startswith(('step', 'iter')) and not (STEP.match(line) or ITER.match(line))]
+  assert other == []
+
+
+def test_loss_goes_down(fused_run):
+  steps, iters = parse_log(fused_run[0].stdout)
+  assert 4.0 < steps[0][1] < 4.35  # about ln(65) = 4.17 at init
+  assert steps[40][1] < steps[20][1] < steps[0][1] - 0.3
+  assert iters[40] < iters[0] - 0.3
+
+
+def test_checkpoint_after_improving_evals_never_at_step_0(fused_run):
+  proc, out_dir = fused_run
+  lines = proc.stdout.splitlines()
+  saves = [i for i, line in enumerate(lines) if line == f'saving checkpoint to {out_dir}']
+  assert [STEP.match(lines[i - 1])[1] for i in saves] == ['20', '40']  # each right after its eval
+  assert sorted(p.name for p in out_dir.iterdir()) == ['40']  # orbax keeps the latest only
+  assert {'state', 'meta'} <= {p.name for p in (out_dir / '40').iterdir()}
+  meta = json.loads((out_dir / '40' / 'meta' / 'metadata').read_text())
+  assert meta['iter_num'] == 40
+  assert meta['best_val_loss'] == pytest.approx(parse_log(proc.stdout)[0][40][1], abs=5e-5)
+  assert meta['model_args']['n_layer'] == 2 and meta['model_args']['vocab_size'] == 65
+  assert meta['config']['max_iters'] == 40
+
+
+def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
+  # nanoGPT's `train.py CONFIG --key=value`, and compile=False: the same run, the same numbers
+  out_dir = workdir / 'out'
+  proc = train(workdir, CONFIG, '--device=cpu', '--compile=False', *overrides('--', out_dir=out_dir))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  steps, iters = parse_log(proc.stdout)
+  fused_steps, fused_iters = parse_log(fused_run[0].stdout)
+  assert sorted(steps) == [0, 20, 40] and sorted(iters) == list(range(0, 41, 5))
+  # one program or two: the same float32 math up to summation order, so the
+  # 4-decimal prints agree but for a rounding flip in the last digit
+  for step in steps:
+    assert steps[step] == pytest.approx(fused_steps[step], abs=1.5e-4)
+  for it in iters:
+    assert iters[it] == pytest.approx(fused_iters[it], abs=1.5e-4)
+  assert (out_dir / '40' / 'state').is_dir()
+
+
+def test_eval_only(workdir):
+  out_dir = workdir / 'out'
+  proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir, eval_only=True))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  steps, iters = parse_log(proc.stdout)
+  assert list(steps) == [0] and iters == {}
+  assert 'saving checkpoint' not in proc.stdout
+  assert not out_dir.exists() or not any(out_dir.iterdir())  # no checkpoint at step 0
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.batch_size=abc'], "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+    (['--config.n_embd=100'], 'error: n_embd=100 is not divisible by n_head=6'),
+    (['--config.dropout=1.5'], 'error: dropout=1.5 must be in [0, 1)'),
+])
+def test_bad_override_is_one_error_line(tmp_path, args, message):
+  proc = train(tmp_path, f'--config={CONFIG}', *args, timeout=60)
+  assert proc.returncode == 1
+  assert proc.stdout == ''
+  assert 'Traceback' not in proc.stderr
+  [line] = proc.stderr.splitlines()
+  assert line.startswith(message)
+  assert not (tmp_path / 'data').exists()  # nothing ran
+
+
+def test_missing_config_file_is_one_error_line(tmp_path):
+  proc = train(tmp_path, '--config=configs/nope.py', timeout=60)
+  assert proc.returncode == 1
+  assert 'Traceback' not in proc.stderr
+  [line] = proc.stderr.splitlines()
+  assert line.startswith('error: ') and "configs/nope.py" in line
+
+
+def test_missing_dataset_is_one_error_line(tmp_path):
+  proc = train(tmp_path, f'--config={CONFIG}', '--config.dataset=openwebtext', timeout=120)
+  assert proc.returncode == 1
+  assert 'Traceback' not in proc.stderr
+  [line] = proc.stderr.splitlines()
+  assert line.startswith('error: data/openwebtext/train.bin not found: prepare the data set first')
