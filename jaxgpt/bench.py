@@ -62,13 +62,14 @@ def main(argv: list[str]) -> int:
     params, opt_state, metrics = step(params, opt_state, xs, ys, i)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  ms = 1000 * float(np.median(times[5:]))
+  ms, ms_p10, ms_p90 = (1000 * float(np.percentile(times[5:], q)) for q in (50, 10, 90))
   tokens = c.gradient_accumulation_steps * c.batch_size * c.block_size
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f'config: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, '
         f'batch {c.batch_size}, dtype {c.dtype}, compile={c.compile}, jax {jax.__version__}')
   print(f'compile + first step: {compile_s:.2f} s')
-  print(f'median: {ms:.2f} ms/iter ({args.steps} steps), {tokens / ms * 1000:,.0f} tokens/s')
+  print(f'median: {ms:.2f} ms/iter ({args.steps} steps; 10% {ms_p10:.2f}, 90% {ms_p90:.2f}), '
+        f'{tokens / ms * 1000:,.0f} tokens/s')
   print(f'peak RSS: {peak_mb:.0f} MB')
   return 0
 
