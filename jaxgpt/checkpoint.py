@@ -1,38 +1,89 @@
 """Checkpoints in out_dir, through orbax.
 
-Each checkpoint is a step folder holding `state` (params and optimizer state,
-orbax's standard pytree format) and `meta` (JSON: iter_num, best_val_loss, the
-model config and the run config). Orbax writes a step into a temporary folder
-and renames it when complete, so the latest step is never half written.
+Each checkpoint is a step folder holding `params` and `opt_state` (orbax's
+standard pytree format) and `meta` (JSON: iter_num, val_loss, best_val_loss,
+the model config, the run config, the batch samplers' RNG states and the
+vocabulary). Orbax writes a step into a temporary folder and renames it when
+complete, so a run killed mid-save leaves the previous checkpoints as they
+were. out_dir keeps two: the latest (what resume uses) and the one with the
+best val loss (what sampling uses).
 """
 
 import pathlib
 from typing import Any
 
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from jaxgpt.config import JaxGPTError
 
 
-class Checkpoints:
-  """Saves to out_dir, keeping the most recent checkpoint only, as nanoGPT's ckpt.pt."""
+class CheckpointError(JaxGPTError):
+  pass
 
-  def __init__(self, out_dir: str):
-    directory = pathlib.Path(out_dir).absolute()
+
+class Checkpoints:
+
+  def __init__(self, out_dir: str, *, create: bool = True, read_only: bool = False):
+    """create=False: out_dir must exist (resuming, sampling); read_only: never write."""
+    self.directory = pathlib.Path(out_dir).absolute()
+    if (read_only or not create) and not self.directory.is_dir():
+      raise CheckpointError(f'out_dir {self.directory} does not exist: point out_dir at the folder '
+                            'a training run wrote its checkpoints to')
     try:
-      directory.mkdir(parents=True, exist_ok=True)
+      self.directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise JaxGPTError(f'cannot create out_dir {directory} ({e.strerror}): pass a writable '
-                        '--config.out_dir') from None
-    self.manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=1))
+      raise CheckpointError(f'cannot create out_dir {self.directory} ({e.strerror}): pass a '
+                            'writable --config.out_dir') from None
+    keep_latest_and_best = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=1),
+        # sorted by val loss, descending: BestN keeps the last n, the lowest
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m['val_loss'], reverse=True, n=1),
+    ])
+    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        preservation_policy=keep_latest_and_best,
+        best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
+        read_only=read_only, create=not read_only))
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
     """Starts writing; the arrays are copied off the device before this returns,
-    so the caller may donate them to the next step."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({'params': params, 'opt_state': opt_state}),
+    so the caller may donate them to the next step. meta needs a val_loss."""
+    self.manager.save(step, metrics={'val_loss': meta['val_loss']}, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)))
+
+  def latest_step(self) -> int:
+    step = self.manager.latest_step()
+    if step is None:
+      raise CheckpointError(f'no checkpoint in {self.directory}: train first, or point out_dir '
+                            'at a run that saved one')
+    return step
+
+  def best_step(self) -> int:
+    """The kept step with the lowest val loss."""
+    self.latest_step()  # raises when there is none
+    return self.manager.best_step()
+
+  def meta(self, step: int) -> dict[str, Any]:
+    return self._restore(step, meta=ocp.args.JsonRestore())['meta']
+
+  def params(self, step: int, like):
+    """The params of `step`; `like` (a pytree of arrays) gives structure, shapes and dtypes."""
+    return self._restore(step, params=ocp.args.StandardRestore(like))['params']
+
+  def state(self, step: int, params_like, opt_state_like):
+    restored = self._restore(step, params=ocp.args.StandardRestore(params_like),
+                             opt_state=ocp.args.StandardRestore(opt_state_like))
+    return restored['params'], restored['opt_state']
+
+  def _restore(self, step: int, **items):
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax raises many kinds (missing files, bad JSON, shape mismatches)
+      raise CheckpointError(f'checkpoint {self.directory / str(step)} cannot be read '
+                            f'({type(e).__name__}: {str(e).splitlines()[0][:200]}): it is '
+                            'corrupt or from another model') from None
 
   def close(self) -> None:
     self.manager.wait_until_finished()

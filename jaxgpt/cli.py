@@ -62,11 +62,17 @@ def parse_config(argv: list[str]):
   return config
 
 
+def overridden_keys(argv: list[str]) -> frozenset[str]:
+  """The config keys set on the command line, in either spelling."""
+  return frozenset(arg.removeprefix('--config.').split('=')[0]
+                   for arg in translate_nanogpt_argv(argv) if arg.startswith('--config.'))
+
+
 def main(argv: list[str]) -> int:
   try:
     config = parse_config(argv)
     from jaxgpt import train  # after parsing: a bad flag answers before jax starts
-    train.run(config)
+    train.run(config, overridden_keys(argv))
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -83,7 +83,7 @@ _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulati
              'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd')
 _NON_NEGATIVE = ('max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'min_lr')
 _CHOICES = {
-    'init_from': ('scratch',),
+    'init_from': ('scratch', 'resume'),
     'device': ('cpu', 'gpu', 'cuda'),
     'dtype': ('float32', 'bfloat16'),
 }

@@ -42,8 +42,31 @@ def estimate_mfu(config: GPTConfig, num_params: int, tokens_per_iter: int, dt: f
   return flops_per_token * tokens_per_iter / dt / A100_BF16_PEAK_FLOPS
 
 
-def run(c: ml_collections.ConfigDict) -> dict[str, float]:
-  """Trains as the config says; returns the last evaluation's losses."""
+MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
+
+
+def resumed_model_config(c: ml_collections.ConfigDict, meta: dict, overridden: frozenset[str],
+                         vocab: list[str] | None) -> GPTConfig:
+  """The checkpoint's model shape, also written back into c. An override on
+  the command line that disagrees with it is an error, not a silent change."""
+  saved = meta['model_args']
+  for key in MODEL_SHAPE_KEYS + ('seed',):
+    saved_value = saved[key] if key in saved else meta['config'][key]
+    if key in overridden and c[key] != saved_value:
+      raise JaxGPTError(f'--config.{key}={c[key]} conflicts with the checkpoint in {c.out_dir}, '
+                        f'which has {key}={saved_value}: drop the override to resume, or train '
+                        'from scratch in another --config.out_dir')
+    c[key] = saved_value
+  if meta['vocab'] != vocab:
+    raise JaxGPTError(f'the vocabulary of dataset {c.dataset} differs from the one the checkpoint in '
+                      f'{c.out_dir} was trained on: resume with the same --config.dataset')
+  return model_config(c, saved['vocab_size'])
+
+
+def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) -> dict[str, float]:
+  """Trains as the config says; returns the last evaluation's losses.
+  `overridden`: the keys set on the command line (they must agree with a
+  checkpoint being resumed)."""
   pin_device(c.device)
   tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'tokens per iteration will be: {tokens_per_iter:,}')
@@ -56,14 +79,26 @@ def run(c: ml_collections.ConfigDict) -> dict[str, float]:
   else:
     vocab_size = len(vocab)
     print(f'found vocab_size = {vocab_size} (inside {folder / "meta.json"})')
+
+  checkpoints = Checkpoints(c.out_dir, create=c.init_from == 'scratch')
+  if c.init_from == 'resume':
+    print(f'Resuming training from {c.out_dir}')
+    resume_step = checkpoints.latest_step()
+    meta = checkpoints.meta(resume_step)
+    config = resumed_model_config(c, meta, overridden, vocab)
+  else:
+    if checkpoints.manager.latest_step() is not None:
+      raise JaxGPTError(f'{c.out_dir} holds checkpoints of an earlier run: pass --config.init_from=resume '
+                        'to continue it, or another --config.out_dir to start afresh')
+    print('Initializing a new model from scratch')
+    config = model_config(c, vocab_size)
+
   # separate streams, so that eval_iters does not change the training batches
   train_rng, eval_rng = (np.random.default_rng([c.seed, stream]) for stream in (0, 1))
   next_train = data.BatchSampler(folder / 'train.bin', c.block_size, c.batch_size, train_rng)
   eval_batches = {split: data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size, eval_rng)
                   for split in ('train', 'val')}
 
-  print('Initializing a new model from scratch')
-  config = model_config(c, vocab_size)
   model, graphdef, params = init_model(config, c.seed)
   num_params = model.num_params()
   print(f'number of parameters: {num_params / 1e6:.2f}M')
@@ -71,14 +106,19 @@ def run(c: ml_collections.ConfigDict) -> dict[str, float]:
 
   tx = make_optimizer(c)
   opt_state = tx.init(params)
+  iter_num, best_val_loss = 0, math.inf
+  if c.init_from == 'resume':
+    params, opt_state = checkpoints.state(resume_step, params, opt_state)
+    iter_num, best_val_loss = meta['iter_num'], meta['best_val_loss']
+    train_rng.bit_generator.state = meta['train_rng']
+    eval_rng.bit_generator.state = meta['eval_rng']
   train_step = make_train_step(graphdef, tx, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
   eval_loss = make_eval_loss(graphdef)
-  checkpoints = Checkpoints(c.out_dir)
 
   def estimate_loss() -> dict[str, float]:
     return {split: float(eval_loss(params, *sample(c.eval_iters))) for split, sample in eval_batches.items()}
 
-  iter_num, best_val_loss, losses = 0, math.inf, {}
+  losses = {}
   running_mfu = -1.0
   t0, last_timed = time.time(), -1  # the clock started after iteration last_timed
   pending = None  # (iter_num, metrics) of a dispatched step whose log line is still to print
@@ -98,6 +138,9 @@ def run(c: ml_collections.ConfigDict) -> dict[str, float]:
       raise JaxGPTError(f'loss is {lossf} at iteration {logged_iter}: lower --config.learning_rate '
                         'or raise --config.warmup_iters')
 
+  # a checkpoint holds the RNG states from before the batches of its iteration
+  # were drawn, so a resumed run draws the same batches as an uninterrupted one
+  train_rng_state = train_rng.bit_generator.state
   xs, ys = next_train(c.gradient_accumulation_steps)
   try:
     while True:
@@ -105,15 +148,17 @@ def run(c: ml_collections.ConfigDict) -> dict[str, float]:
         if pending:
           log(*pending)
           pending = None
+        eval_rng_state = eval_rng.bit_generator.state
         losses = estimate_loss()
         print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
         if losses['val'] < best_val_loss or c.always_save_checkpoint:
-          best_val_loss = losses['val']
-          if iter_num > 0:
+          best_val_loss = min(best_val_loss, losses['val'])
+          if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
             print(f'saving checkpoint to {c.out_dir}')
             checkpoints.save(iter_num, params, opt_state, {
-                'iter_num': iter_num, 'best_val_loss': best_val_loss,
-                'model_args': dataclasses.asdict(config), 'config': c.to_dict()})
+                'iter_num': iter_num, 'val_loss': losses['val'], 'best_val_loss': best_val_loss,
+                'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab,
+                'train_rng': train_rng_state, 'eval_rng': eval_rng_state})
         t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
       if iter_num == 0 and c.eval_only:
         break
@@ -121,6 +166,7 @@ def run(c: ml_collections.ConfigDict) -> dict[str, float]:
       params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
       # while the step runs: draw the next batch, then print the previous step's
       # line (nanodo's trick: the host never makes the CPU wait between steps)
+      train_rng_state = train_rng.bit_generator.state
       xs, ys = next_train(c.gradient_accumulation_steps)
       if pending:
         log(*pending)
