@@ -18,6 +18,9 @@ from orbax.checkpoint import checkpoint_managers
 from jaxgpt.config import JaxGPTError
 
 
+FORMAT = 'jaxgpt-checkpoint/1'
+
+
 class CheckpointError(JaxGPTError):
   pass
 
@@ -48,6 +51,7 @@ class Checkpoints:
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
     """Starts writing; the arrays are copied off the device before this returns,
     so the caller may donate them to the next step. meta needs a val_loss."""
+    meta = {'format': FORMAT} | meta
     self.manager.save(step, metrics={'val_loss': meta['val_loss']}, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
@@ -62,11 +66,16 @@ class Checkpoints:
 
   def best_step(self) -> int:
     """The kept step with the lowest val loss."""
-    self.latest_step()  # raises when there is none
-    return self.manager.best_step()
+    latest = self.latest_step()  # raises when there is none
+    best = self.manager.best_step()
+    return latest if best is None else best  # None: saved without a val loss
 
   def meta(self, step: int) -> dict[str, Any]:
-    return self._restore(step, meta=ocp.args.JsonRestore())['meta']
+    meta = self._restore(step, meta=ocp.args.JsonRestore())['meta']
+    if meta.get('format') != FORMAT:
+      raise CheckpointError(f'checkpoint {self.directory / str(step)} is not a {FORMAT} checkpoint '
+                            '(written by another version of jaxgpt?)')
+    return meta
 
   def params(self, step: int, like):
     """The params of `step`; `like` (a pytree of arrays) gives structure, shapes and dtypes."""

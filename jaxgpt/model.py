@@ -6,6 +6,7 @@ importing nanoGPT or GPT-2 weights is a name map (jaxgpt/nanogpt.py).
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +98,12 @@ class LayerNorm(nnx.Module):
     return x.astype(self.dtype)
 
 
+class KVCache(NamedTuple):
+  """One layer's keys and values of the positions seen so far: (B, nh, block_size, hs)."""
+  k: jax.Array
+  v: jax.Array
+
+
 class CausalSelfAttention(nnx.Module):
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
@@ -121,6 +128,23 @@ class CausalSelfAttention(nnx.Module):
     y = att @ v  # (B, nh, T, hs)
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
     return self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs)
+
+  def decode(self, x: jax.Array, cache: KVCache, pos: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Attention for T new tokens at positions pos..pos+T-1, keys and values of
+    earlier positions read from the cache (B, nh, block_size, hs). No dropout."""
+    B, T, C = x.shape
+    hs = C // self.n_head
+    q, k, v = (a.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+               for a in jnp.split(self.c_attn(x), 3, axis=-1))
+    k_cache = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, 0, pos, 0))
+    v_cache = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, 0, pos, 0))
+    att = (q @ k_cache.swapaxes(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, block_size)
+    query_pos = pos + jnp.arange(T)[:, None]
+    key_pos = jnp.arange(k_cache.shape[2])[None, :]
+    att = jnp.where(key_pos <= query_pos, att, -jnp.inf)  # causal, and unwritten slots masked
+    att = jax.nn.softmax(att.astype(jnp.float32), axis=-1).astype(x.dtype)
+    y = (att @ v_cache).transpose(0, 2, 1, 3).reshape(B, T, C)
+    return self.c_proj(y), KVCache(k_cache, v_cache)
 
 
 class MLP(nnx.Module):
@@ -148,6 +172,11 @@ class Block(nnx.Module):
     x = residual_barrier(x + self.attn(self.ln_1(x), rngs))
     return x + self.mlp(self.ln_2(x), rngs)
 
+  def decode(self, x: jax.Array, cache: KVCache, pos: jax.Array) -> tuple[jax.Array, KVCache]:
+    y, cache = self.attn.decode(self.ln_1(x), cache, pos)
+    x = x + y
+    return x + self.mlp(self.ln_2(x), None), cache
+
 
 class GPT(nnx.Module):
 
@@ -171,6 +200,14 @@ class GPT(nnx.Module):
     targets that are not -1. Without: logits of the last position only (all
     that generation needs), and loss None.
     """
+    x = self._hidden(idx, rngs)
+    if targets is None:
+      return self.wte.attend(x[:, -1:, :]).astype(jnp.float32), None  # (B, 1, vocab)
+    logits = self.wte.attend(x).astype(jnp.float32)  # (B, T, vocab)
+    return logits, cross_entropy(logits, targets)
+
+  def _hidden(self, idx: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    """The final hidden states (B, T, C), after ln_f."""
     _, T = idx.shape
     if T > self.config.block_size:
       raise ValueError(f'cannot forward a sequence of length {T}: block_size is {self.config.block_size}')
@@ -178,11 +215,32 @@ class GPT(nnx.Module):
     x = self.drop(x, deterministic=rngs is None, rngs=rngs)
     for block in self.h:
       x = block(x, rngs)
-    x = self.ln_f(residual_barrier(x))
-    if targets is None:
-      return self.wte.attend(x[:, -1:, :]).astype(jnp.float32), None  # (B, 1, vocab)
-    logits = self.wte.attend(x).astype(jnp.float32)  # (B, T, vocab)
-    return logits, cross_entropy(logits, targets)
+    return self.ln_f(residual_barrier(x))
+
+  def logits_at(self, idx: jax.Array, index: jax.Array) -> jax.Array:
+    """Next-token logits (B, vocab) given idx[:, :index + 1]: the whole window is
+    computed, as nanoGPT's generate does, and what follows index is ignored
+    (causal), so one compiled program serves every context length."""
+    x = jax.lax.dynamic_index_in_dim(self._hidden(idx, None), index, axis=1, keepdims=False)
+    return self.wte.attend(x).astype(jnp.float32)
+
+  def init_cache(self, batch_size: int) -> list[KVCache]:
+    shape = (batch_size, self.config.n_head, self.config.block_size, self.config.n_embd // self.config.n_head)
+    return [KVCache(jnp.zeros(shape, self.config.dtype), jnp.zeros(shape, self.config.dtype))
+            for _ in self.h]
+
+  def decode(self, idx: jax.Array, cache: list[KVCache], pos: jax.Array) -> tuple[jax.Array, list[KVCache]]:
+    """Next-token logits (B, vocab) after the tokens idx (B, T) placed at
+    positions pos..pos+T-1, earlier positions read from the cache: each new
+    token costs one position, not the whole context. pos + T <= block_size."""
+    T = idx.shape[1]
+    x = self.wte(idx) + self.wpe(pos + jnp.arange(T))
+    new_cache = []
+    for block, layer_cache in zip(self.h, cache):
+      x, layer_cache = block.decode(x, layer_cache, pos)
+      new_cache.append(layer_cache)
+    x = self.ln_f(x[:, -1, :])
+    return self.wte.attend(x).astype(jnp.float32), new_cache
 
   def num_params(self, non_embedding: bool = True) -> int:
     """Parameter count, as nanoGPT reports it: the position embedding is not

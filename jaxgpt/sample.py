@@ -1,0 +1,117 @@
+"""Sample from a trained model, as nanoGPT's sample.py:
+
+  python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
+
+Flags are nanoGPT's (`--key=value`, or `--config.key=value`). Samples are
+printed one after another, each followed by a line of dashes.
+"""
+
+import sys
+import time
+
+import ml_collections
+import numpy as np
+from absl import flags, logging
+from ml_collections import config_flags
+
+from jaxgpt.config import ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.cli import translate_nanogpt_argv
+
+
+def sample_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.init_from = 'resume'  # resume: from the checkpoint in out_dir
+  c.out_dir = 'out'
+  c.checkpoint = 'best'  # best (lowest val loss) or latest
+  c.start = '\n'  # the prompt, or FILE:path to read it from a file
+  c.num_samples = 10
+  c.max_new_tokens = 500
+  c.temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random
+  c.top_k = 200  # keep only the top_k most likely tokens
+  c.seed = 1337
+  c.device = 'cpu'
+  c.dtype = 'float32'
+  c.compile = True  # False: run op by op (jax.disable_jit), for debugging
+  c.use_cache = True  # False: recompute the whole context for every token, as nanoGPT
+  return c
+
+
+def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
+  argv = translate_nanogpt_argv(argv)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict('config', sample_config(), flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  try:
+    flag_values(argv)
+  except flags.Error as e:
+    raise ConfigError(f'{e}: check the flag\'s name and type') from None
+  except (AttributeError, KeyError) as e:
+    raise ConfigError(f'unknown flag {e}: valid flags are {", ".join(sample_config())}') from None
+  c = flag_values.config
+  if c.temperature <= 0:
+    raise ConfigError(f'temperature={c.temperature} must be > 0 (use a small value like 0.1 for '
+                      'near-greedy sampling)')
+  if c.top_k < 1:
+    raise ConfigError(f'top_k={c.top_k} must be >= 1')
+  for key in ('num_samples', 'max_new_tokens'):
+    if c[key] < 1:
+      raise ConfigError(f'{key}={c[key]} must be >= 1')
+  if c.init_from != 'resume':
+    raise ConfigError(f'init_from={c.init_from!r} is not supported yet: use init_from=resume '
+                      'with the out_dir of a training run')
+  if c.checkpoint not in ('best', 'latest'):
+    raise ConfigError(f'checkpoint={c.checkpoint!r}: choose best or latest')
+  return c
+
+
+def encode(text: str, vocab: list[str]) -> list[int]:
+  stoi = {ch: i for i, ch in enumerate(vocab)}
+  unknown = sorted(set(text) - set(stoi))
+  if unknown:
+    raise JaxGPTError(f'the prompt has characters outside the model\'s vocabulary: '
+                      f'{"".join(unknown)!r}; use only characters of the training text')
+  return [stoi[ch] for ch in text]
+
+
+def main(argv: list[str]) -> int:
+  try:
+    c = parse_sample_config(argv)
+    logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
+    from jaxgpt import train  # after parsing: a bad flag answers before jax starts
+    train.pin_device(c.device)
+    import jax
+    from jaxgpt.checkpoint import Checkpoints
+    from jaxgpt.generate import Generator
+    from jaxgpt.step import init_model
+
+    checkpoints = Checkpoints(c.out_dir, read_only=True)
+    step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
+    meta = checkpoints.meta(step)
+    if meta['vocab'] is None:
+      raise JaxGPTError('this checkpoint was trained on GPT-2 tokens; sampling it needs the GPT-2 '
+                        'tokenizer, which jaxgpt does not support yet')
+    config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0}))
+    _, graphdef, like = init_model(config, seed=0)
+    params = checkpoints.params(step, like)
+    start = c.start
+    if start.startswith('FILE:'):
+      with open(start[5:], encoding='utf-8') as f:
+        start = f.read()
+    prompt = np.array([encode(start, meta['vocab'])] * c.num_samples, np.int32)
+    generate = Generator(graphdef, params, config, temperature=c.temperature, top_k=c.top_k)
+    t0 = time.time()
+    with jax.disable_jit(not c.compile):
+      tokens = generate(prompt, c.max_new_tokens, c.seed, use_cache=c.use_cache)
+    seconds = time.time() - t0
+  except JaxGPTError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  except OSError as e:
+    print(f'error: cannot read the prompt file: {e}', file=sys.stderr)
+    return 1
+  for row in tokens:
+    print(''.join(meta['vocab'][i] for i in row))
+    print('---------------')
+  print(f'{c.num_samples * c.max_new_tokens / seconds:,.0f} tokens/s, compilation included (step {step} '
+        f'of {c.out_dir}, {"with" if c.use_cache else "without"} the key/value cache)', file=sys.stderr)
+  return 0
