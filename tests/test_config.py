@@ -100,7 +100,7 @@ def test_override_types():
     ('--config.min_lr=0.01', 'min_lr=0.01 must not exceed learning_rate=0.001'),
     ('--config.warmup_iters=5000', 'lr_decay_iters=5000 must be greater than warmup_iters=5000'),
     ('--config.beta2=1.0', 'beta2=1.0 must be in [0, 1)'),
-    ('--config.init_from=resume', "init_from='resume' is not supported"),
+    ('--config.init_from=gpt2', "init_from='gpt2' is not supported: choose one of scratch, resume"),
     ('--config.wandb_log=True', 'wandb_log=True is not supported yet'),
 ])
 def test_bad_override(override, message):

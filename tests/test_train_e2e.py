@@ -102,8 +102,9 @@ def test_checkpoint_after_improving_evals_never_at_step_0(fused_run):
   lines = proc.stdout.splitlines()
   saves = [i for i, line in enumerate(lines) if line == f'saving checkpoint to {out_dir}']
   assert [STEP.match(lines[i - 1])[1] for i in saves] == ['20', '40']  # each right after its eval
-  assert sorted(p.name for p in out_dir.iterdir()) == ['40']  # orbax keeps the latest only
-  assert {'state', 'meta'} <= {p.name for p in (out_dir / '40').iterdir()}
+  # orbax keeps the latest and the best; here step 40 is both
+  assert sorted(p.name for p in out_dir.iterdir()) == ['40']
+  assert {'params', 'opt_state', 'meta'} <= {p.name for p in (out_dir / '40').iterdir()}
   meta = json.loads((out_dir / '40' / 'meta' / 'metadata').read_text())
   assert meta['iter_num'] == 40
   assert meta['best_val_loss'] == pytest.approx(parse_log(proc.stdout)[0][40][1], abs=5e-5)
@@ -125,7 +126,7 @@ def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
     assert steps[step] == pytest.approx(fused_steps[step], abs=1.5e-4)
   for it in iters:
     assert iters[it] == pytest.approx(fused_iters[it], abs=1.5e-4)
-  assert (out_dir / '40' / 'state').is_dir()
+  assert (out_dir / '40' / 'params').is_dir()
 
 
 def test_eval_only(workdir):
