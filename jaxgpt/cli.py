@@ -77,6 +77,6 @@ def main(argv: list[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print('interrupted', file=sys.stderr)
+    print('interrupted: continue from the last checkpoint with --config.init_from=resume', file=sys.stderr)
     return 130
   return 0

@@ -119,7 +119,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     return {split: float(eval_loss(params, *sample(c.eval_iters))) for split, sample in eval_batches.items()}
 
   losses = {}
-  running_mfu = -1.0
+  first_iter, running_mfu = iter_num, -1.0
   t0, last_timed = time.time(), -1  # the clock started after iteration last_timed
   pending = None  # (iter_num, metrics) of a dispatched step whose log line is still to print
 
@@ -130,7 +130,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     t1 = time.time()
     dt = (t1 - t0) / (logged_iter - last_timed)  # mean over the iterations since the last line
     t0, last_timed = t1, logged_iter
-    if logged_iter >= 5:  # let the training loop settle a bit
+    if logged_iter - first_iter >= 5:  # let the training loop settle a bit
       mfu = estimate_mfu(config, num_params, tokens_per_iter, dt)
       running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
     print(f'iter {logged_iter}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%')

@@ -1,0 +1,223 @@
+"""Checkpoints: exact resume (dropout on), what orbax keeps, and clean errors
+for every way out_dir can be wrong.
+
+The train.py runs are subprocesses, as in test_train_e2e.py, each with
+cwd=<its folder> holding data/shakespeare_char/input.txt. They are shared by
+module-scoped fixtures and started side by side (Popen) where independent.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from jaxgpt.checkpoint import Checkpoints
+from jaxgpt.config import GPTConfig
+from jaxgpt.step import init_model
+
+CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
+TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout=0.1, eval_interval=10,
+                always_save_checkpoint=True, log_interval=2, eval_iters=3, warmup_iters=5, lr_decay_iters=40)
+# nanoGPT's log lines; the loss text, not the time
+LOSS_LINE = re.compile(r'^(iter|step) (\d+): (loss \d+\.\d{4}|train loss \d+\.\d{4}, val loss \d+\.\d{4})')
+
+
+def make_workdir(path, shakespeare):
+  (path / 'data' / 'shakespeare_char').mkdir(parents=True)
+  shutil.copy(shakespeare, path / 'data' / 'shakespeare_char' / 'input.txt')
+  return path
+
+
+def start_train(workdir, out_dir, **settings):
+  """Starts train.py on the tiny run, cwd=workdir; finish() waits for it."""
+  args = [f'--config.{key}={value}' for key, value in (TINY_RUN | settings | {'out_dir': out_dir}).items()]
+  return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *args],
+                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(popen, timeout=300):
+  stdout, stderr = popen.communicate(timeout=timeout)
+  return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
+
+
+def train(workdir, out_dir, **settings):
+  return finish(start_train(workdir, out_dir, **settings))
+
+
+def loss_lines(stdout, since):
+  """{('iter' | 'step', N): the loss text} for N >= since."""
+  found = {}
+  for m in map(LOSS_LINE.match, stdout.splitlines()):
+    if m and int(m[2]) >= since:
+      assert (m[1], int(m[2])) not in found
+      found[m[1], int(m[2])] = m[3]
+  return found
+
+
+def snapshot(folder):
+  """Every path under folder, with size and mtime for files: to see that nothing changed."""
+  return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else 'dir'
+          for p in sorted(folder.rglob('*'))}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, shakespeare):
+  """A: 40 iterations in one run. B: 20 iterations, then resumed to 40 in
+  another process, same out_dir. B's out_dir after 20 is also kept as
+  `saved` (a copy), for the error tests to copy in turn."""
+  root = tmp_path_factory.mktemp('resume')
+  work_a = make_workdir(root / 'a', shakespeare)
+  work_b = make_workdir(root / 'b', shakespeare)
+  a = start_train(work_a, work_a / 'out', max_iters=40)
+  b1 = finish(start_train(work_b, work_b / 'out', max_iters=20))
+  assert b1.returncode == 0, b1.stdout + b1.stderr
+  shutil.copytree(work_b / 'out', root / 'saved')
+  b2 = train(work_b, work_b / 'out', max_iters=40, init_from='resume')
+  a = finish(a)
+  return dict(a=a, b1=b1, b2=b2, out_a=work_a / 'out', out_b=work_b / 'out', saved=root / 'saved', workdir=work_a)
+
+
+def test_runs_succeed(runs):
+  for name in ('a', 'b1', 'b2'):
+    assert runs[name].returncode == 0, runs[name].stdout + runs[name].stderr
+  assert 'Resuming training from' in runs['b2'].stdout
+  assert 'Resuming training from' not in runs['a'].stdout + runs['b1'].stdout
+
+
+def test_resumed_run_logs_what_the_uninterrupted_run_logs(runs):
+  # the same batches (RNG states in the checkpoint), the same dropout masks
+  # (keys from seed and iter_num), the same optimizer state
+  uninterrupted = loss_lines(runs['a'].stdout, since=20)
+  resumed = loss_lines(runs['b2'].stdout, since=20)
+  assert sorted(uninterrupted) == sorted([('step', n) for n in (20, 30, 40)] + [('iter', n) for n in range(20, 41, 2)])
+  assert resumed == uninterrupted
+  # and the first leg agrees with the uninterrupted run up to 20
+  assert loss_lines(runs['b1'].stdout, since=0) == {k: v for k, v in loss_lines(runs['a'].stdout, since=0).items()
+                                                     if k[1] <= 20}
+
+
+def test_resumed_weights_are_bit_identical(runs):
+  weights = []
+  for out_dir in (runs['out_a'], runs['out_b']):
+    checkpoints = Checkpoints(out_dir, read_only=True)
+    assert checkpoints.latest_step() == 40
+    meta = checkpoints.meta(40)
+    assert meta['iter_num'] == 40
+    like = init_model(GPTConfig(**meta['model_args']), 0)[2]
+    weights.append(checkpoints.params(40, like))
+    checkpoints.close()
+  leaves_a, tree_a = jax.tree.flatten(weights[0])
+  leaves_b, tree_b = jax.tree.flatten(weights[1])
+  assert tree_a == tree_b
+  assert len(leaves_a) > 0
+  for leaf_a, leaf_b in zip(leaves_a, leaves_b):
+    assert np.array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
+  # and training changed them: not two untouched inits
+  init = jax.tree.leaves(init_model(GPTConfig(**meta['model_args']), 0)[2])
+  assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, init))
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+  out_dir = tmp_path / 'out'
+  checkpoints = Checkpoints(out_dir)
+  for step, val_loss in [(1, 3.0), (2, 2.0), (3, 2.5)]:
+    params = {'w': np.full((2, 3), step, np.float32), 'b': np.arange(3, dtype=np.float32) * step}
+    checkpoints.save(step, params, {'mu': {'w': np.zeros((2, 3), np.float32)}},
+                     {'iter_num': step, 'val_loss': val_loss, 'vocab': ['a', 'b']})
+  checkpoints.close()
+
+  reopened = Checkpoints(out_dir, read_only=True)
+  assert reopened.manager.all_steps() == [2, 3]
+  assert reopened.best_step() == 2
+  assert reopened.latest_step() == 3
+  meta = reopened.meta(2)
+  assert meta['val_loss'] == 2.0 and meta['iter_num'] == 2 and meta['vocab'] == ['a', 'b']
+  like = {'w': np.zeros((2, 3), np.float32), 'b': np.zeros(3, np.float32)}
+  params = reopened.params(2, like)
+  assert np.array_equal(params['w'], np.full((2, 3), 2, np.float32))
+  assert np.array_equal(params['b'], np.arange(3, dtype=np.float32) * 2)
+  reopened.close()
+  assert sorted(p.name for p in out_dir.iterdir()) == ['2', '3']
+
+
+def test_no_checkpoint_when_empty(tmp_path):
+  (tmp_path / 'out').mkdir()
+  with pytest.raises(Exception, match='no checkpoint in'):
+    Checkpoints(tmp_path / 'out', read_only=True).latest_step()
+
+
+def corrupt_params(out_dir):
+  """Garbage in every file under <step>/params/, the folders kept."""
+  files = [p for p in out_dir.glob('*/params/**/*') if p.is_file()]
+  assert files
+  for p in files:
+    p.write_bytes(b'not a checkpoint')
+
+
+def foreign_meta(out_dir):
+  """The meta JSON of every step replaced by '{}'."""
+  files = [p for p in out_dir.glob('*/meta/*') if p.is_file() and p.name != 'commit_success.txt']
+  assert files
+  for p in files:
+    json.loads(p.read_text())  # it is the JSON
+    p.write_text('{}')
+
+
+def put_nanogpt_checkpoint(out_dir):
+  out_dir.mkdir()
+  (out_dir / 'ckpt.pt').write_bytes(b'\x80\x02 a torch checkpoint')
+
+
+# name: (how out_dir is set up from a copy of a saved run (None: empty, absent: missing),
+#        the train.py settings, what the one error line says)
+ERRORS = {
+    'conflicting_override': ('copy', dict(init_from='resume', n_layer=3, max_iters=40),
+                             r'--config\.n_layer=3 conflicts with the checkpoint .* n_layer=2'),
+    'resume_empty_out_dir': ('empty', dict(init_from='resume', max_iters=40), r'no checkpoint in'),
+    'resume_nanogpt_out_dir': ('ckpt.pt', dict(init_from='resume', max_iters=40), r'no checkpoint in'),
+    'resume_missing_out_dir': ('missing', dict(init_from='resume', max_iters=40), r'does not exist'),
+    'scratch_over_checkpoints': ('copy', dict(max_iters=40), r'init_from=resume'),
+    'corrupt_params': ('corrupt', dict(init_from='resume', max_iters=40), r'cannot be read .*corrupt'),
+    'foreign_meta': ('foreign', dict(init_from='resume', max_iters=40), r'not a jaxgpt-checkpoint'),
+}
+
+
+@pytest.fixture(scope='module')
+def error_runs(runs, tmp_path_factory):
+  """Every ERRORS case, each in its own out_dir, the runs side by side:
+  {name: (process, out_dir, snapshot before)}."""
+  root = tmp_path_factory.mktemp('errors')
+  started = {}
+  for name, (setup, settings, _) in ERRORS.items():
+    out_dir = root / name
+    if setup in ('copy', 'corrupt', 'foreign'):
+      shutil.copytree(runs['saved'], out_dir)
+      {'corrupt': corrupt_params, 'foreign': foreign_meta}.get(setup, lambda _: None)(out_dir)
+    elif setup == 'empty':
+      out_dir.mkdir()
+    elif setup == 'ckpt.pt':
+      put_nanogpt_checkpoint(out_dir)
+    before = snapshot(out_dir) if out_dir.exists() else None
+    started[name] = (start_train(runs['workdir'], out_dir, **settings), out_dir, before)
+  return {name: (finish(popen, timeout=120), out_dir, before) for name, (popen, out_dir, before) in started.items()}
+
+
+@pytest.mark.parametrize('name', ERRORS)
+def test_bad_out_dir_is_one_error_line_and_changes_nothing(error_runs, name):
+  proc, out_dir, before = error_runs[name]
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert 'Traceback' not in proc.stderr
+  [line] = proc.stderr.splitlines()
+  assert line.startswith('error: ')
+  assert re.search(ERRORS[name][2], line), line
+  if before is None:
+    assert not out_dir.exists()  # not created
+  else:
+    assert snapshot(out_dir) == before
+  assert 'saving checkpoint' not in proc.stdout
