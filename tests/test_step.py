@@ -1,0 +1,78 @@
+"""The train step: gradient accumulation, fused vs staged, dropout keys."""
+
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import TINY
+from jaxgpt.config import base_config
+from jaxgpt.optim import make_optimizer
+from jaxgpt.step import _loss_and_grads, init_model, make_train_step
+
+
+def run_config(**overrides) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.update(dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=2, lr_decay_iters=10, beta2=0.99) | overrides)
+  return c
+
+
+@pytest.fixture(scope='module')
+def batch():
+  rng = np.random.default_rng(0)
+  xs = rng.integers(0, TINY.vocab_size, (3, 8, TINY.block_size), dtype=np.int32)
+  return xs, np.roll(xs, -1, axis=-1)
+
+
+def max_diff(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+             zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_accumulated_micro_batches_average_like_one_batch(batch):
+  # nanoGPT: loss / accum per micro-batch, gradients summed by backward(); with
+  # equal micro-batches that is the gradient of the whole batch's mean loss
+  _, graphdef, params = init_model(TINY, seed=0)
+  xs, ys = batch
+  two_loss, two_grads = _loss_and_grads(graphdef, params, xs[0].reshape(2, 4, -1), ys[0].reshape(2, 4, -1), None)
+  one_loss, one_grads = _loss_and_grads(graphdef, params, xs[:1], ys[:1], None)
+  assert abs(float(two_loss) - float(one_loss)) < 1e-6
+  assert max_diff(two_grads, one_grads) < 1e-6
+  assert max_diff(one_grads, jax.tree.map(np.zeros_like, one_grads)) > 1e-3  # gradients are not all zero
+
+
+def test_staged_step_equals_fused_step(batch):
+  # compile=False (two programs) and compile=True (one): the same numbers, to float32 rounding
+  c = run_config()
+  tx = make_optimizer(c)
+  results = []
+  for fused in (True, False):
+    _, graphdef, params = init_model(TINY, seed=0)
+    opt_state = tx.init(params)
+    step = make_train_step(graphdef, tx, dropout=False, seed=0, fused=fused)
+    losses = []
+    for i in range(3):
+      params, opt_state, metrics = step(params, opt_state, batch[0][i:i + 1], batch[1][i:i + 1], i)
+      losses.append(float(metrics.loss))
+    results.append((losses, params))
+  (fused_losses, fused_params), (staged_losses, staged_params) = results
+  np.testing.assert_allclose(staged_losses, fused_losses, atol=1e-6)
+  assert max_diff(staged_params, fused_params) < 1e-6
+
+
+def test_dropout_keys_follow_the_iteration(batch):
+  # the dropout key of a step comes from (seed, iter_num): the same iteration
+  # draws the same masks (what exact resume needs), another iteration others
+  config = dataclasses.replace(TINY, dropout=0.5)
+  tx = make_optimizer(run_config())
+  _, graphdef, params = init_model(config, seed=0)
+  step = make_train_step(graphdef, tx, dropout=True, seed=0, fused=True)
+  losses = {}
+  for name, iter_num in (('a', 7), ('b', 7), ('c', 8)):
+    params_copy = jax.tree.map(np.array, params)
+    _, _, metrics = step(params_copy, tx.init(params_copy), batch[0][:1], batch[1][:1], iter_num)
+    losses[name] = float(metrics.loss)
+  assert losses['a'] == losses['b']
+  assert losses['a'] != losses['c']
