@@ -1,0 +1,129 @@
+"""nanoGPT's ckpt.pt in and out (needs torch: pip install -e '.[torch]').
+
+  python -m jaxgpt.ckpt_pt import out-shakespeare-char/ckpt.pt --out_dir=out-imported
+  python -m jaxgpt.ckpt_pt export --out_dir=out-shakespeare-char ckpt.pt
+
+Import makes a jaxgpt checkpoint of a nanoGPT one: its weights, iteration,
+best val loss, model shape and training settings; the vocabulary is read
+from data/<dataset>/meta.json when the data set is there. The AdamW moments
+start afresh, so `--config.init_from=resume` continues the run, but not bit
+for bit. Export writes what nanoGPT's sample.py and GPT.load_state_dict need:
+`model` (the state_dict), `model_args`, `iter_num`, `best_val_loss`, `config`.
+The file is read with torch.load(weights_only=True): no pickle code runs.
+"""
+
+import argparse
+import dataclasses
+import sys
+
+import numpy as np
+
+from jaxgpt import data, nanogpt
+from jaxgpt.checkpoint import Checkpoints
+from jaxgpt.config import GPTConfig, JaxGPTError, base_config, validate
+from jaxgpt.optim import make_optimizer
+from jaxgpt.step import init_model
+
+MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+
+
+def _torch():
+  try:
+    import torch
+  except ImportError:
+    raise JaxGPTError('reading or writing ckpt.pt needs torch: pip install torch==2.13.0 '
+                      '(the CPU build), or pip install -e ".[torch]"') from None
+  return torch
+
+
+def import_ckpt(path: str, out_dir: str) -> int:
+  """Writes nanoGPT's checkpoint at `path` as a jaxgpt checkpoint in out_dir;
+  returns its step."""
+  torch = _torch()
+  try:
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    model_args, state_dict = ckpt['model_args'], ckpt['model']
+  except Exception as e:  # torch.load raises many kinds: OSError, UnpicklingError, RuntimeError, ...
+    message = str(e).splitlines()[0][:200] if str(e) else ''
+    raise JaxGPTError(f'{path} is not a readable nanoGPT checkpoint ({type(e).__name__}: {message})') from None
+  c = base_config()
+  for key, value in ckpt.get('config', {}).items():
+    if key in c and key not in ('device', 'dtype', 'compile', 'out_dir', 'init_from', 'wandb_log'):
+      c[key] = type(c[key])(value)
+  c.update({k: model_args[k] for k in MODEL_ARGS if k != 'vocab_size'})
+  c.out_dir = out_dir
+  validate(c)
+  config = GPTConfig(**{k: model_args[k] for k in MODEL_ARGS})
+  # the causal-mask buffer of nanoGPT's non-flash attention is not a weight
+  weights = {k: v.float().numpy() for k, v in state_dict.items() if not k.endswith('.attn.bias')}
+  _, _, like = init_model(config, seed=0)
+  try:
+    params = nanogpt.from_nanogpt(weights, like)
+  except ValueError as e:
+    raise JaxGPTError(f'{path}: {e}') from None
+  folder = data.data_dir(c.dataset)
+  vocab = data.load_vocab(folder) if folder.is_dir() else None
+  if vocab is not None and len(vocab) != config.vocab_size:
+    raise JaxGPTError(f'{folder / "meta.json"} has {len(vocab)} characters but the model {config.vocab_size}: '
+                      'prepare the data set the checkpoint was trained on')
+  step = int(ckpt.get('iter_num', 0))
+  best_val_loss = float(ckpt.get('best_val_loss', float('inf')))
+  rng_states = [np.random.default_rng([c.seed, stream]).bit_generator.state for stream in (0, 1)]
+  checkpoints = Checkpoints(out_dir)
+  if checkpoints.manager.latest_step() is not None:
+    raise JaxGPTError(f'{out_dir} already holds checkpoints: import into an empty --out_dir')
+  checkpoints.save(step, params, make_optimizer(c).init(params), {
+      'iter_num': step, 'val_loss': best_val_loss, 'best_val_loss': best_val_loss,
+      'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab,
+      'train_rng': rng_states[0], 'eval_rng': rng_states[1]})
+  checkpoints.close()
+  return step
+
+
+def export_ckpt(out_dir: str, path: str, which: str = 'best') -> int:
+  """Writes out_dir's best (or latest) checkpoint as nanoGPT's ckpt.pt; returns its step."""
+  torch = _torch()
+  checkpoints = Checkpoints(out_dir, read_only=True)
+  step = checkpoints.best_step() if which == 'best' else checkpoints.latest_step()
+  meta = checkpoints.meta(step)
+  config = GPTConfig(**meta['model_args'])
+  _, _, like = init_model(config, seed=0)
+  params = checkpoints.params(step, like)
+  state_dict = {name: torch.from_numpy(np.array(array)) for name, array in nanogpt.to_nanogpt(params).items()}
+  state_dict['lm_head.weight'] = state_dict['transformer.wte.weight']  # tied: the same tensor, as nanoGPT saves it
+  torch.save({
+      'model': state_dict,
+      'model_args': {k: meta['model_args'][k] for k in MODEL_ARGS},
+      'iter_num': meta['iter_num'],
+      'best_val_loss': meta['best_val_loss'],
+      'config': meta['config'],
+  }, path)
+  return step
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest='command', required=True)
+  importer = commands.add_parser('import', help='nanoGPT ckpt.pt -> jaxgpt checkpoint in --out_dir')
+  importer.add_argument('ckpt_pt')
+  importer.add_argument('--out_dir', required=True)
+  exporter = commands.add_parser('export', help='jaxgpt checkpoint in --out_dir -> nanoGPT ckpt.pt')
+  exporter.add_argument('ckpt_pt')
+  exporter.add_argument('--out_dir', required=True)
+  exporter.add_argument('--checkpoint', choices=('best', 'latest'), default='best')
+  args = parser.parse_args(argv[1:])
+  try:
+    if args.command == 'import':
+      step = import_ckpt(args.ckpt_pt, args.out_dir)
+      print(f'imported {args.ckpt_pt} (iteration {step}) into {args.out_dir}')
+    else:
+      step = export_ckpt(args.out_dir, args.ckpt_pt, args.checkpoint)
+      print(f'exported step {step} of {args.out_dir} to {args.ckpt_pt}')
+  except JaxGPTError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
