@@ -3,10 +3,13 @@ for every way out_dir can be wrong.
 
 The train.py runs are subprocesses, as in test_train_e2e.py, each with
 cwd=<its folder> holding data/shakespeare_char/input.txt. They are shared by
-module-scoped fixtures and started side by side (Popen) where independent.
+module-scoped fixtures and started side by side (Popen) where independent, and
+share a jax compilation cache (in the session's tmp folder, so never stale):
+the same programs, compiled once.
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,26 +31,32 @@ TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dro
 LOSS_LINE = re.compile(r'^(iter|step) (\d+): (loss \d+\.\d{4}|train loss \d+\.\d{4}, val loss \d+\.\d{4})')
 
 
+@pytest.fixture(scope='module')
+def jax_cache(tmp_path_factory):
+  """The environment of the subprocesses: a persistent jax compilation cache
+  for every program (the tiny model's compiles cost more than its training)."""
+  cache = tmp_path_factory.getbasetemp() / 'jax-compilation-cache'
+  cache.mkdir(exist_ok=True)
+  return os.environ | {'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+                       'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
 def make_workdir(path, shakespeare):
   (path / 'data' / 'shakespeare_char').mkdir(parents=True)
   shutil.copy(shakespeare, path / 'data' / 'shakespeare_char' / 'input.txt')
   return path
 
 
-def start_train(workdir, out_dir, **settings):
+def start_train(env, workdir, out_dir, **settings):
   """Starts train.py on the tiny run, cwd=workdir; finish() waits for it."""
   args = [f'--config.{key}={value}' for key, value in (TINY_RUN | settings | {'out_dir': out_dir}).items()]
   return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *args],
-                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(popen, timeout=300):
   stdout, stderr = popen.communicate(timeout=timeout)
   return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
-
-
-def train(workdir, out_dir, **settings):
-  return finish(start_train(workdir, out_dir, **settings))
 
 
 def loss_lines(stdout, since):
@@ -67,21 +76,52 @@ def snapshot(folder):
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, shakespeare):
-  """A: 40 iterations in one run. B: 20 iterations, then resumed to 40 in
-  another process, same out_dir. B's out_dir after 20 is also kept as
-  `saved` (a copy), for the error tests to copy in turn."""
-  root = tmp_path_factory.mktemp('resume')
+def runs(tmp_path_factory, shakespeare, jax_cache):
+  """Every train.py run of this module, started side by side where they can be:
+
+  A: 40 iterations in one run (it fills the compilation cache), with the
+     ERRORS cases that need no checkpoint;
+  B: 20 iterations, its out_dir then copied to `saved`;
+  B resumed to 40 in another process, same out_dir, with the ERRORS cases
+     made from copies of `saved`.
+
+  Returns {'a', 'b1', 'b2': the processes, 'out_a', 'out_b': out_dirs,
+  'errors': {name: (process, out_dir, snapshot of out_dir before, or None)}}."""
+  root = tmp_path_factory.mktemp('runs')
+  errors = {}
+
+  def start_error(name):
+    setup, settings, _ = ERRORS[name]
+    out_dir = root / name
+    if setup in ('copy', 'corrupt', 'foreign'):
+      shutil.copytree(root / 'saved', out_dir)
+      {'corrupt': corrupt_params, 'foreign': foreign_meta}.get(setup, lambda _: None)(out_dir)
+    elif setup == 'empty':
+      out_dir.mkdir()
+    elif setup == 'ckpt.pt':
+      put_nanogpt_checkpoint(out_dir)
+    before = snapshot(out_dir) if out_dir.exists() else None
+    workdir = make_workdir(root / f'work-{name}', shakespeare)  # its own: data/ is prepared on first use
+    errors[name] = (start_train(jax_cache, workdir, out_dir, **settings), out_dir, before)
+
   work_a = make_workdir(root / 'a', shakespeare)
   work_b = make_workdir(root / 'b', shakespeare)
-  a = start_train(work_a, work_a / 'out', max_iters=40)
-  b1 = finish(start_train(work_b, work_b / 'out', max_iters=20))
+  a = start_train(jax_cache, work_a, work_a / 'out', max_iters=40)
+  early = [name for name in ERRORS if ERRORS[name][0] in ('empty', 'ckpt.pt', 'missing')]
+  for name in early:
+    start_error(name)
+  a = finish(a)
+  b1 = finish(start_train(jax_cache, work_b, work_b / 'out', max_iters=20))
   assert b1.returncode == 0, b1.stdout + b1.stderr
   shutil.copytree(work_b / 'out', root / 'saved')
-  b2 = train(work_b, work_b / 'out', max_iters=40, init_from='resume')
-  a = finish(a)
-  return dict(a=a, b1=b1, b2=b2, out_a=work_a / 'out', out_b=work_b / 'out', saved=root / 'saved', workdir=work_a)
-
+  b2 = start_train(jax_cache, work_b, work_b / 'out', max_iters=40, init_from='resume')
+  for name in ERRORS:
+    if name not in early:
+      start_error(name)
+  b2 = finish(b2)
+  return dict(a=a, b1=b1, b2=b2, out_a=work_a / 'out', out_b=work_b / 'out',
+              errors={name: (finish(popen, timeout=120), out_dir, before)
+                      for name, (popen, out_dir, before) in errors.items()})
 
 def test_runs_succeed(runs):
   for name in ('a', 'b1', 'b2'):
@@ -188,29 +228,9 @@ ERRORS = {
 }
 
 
-@pytest.fixture(scope='module')
-def error_runs(runs, tmp_path_factory):
-  """Every ERRORS case, each in its own out_dir, the runs side by side:
-  {name: (process, out_dir, snapshot before)}."""
-  root = tmp_path_factory.mktemp('errors')
-  started = {}
-  for name, (setup, settings, _) in ERRORS.items():
-    out_dir = root / name
-    if setup in ('copy', 'corrupt', 'foreign'):
-      shutil.copytree(runs['saved'], out_dir)
-      {'corrupt': corrupt_params, 'foreign': foreign_meta}.get(setup, lambda _: None)(out_dir)
-    elif setup == 'empty':
-      out_dir.mkdir()
-    elif setup == 'ckpt.pt':
-      put_nanogpt_checkpoint(out_dir)
-    before = snapshot(out_dir) if out_dir.exists() else None
-    started[name] = (start_train(runs['workdir'], out_dir, **settings), out_dir, before)
-  return {name: (finish(popen, timeout=120), out_dir, before) for name, (popen, out_dir, before) in started.items()}
-
-
 @pytest.mark.parametrize('name', ERRORS)
-def test_bad_out_dir_is_one_error_line_and_changes_nothing(error_runs, name):
-  proc, out_dir, before = error_runs[name]
+def test_bad_out_dir_is_one_error_line_and_changes_nothing(runs, name):
+  proc, out_dir, before = runs['errors'][name]
   assert proc.returncode == 1, proc.stdout + proc.stderr
   assert 'Traceback' not in proc.stderr
   [line] = proc.stderr.splitlines()
