@@ -88,8 +88,9 @@ def main(argv: list[str]) -> int:
     step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
     meta = checkpoints.meta(step)
     if meta['vocab'] is None:
-      raise JaxGPTError('this checkpoint was trained on GPT-2 tokens; sampling it needs the GPT-2 '
-                        'tokenizer, which jaxgpt does not support yet')
+      raise JaxGPTError('this checkpoint has no character vocabulary: it was trained on GPT-2 tokens '
+                        '(their tokenizer is not supported yet), or imported from a ckpt.pt without '
+                        'data/<dataset>/meta.json beside it (prepare the data set, then import again)')
     config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0}))
     _, graphdef, like = init_model(config, seed=0)
     params = checkpoints.params(step, like)
