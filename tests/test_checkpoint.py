@@ -79,9 +79,8 @@ def snapshot(folder):
 def runs(tmp_path_factory, shakespeare, jax_cache):
   """Every train.py run of this module, started side by side where they can be:
 
-  A: 40 iterations in one run (it fills the compilation cache), with the
-     ERRORS cases that need no checkpoint;
-  B: 20 iterations, its out_dir then copied to `saved`;
+  A: 40 iterations in one run, and B: 20 iterations, with the ERRORS cases
+     that need no checkpoint; B's out_dir is then copied to `saved`;
   B resumed to 40 in another process, same out_dir, with the ERRORS cases
      made from copies of `saved`.
 
@@ -107,21 +106,21 @@ def runs(tmp_path_factory, shakespeare, jax_cache):
   work_a = make_workdir(root / 'a', shakespeare)
   work_b = make_workdir(root / 'b', shakespeare)
   a = start_train(jax_cache, work_a, work_a / 'out', max_iters=40)
+  b1 = start_train(jax_cache, work_b, work_b / 'out', max_iters=20)
   early = [name for name in ERRORS if ERRORS[name][0] in ('empty', 'ckpt.pt', 'missing')]
   for name in early:
     start_error(name)
-  a = finish(a)
-  b1 = finish(start_train(jax_cache, work_b, work_b / 'out', max_iters=20))
+  b1 = finish(b1)
   assert b1.returncode == 0, b1.stdout + b1.stderr
   shutil.copytree(work_b / 'out', root / 'saved')
   b2 = start_train(jax_cache, work_b, work_b / 'out', max_iters=40, init_from='resume')
   for name in ERRORS:
     if name not in early:
       start_error(name)
-  b2 = finish(b2)
-  return dict(a=a, b1=b1, b2=b2, out_a=work_a / 'out', out_b=work_b / 'out',
+  return dict(a=finish(a), b1=b1, b2=finish(b2), out_a=work_a / 'out', out_b=work_b / 'out',
               errors={name: (finish(popen, timeout=120), out_dir, before)
                       for name, (popen, out_dir, before) in errors.items()})
+
 
 def test_runs_succeed(runs):
   for name in ('a', 'b1', 'b2'):
