@@ -8,6 +8,7 @@ A user mistake ends with one `error:` line naming the problem and the fix.
 
 import sys
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -27,14 +28,14 @@ def translate_nanogpt_argv(argv: list[str]) -> list[str]:
   return out
 
 
-def _unknown_key_message(e: Exception) -> str:
+def unknown_key_message(e: Exception, valid: ml_collections.ConfigDict) -> str:
   # ml_collections raises AttributeError wrapping a KeyError whose text is the
   # key, then possibly a 'Did you mean ...' line
   cause = e.args[0] if e.args and isinstance(e.args[0], KeyError) else e
   key, *hint = str(cause.args[0] if cause.args else cause).splitlines()
   key = key.strip('"\'')
   hint = f' ({hint[0].strip()})' if hint else ''
-  return f'unknown config key {key!r}{hint}: valid keys are {", ".join(base_config())}'
+  return f'unknown config key {key!r}{hint}: valid keys are {", ".join(valid)}'
 
 
 def parse_config(argv: list[str]):
@@ -51,7 +52,7 @@ def parse_config(argv: list[str]):
   except flags.Error as e:
     raise ConfigError(f'{e}: check the value\'s type against the config file') from None
   except (AttributeError, KeyError) as e:  # an override of a key the config does not have
-    raise ConfigError(_unknown_key_message(e)) from None
+    raise ConfigError(unknown_key_message(e, base_config())) from None
   except OSError as e:  # the config file could not be loaded
     raise ConfigError(str(e).splitlines()[-1].strip() + ': pass --config=configs/<recipe>.py') from None
   if len(rest) > 1:

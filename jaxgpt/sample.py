@@ -15,7 +15,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from jaxgpt.config import ConfigError, GPTConfig, JaxGPTError
-from jaxgpt.cli import translate_nanogpt_argv
+from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
 
 
 def sample_config() -> ml_collections.ConfigDict:
@@ -39,14 +39,15 @@ def sample_config() -> ml_collections.ConfigDict:
 def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
   argv = translate_nanogpt_argv(argv)
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_dict('config', sample_config(), flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
   try:
+    # defining the flag already applies the overrides in argv
+    config_flags.DEFINE_config_dict('config', sample_config(), flag_values=flag_values, lock_config=True,
+                                    sys_argv=argv)
     flag_values(argv)
   except flags.Error as e:
     raise ConfigError(f'{e}: check the flag\'s name and type') from None
   except (AttributeError, KeyError) as e:
-    raise ConfigError(f'unknown flag {e}: valid flags are {", ".join(sample_config())}') from None
+    raise ConfigError(unknown_key_message(e, sample_config())) from None
   c = flag_values.config
   if c.temperature <= 0:
     raise ConfigError(f'temperature={c.temperature} must be > 0 (use a small value like 0.1 for '

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from jaxgpt.checkpoint import Checkpoints
+from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.config import GPTConfig
 from jaxgpt.step import init_model
 
@@ -32,9 +32,9 @@ LOSS_LINE = re.compile(r'^(iter|step) (\d+): (loss \d+\.\d{4}|train loss \d+\.\d
 
 
 @pytest.fixture(scope='module')
-def jax_cache(tmp_path_factory):
-  """The environment of the subprocesses: a persistent jax compilation cache
-  for every program (the tiny model's compiles cost more than its training)."""
+def env(tmp_path_factory):
+  """The subprocesses' environment: a persistent jax compilation cache for
+  every program (the tiny model's compiles cost more than its training)."""
   cache = tmp_path_factory.getbasetemp() / 'jax-compilation-cache'
   cache.mkdir(exist_ok=True)
   return os.environ | {'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
@@ -55,7 +55,13 @@ def start_train(env, workdir, out_dir, **settings):
 
 
 def finish(popen, timeout=300):
-  stdout, stderr = popen.communicate(timeout=timeout)
+  """Waits for a started run; the completed process."""
+  try:
+    stdout, stderr = popen.communicate(timeout=timeout)
+  finally:
+    if popen.poll() is None:  # timed out, or interrupted
+      popen.kill()
+      popen.communicate()
   return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
 
 
@@ -70,13 +76,15 @@ def loss_lines(stdout, since):
 
 
 def snapshot(folder):
-  """Every path under folder, with size and mtime for files: to see that nothing changed."""
-  return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else 'dir'
-          for p in sorted(folder.rglob('*'))}
+  """Every path under folder (folder too) with its size and mtime: what a run
+  must leave as it was. A folder's mtime changes when an entry is added or
+  removed in it, a temporary one included."""
+  return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
+          for p in [folder, *sorted(folder.rglob('*'))]}
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, shakespeare, jax_cache):
+def runs(tmp_path_factory, shakespeare, env):
   """Every train.py run of this module, started side by side where they can be:
 
   A: 40 iterations in one run, and B: 20 iterations, with the ERRORS cases
@@ -87,7 +95,11 @@ def runs(tmp_path_factory, shakespeare, jax_cache):
   Returns {'a', 'b1', 'b2': the processes, 'out_a', 'out_b': out_dirs,
   'errors': {name: (process, out_dir, snapshot of out_dir before, or None)}}."""
   root = tmp_path_factory.mktemp('runs')
-  errors = {}
+  started, errors = [], {}
+
+  def launch(workdir, out_dir, **settings):
+    started.append(start_train(env, workdir, out_dir, **settings))
+    return started[-1]
 
   def start_error(name):
     setup, settings, _ = ERRORS[name]
@@ -101,25 +113,31 @@ def runs(tmp_path_factory, shakespeare, jax_cache):
       put_nanogpt_checkpoint(out_dir)
     before = snapshot(out_dir) if out_dir.exists() else None
     workdir = make_workdir(root / f'work-{name}', shakespeare)  # its own: data/ is prepared on first use
-    errors[name] = (start_train(jax_cache, workdir, out_dir, **settings), out_dir, before)
+    errors[name] = (launch(workdir, out_dir, **settings), out_dir, before)
 
-  work_a = make_workdir(root / 'a', shakespeare)
-  work_b = make_workdir(root / 'b', shakespeare)
-  a = start_train(jax_cache, work_a, work_a / 'out', max_iters=40)
-  b1 = start_train(jax_cache, work_b, work_b / 'out', max_iters=20)
-  early = [name for name in ERRORS if ERRORS[name][0] in ('empty', 'ckpt.pt', 'missing')]
-  for name in early:
-    start_error(name)
-  b1 = finish(b1)
-  assert b1.returncode == 0, b1.stdout + b1.stderr
-  shutil.copytree(work_b / 'out', root / 'saved')
-  b2 = start_train(jax_cache, work_b, work_b / 'out', max_iters=40, init_from='resume')
-  for name in ERRORS:
-    if name not in early:
+  try:
+    work_a = make_workdir(root / 'a', shakespeare)
+    work_b = make_workdir(root / 'b', shakespeare)
+    a = launch(work_a, work_a / 'out', max_iters=40)
+    b1 = launch(work_b, work_b / 'out', max_iters=20)
+    early = [name for name in ERRORS if ERRORS[name][0] in ('empty', 'ckpt.pt', 'missing')]
+    for name in early:
       start_error(name)
-  return dict(a=finish(a), b1=b1, b2=finish(b2), out_a=work_a / 'out', out_b=work_b / 'out',
-              errors={name: (finish(popen, timeout=120), out_dir, before)
-                      for name, (popen, out_dir, before) in errors.items()})
+    b1 = finish(b1)
+    assert b1.returncode == 0, b1.stdout + b1.stderr
+    shutil.copytree(work_b / 'out', root / 'saved')
+    b2 = launch(work_b, work_b / 'out', max_iters=40, init_from='resume')
+    for name in ERRORS:
+      if name not in early:
+        start_error(name)
+    return dict(a=finish(a), b1=b1, b2=finish(b2), out_a=work_a / 'out', out_b=work_b / 'out',
+                errors={name: (finish(popen, timeout=120), out_dir, before)
+                        for name, (popen, out_dir, before) in errors.items()})
+  finally:
+    for popen in started:  # none left running, whatever failed
+      if popen.poll() is None:
+        popen.kill()
+        popen.communicate()
 
 
 def test_runs_succeed(runs):
@@ -187,7 +205,7 @@ def test_keeps_the_latest_and_the_best(tmp_path):
 
 def test_no_checkpoint_when_empty(tmp_path):
   (tmp_path / 'out').mkdir()
-  with pytest.raises(Exception, match='no checkpoint in'):
+  with pytest.raises(CheckpointError, match='no checkpoint in'):
     Checkpoints(tmp_path / 'out', read_only=True).latest_step()
 
 
