@@ -4,6 +4,7 @@ and a tiny model reused across tests (each distinct shape costs a jit compile).
 
 import os
 import pathlib
+import subprocess
 
 import jax
 import numpy as np
@@ -61,3 +62,14 @@ def flat_params(params) -> dict[str, np.ndarray]:
     keys = [str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey)]
     flat['/'.join(keys)] = np.asarray(leaf)
   return flat
+
+
+def finish(popen, timeout=300):
+  """Waits for a started run; the completed process."""
+  try:
+    stdout, stderr = popen.communicate(timeout=timeout)
+  finally:
+    if popen.poll() is None:  # timed out, or interrupted
+      popen.kill()
+      popen.communicate()
+  return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, finish
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.config import GPTConfig
 from jaxgpt.step import init_model
@@ -52,17 +52,6 @@ def start_train(env, workdir, out_dir, **settings):
   args = [f'--config.{key}={value}' for key, value in (TINY_RUN | settings | {'out_dir': out_dir}).items()]
   return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *args],
                           cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(popen, timeout=300):
-  """Waits for a started run; the completed process."""
-  try:
-    stdout, stderr = popen.communicate(timeout=timeout)
-  finally:
-    if popen.poll() is None:  # timed out, or interrupted
-      popen.kill()
-      popen.communicate()
-  return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
 
 
 def loss_lines(stdout, since):

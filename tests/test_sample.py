@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, finish
 from jaxgpt.config import GPTConfig
 from jaxgpt.generate import Generator, sample_next
 from jaxgpt.step import init_model
@@ -173,17 +173,6 @@ SEPARATOR = '\n---------------\n'
 def start(env, workdir, script, *args):
   return subprocess.Popen([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=workdir, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(popen, timeout=300):
-  """Waits for a started run; the completed process."""
-  try:
-    stdout, stderr = popen.communicate(timeout=timeout)
-  finally:
-    if popen.poll() is None:  # timed out, or interrupted
-      popen.kill()
-      popen.communicate()
-  return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
 
 
 # name: (sample.py arguments, after those of a good run; what the one error line says)
