@@ -6,16 +6,22 @@ Flags are nanoGPT's (`--key=value`, or `--config.key=value`). Samples are
 printed one after another, each followed by a line of dashes.
 """
 
+import pathlib
 import sys
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt.config import ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
+from jaxgpt.config import ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.generate import Generator
+from jaxgpt.step import init_model
+from jaxgpt.train import pin_device
 
 
 def sample_config() -> ml_collections.ConfigDict:
@@ -74,42 +80,45 @@ def encode(text: str, vocab: list[str]) -> list[int]:
   return [stoi[ch] for ch in text]
 
 
+def read_prompt(start: str) -> str:
+  """The prompt: `start` itself, or the text of the file named by FILE:path."""
+  if not start.startswith('FILE:'):
+    return start
+  try:
+    return pathlib.Path(start.removeprefix('FILE:')).read_text(encoding='utf-8')
+  except (OSError, UnicodeDecodeError) as e:
+    raise JaxGPTError(f'cannot read the prompt file {start.removeprefix("FILE:")}: {e}') from None
+
+
+def load_checkpoint(c: ml_collections.ConfigDict):
+  """(step, meta, generator) for the best or latest checkpoint in out_dir."""
+  checkpoints = Checkpoints(c.out_dir, read_only=True)
+  step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
+  meta = checkpoints.meta(step)
+  if meta['vocab'] is None:
+    raise JaxGPTError('this checkpoint has no character vocabulary: it was trained on GPT-2 tokens '
+                      '(their tokenizer is not supported yet), or imported from a ckpt.pt without '
+                      'data/<dataset>/meta.json beside it (prepare the data set, then import again)')
+  config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0}))
+  _, graphdef, like = init_model(config, seed=0)
+  generate = Generator(graphdef, checkpoints.params(step, like), config,
+                       temperature=c.temperature, top_k=c.top_k)
+  return step, meta, generate
+
+
 def main(argv: list[str]) -> int:
   try:
     c = parse_sample_config(argv)
     logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
-    from jaxgpt import train  # after parsing: a bad flag answers before jax starts
-    train.pin_device(c.device)
-    import jax
-    from jaxgpt.checkpoint import Checkpoints
-    from jaxgpt.generate import Generator
-    from jaxgpt.step import init_model
-
-    checkpoints = Checkpoints(c.out_dir, read_only=True)
-    step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
-    meta = checkpoints.meta(step)
-    if meta['vocab'] is None:
-      raise JaxGPTError('this checkpoint has no character vocabulary: it was trained on GPT-2 tokens '
-                        '(their tokenizer is not supported yet), or imported from a ckpt.pt without '
-                        'data/<dataset>/meta.json beside it (prepare the data set, then import again)')
-    config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0}))
-    _, graphdef, like = init_model(config, seed=0)
-    params = checkpoints.params(step, like)
-    start = c.start
-    if start.startswith('FILE:'):
-      with open(start[5:], encoding='utf-8') as f:
-        start = f.read()
-    prompt = np.array([encode(start, meta['vocab'])] * c.num_samples, np.int32)
-    generate = Generator(graphdef, params, config, temperature=c.temperature, top_k=c.top_k)
+    pin_device(c.device)
+    step, meta, generate = load_checkpoint(c)
+    prompt = np.array([encode(read_prompt(c.start), meta['vocab'])] * c.num_samples, np.int32)
     t0 = time.time()
     with jax.disable_jit(not c.compile):
       tokens = generate(prompt, c.max_new_tokens, c.seed, use_cache=c.use_cache)
     seconds = time.time() - t0
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
-  except OSError as e:
-    print(f'error: cannot read the prompt file: {e}', file=sys.stderr)
     return 1
   for row in tokens:
     print(''.join(meta['vocab'][i] for i in row))
