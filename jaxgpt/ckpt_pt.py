@@ -16,7 +16,9 @@ import argparse
 import dataclasses
 import sys
 
+import jax
 import numpy as np
+import optax
 
 from jaxgpt import data, nanogpt
 from jaxgpt.checkpoint import Checkpoints
@@ -72,12 +74,37 @@ def import_ckpt(path: str, out_dir: str) -> int:
   checkpoints = Checkpoints(out_dir)
   if checkpoints.manager.latest_step() is not None:
     raise JaxGPTError(f'{out_dir} already holds checkpoints: import into an empty --out_dir')
-  checkpoints.save(step, params, make_optimizer(c).init(params), {
+  opt_state = adamw_state(make_optimizer(c).init(params), ckpt.get('optimizer'), weights, step, like)
+  checkpoints.save(step, params, opt_state, {
       'iter_num': step, 'val_loss': best_val_loss, 'best_val_loss': best_val_loss,
       'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab,
       'train_rng': rng_states[0], 'eval_rng': rng_states[1]})
   checkpoints.close()
   return step
+
+
+def adamw_state(opt_state, torch_state: dict | None, weights: dict[str, np.ndarray], step: int, like):
+  """opt_state holding nanoGPT's AdamW moments (and `step` updates done), when
+  torch_state (the ckpt's `optimizer`) has them; else opt_state as it is."""
+  if not torch_state or not torch_state.get('state'):
+    return opt_state
+  # nanoGPT's configure_optimizers numbers the parameters group by group:
+  # first those with 2+ dims (decayed), then the rest, each in state_dict order
+  names = [n for n in weights if n != 'lm_head.weight' and weights[n].ndim >= 2]
+  names += [n for n in weights if n != 'lm_head.weight' and weights[n].ndim < 2]
+  moments = torch_state['state']
+  mu, nu = ({name: moments[i][key].float().numpy() for i, name in enumerate(names)} for key in ('exp_avg', 'exp_avg_sq'))
+  mu, nu = nanogpt.from_nanogpt(mu, like), nanogpt.from_nanogpt(nu, like)
+  count = np.asarray(step, np.int32)
+
+  def with_moments(state):
+    if isinstance(state, optax.ScaleByAdamState):
+      return state._replace(count=count, mu=mu, nu=nu)
+    if isinstance(state, optax.ScaleByScheduleState):
+      return state._replace(count=count)
+    return state
+  return jax.tree.map(with_moments, opt_state,
+                      is_leaf=lambda s: isinstance(s, (optax.ScaleByAdamState, optax.ScaleByScheduleState)))
 
 
 def export_ckpt(out_dir: str, path: str, which: str = 'best') -> int:

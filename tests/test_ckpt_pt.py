@@ -11,11 +11,11 @@ from flax import nnx
 
 import nanogpt_model
 from conftest import REPO_ROOT
-from jaxgpt import ckpt_pt
+from jaxgpt import ckpt_pt, nanogpt
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig, base_config
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import init_model
+from jaxgpt.step import init_model, make_train_step
 
 CONFIG = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
 # float32 through two implementations of the same graph: the reference README
@@ -120,3 +120,47 @@ def test_module_runs_from_the_repository(tmp_path):
   proc = run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "out"}', cwd=REPO_ROOT)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith(f'imported {tmp_path / "ckpt.pt"} (iteration 7)')
+
+
+def test_import_continues_nanogpt_adamw(tmp_path):
+  # nanoGPT trains 3 steps and saves (weights + AdamW moments); its 4th step
+  # and jaxgpt's first step after import must give the same weights
+  settings = dict(learning_rate=1e-3, decay_lr=False, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0)
+  model = nanogpt_checkpoint(tmp_path / 'unused.pt')
+  params = dict(model.named_parameters())  # the tied lm_head is named once, as transformer.wte.weight
+  groups = [{'params': [p for p in params.values() if p.dim() >= 2], 'weight_decay': settings['weight_decay']},
+            {'params': [p for p in params.values() if p.dim() < 2], 'weight_decay': 0.0}]
+  optimizer = torch.optim.AdamW(groups, lr=settings['learning_rate'], betas=(0.9, 0.99), eps=1e-8)
+  batches = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (4, 4, CONFIG.block_size + 1))
+
+  def torch_step(batch):
+    logits = model(torch.from_numpy(batch[:, :-1]))
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(batch[:, 1:]).reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings['grad_clip'])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+  for batch in batches[:3]:
+    torch_step(batch)
+  torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'iter_num': 3,
+              'best_val_loss': 3.0, 'config': settings | {'dataset': 'no_such_dataset'},
+              'model_args': {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}}, tmp_path / 'ckpt.pt')
+  torch_step(batches[3])
+  expected = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+  ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out'))
+  checkpoints = Checkpoints(str(tmp_path / 'out'), read_only=True)
+  c = base_config()
+  c.update(settings)
+  tx = make_optimizer(c)
+  _, graphdef, like = init_model(CONFIG, seed=0)
+  params, opt_state = checkpoints.state(3, like, tx.init(like))
+  step = make_train_step(graphdef, tx, dropout=False, seed=0, fused=True)
+  xs = batches[3][None, :, :-1].astype(np.int32)
+  ys = batches[3][None, :, 1:].astype(np.int32)
+  params, _, _ = step(params, opt_state, xs, ys, 3)
+  got = nanogpt.to_nanogpt(params)
+  # float32 in two frameworks, 4 AdamW steps: the traces' weight tolerance
+  worst = max(float(np.max(np.abs(got[k] - expected[k]))) for k in expected)
+  assert worst < 1e-5, worst
