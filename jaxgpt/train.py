@@ -8,6 +8,7 @@ after the first evaluation.
 
 import dataclasses
 import math
+import signal
 import time
 
 import jax
@@ -138,6 +139,25 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       raise JaxGPTError(f'loss is {lossf} at iteration {logged_iter}: lower --config.learning_rate '
                         'or raise --config.warmup_iters')
 
+  def save(val_loss: float, eval_rng_state: dict) -> None:
+    """A checkpoint of the state before iteration iter_num."""
+    checkpoints.save(iter_num, params, opt_state, {
+        'iter_num': iter_num, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
+        'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab,
+        'train_rng': train_rng_state, 'eval_rng': eval_rng_state})
+
+  # Ctrl-C or SIGTERM: finish the step in flight, save, stop (a second one aborts)
+  stop_signal = []
+
+  def request_stop(signum, frame):
+    if stop_signal:
+      raise KeyboardInterrupt
+    stop_signal.append(signum)
+    print(f'{signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint '
+          '(again to stop at once, unsaved)', flush=True)
+
+  previous_handlers = (signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop))
+
   # a checkpoint holds the RNG states from before the batches of its iteration
   # were drawn, so a resumed run draws the same batches as an uninterrupted one
   train_rng_state = train_rng.bit_generator.state
@@ -155,10 +175,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
           best_val_loss = min(best_val_loss, losses['val'])
           if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
             print(f'saving checkpoint to {c.out_dir}')
-            checkpoints.save(iter_num, params, opt_state, {
-                'iter_num': iter_num, 'val_loss': losses['val'], 'best_val_loss': best_val_loss,
-                'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab,
-                'train_rng': train_rng_state, 'eval_rng': eval_rng_state})
+            save(losses['val'], eval_rng_state)
         t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
       if iter_num == 0 and c.eval_only:
         break
@@ -174,8 +191,19 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       iter_num += 1
       if iter_num > c.max_iters:
         break
+      if stop_signal:
+        if pending:
+          log(*pending)
+          pending = None
+        # no val loss for this state: inf keeps it out of the running for best
+        save(math.inf, eval_rng.bit_generator.state)
+        print(f'{signal.Signals(stop_signal[0]).name} at iteration {iter_num}: saved a checkpoint to '
+              f'{c.out_dir}; continue with --config.init_from=resume')
+        break
     if pending:
       log(*pending)
   finally:
+    signal.signal(signal.SIGINT, previous_handlers[0])
+    signal.signal(signal.SIGTERM, previous_handlers[1])
     checkpoints.close()
   return losses

@@ -1,0 +1,73 @@
+"""Ctrl-C (SIGINT) during training: finish the step, save, exit 0; resuming
+continues exactly as if nothing had happened."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, finish
+
+CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
+TINY_RUN = ['--config.n_layer=2', '--config.n_head=2', '--config.n_embd=32', '--config.block_size=32',
+            '--config.batch_size=8', '--config.eval_interval=20', '--config.eval_iters=3',
+            '--config.log_interval=1', '--config.dropout=0.1', '--config.warmup_iters=5',
+            '--config.lr_decay_iters=100']
+LOSS_LINE = re.compile(r'^(iter|step) (\d+): (.*?)(, time .*)?$')
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, shakespeare):
+  folder = tmp_path_factory.mktemp('interrupt')
+  (folder / 'data' / 'shakespeare_char').mkdir(parents=True)
+  shutil.copy(shakespeare, folder / 'data' / 'shakespeare_char' / 'input.txt')
+  return folder
+
+
+def start(workdir, *args):
+  return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *TINY_RUN, *args],
+                          cwd=workdir, env=os.environ | {'PYTHONUNBUFFERED': '1'},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def losses_from(stdout: str, first: int) -> dict[tuple[str, int], str]:
+  """{('iter' | 'step', N): the loss text} for N >= first."""
+  found = {}
+  for line in stdout.splitlines():
+    match = LOSS_LINE.match(line)
+    if match and int(match[2]) >= first:
+      found[match[1], int(match[2])] = match[3]
+  return found
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(workdir):
+  uninterrupted = finish(start(workdir, '--config.max_iters=40', f'--config.out_dir={workdir / "a"}'))
+  assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+  run = start(workdir, '--config.max_iters=1000', f'--config.out_dir={workdir / "b"}')
+  seen = []
+  for line in run.stdout:  # wait until training is under way, past the first eval
+    seen.append(line)
+    if line.startswith('iter 23:'):
+      run.send_signal(signal.SIGINT)
+      break
+  interrupted = finish(run)
+  stdout = ''.join(seen) + interrupted.stdout
+  assert interrupted.returncode == 0, stdout + interrupted.stderr
+  assert 'Traceback' not in interrupted.stderr
+  [stop_line] = [line for line in stdout.splitlines() if line.startswith('SIGINT at iteration')]
+  stopped_at = int(re.match(r'SIGINT at iteration (\d+): saved a checkpoint to ', stop_line)[1])
+  assert 'continue with --config.init_from=resume' in stop_line
+  assert 24 <= stopped_at < 40
+  assert (workdir / 'b' / str(stopped_at)).is_dir()
+
+  resumed = finish(start(workdir, '--config.max_iters=40', f'--config.out_dir={workdir / "b"}',
+                         '--config.init_from=resume'))
+  assert resumed.returncode == 0, resumed.stderr
+  expected = losses_from(uninterrupted.stdout, stopped_at)
+  assert ('iter', 40) in expected and ('step', 40) in expected
+  assert losses_from(resumed.stdout, stopped_at) == expected
