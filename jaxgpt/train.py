@@ -121,7 +121,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
 
   losses = {}
   first_iter, running_mfu = iter_num, -1.0
-  t0, last_timed = time.time(), -1  # the clock started after iteration last_timed
+  t0, last_timed = time.time(), iter_num - 1  # the clock started after iteration last_timed
   pending = None  # (iter_num, metrics) of a dispatched step whose log line is still to print
 
   def log(logged_iter: int, metrics: StepMetrics) -> None:
