@@ -116,12 +116,8 @@ class CausalSelfAttention(nnx.Module):
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
     B, T, C = x.shape
-    hs = C // self.n_head
-    q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
-    q = q.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-    k = k.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-    v = v.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-    att = (q @ k.swapaxes(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+    q, k, v = self._heads(x)
+    att = (q @ k.swapaxes(-2, -1)) * (1.0 / math.sqrt(C // self.n_head))  # (B, nh, T, T)
     causal = jnp.tril(jnp.ones((T, T), dtype=bool))
     att = jnp.where(causal, att, -jnp.inf)
     att = jax.nn.softmax(att.astype(jnp.float32), axis=-1).astype(x.dtype)
@@ -130,13 +126,18 @@ class CausalSelfAttention(nnx.Module):
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
     return self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs)
 
+  def _heads(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries, keys and values of x (B, T, C), each (B, nh, T, hs)."""
+    B, T, C = x.shape
+    return tuple(a.reshape(B, T, self.n_head, C // self.n_head).transpose(0, 2, 1, 3)
+                 for a in jnp.split(self.c_attn(x), 3, axis=-1))
+
   def decode(self, x: jax.Array, cache: KVCache, pos: jax.Array) -> tuple[jax.Array, KVCache]:
     """Attention for T new tokens at positions pos..pos+T-1, keys and values of
     earlier positions read from the cache (B, nh, block_size, hs). No dropout."""
     B, T, C = x.shape
     hs = C // self.n_head
-    q, k, v = (a.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-               for a in jnp.split(self.c_attn(x), 3, axis=-1))
+    q, k, v = self._heads(x)
     k_cache = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, 0, pos, 0))
     v_cache = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, 0, pos, 0))
     att = (q @ k_cache.swapaxes(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, block_size)
