@@ -20,6 +20,9 @@ class ConfigError(JaxGPTError):
   pass
 
 
+GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M, 1558M
+
+
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
   block_size: int = 1024
@@ -42,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_iters = 200
   c.eval_only = False  # evaluate once at step 0, then exit
   c.always_save_checkpoint = True  # save after every eval, not only when val improves
-  c.init_from = 'scratch'
+  c.init_from = 'scratch'  # 'scratch', 'resume' (from out_dir) or a GPT-2: 'gpt2', 'gpt2-medium', ...
+  c.gpt2_dir = ''  # a local GPT-2 folder (Hugging Face layout); '' = the Hugging Face cache
   # wandb logging
   c.wandb_log = False
   c.wandb_project = 'owt'
@@ -83,7 +87,7 @@ _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulati
              'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd')
 _NON_NEGATIVE = ('max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'min_lr')
 _CHOICES = {
-    'init_from': ('scratch', 'resume'),
+    'init_from': ('scratch', 'resume') + GPT2_MODELS,
     'device': ('cpu', 'gpu', 'cuda'),
     'dtype': ('float32', 'bfloat16'),
 }
@@ -107,7 +111,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'dropout={c.dropout} must be in [0, 1)')
   if not c.learning_rate > 0:
     raise ConfigError(f'learning_rate={c.learning_rate} must be > 0')
-  if c.min_lr > c.learning_rate:
+  if c.decay_lr and c.min_lr > c.learning_rate:
     raise ConfigError(f'min_lr={c.min_lr} must not exceed learning_rate={c.learning_rate}')
   for key in ('beta1', 'beta2'):
     if not 0.0 <= c[key] < 1.0:

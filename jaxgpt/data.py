@@ -2,11 +2,14 @@
 
 A data set is a folder data/<dataset>/ holding train.bin and val.bin (uint16
 token ids, memory-mapped) and, for character-level sets, meta.json with the
-vocabulary (nanoGPT writes meta.pkl; jaxgpt loads no pickle).
+vocabulary (nanoGPT writes meta.pkl; jaxgpt loads no pickle). Without
+meta.json the tokens are GPT-2's.
 
-  python -m jaxgpt.data shakespeare_char   # prepare tiny Shakespeare
+  python -m jaxgpt.data shakespeare_char   # tiny Shakespeare, characters as tokens
+  python -m jaxgpt.data shakespeare [--gpt2_dir=FOLDER]   # the same in GPT-2 tokens
 """
 
+import argparse
 import json
 import pathlib
 import sys
@@ -58,6 +61,24 @@ def prepare_shakespeare_char(out: pathlib.Path) -> None:
   (out / 'meta.json').write_text(json.dumps(meta, ensure_ascii=False), encoding='utf-8')
 
 
+def prepare_shakespeare(out: pathlib.Path, gpt2_dir: str = '') -> None:
+  """nanoGPT's data/shakespeare/prepare.py: tiny Shakespeare in GPT-2 tokens
+  (the first 90% of the characters for train, the rest for val), for
+  finetuning GPT-2. The tokenizer comes from gpt2_dir or the Hugging Face cache."""
+  from jaxgpt import gpt2  # tiktoken: only for GPT-2 tokens
+  tokenizer = gpt2.tokenizer(gpt2_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  input_path = out / 'input.txt'
+  if not input_path.exists():
+    _download(SHAKESPEARE_URL, input_path)
+  text = input_path.read_text(encoding='utf-8')
+  split = int(len(text) * 0.9)
+  for name, part in (('train', text[:split]), ('val', text[split:])):
+    ids = np.array(tokenizer.encode_ordinary(part), dtype=np.uint16)
+    print(f'{name} has {len(ids):,} tokens')
+    ids.tofile(out / f'{name}.bin')
+
+
 def _download(url: str, path: pathlib.Path) -> None:
   print(f'downloading {url}')
   try:
@@ -69,18 +90,26 @@ def _download(url: str, path: pathlib.Path) -> None:
   path.write_bytes(data)
 
 
-PREPARERS = {'shakespeare_char': prepare_shakespeare_char}
+PREPARABLE = ('shakespeare_char', 'shakespeare')
+
+
+def prepare(dataset: str, gpt2_dir: str = '') -> None:
+  """Prepares data/<dataset> (one of PREPARABLE); gpt2_dir: where GPT-2's tokenizer is."""
+  if dataset == 'shakespeare_char':
+    prepare_shakespeare_char(data_dir(dataset))
+  else:
+    prepare_shakespeare(data_dir(dataset), gpt2_dir)
 
 
 # -- loading -------------------------------------------------------------------
 
 
-def ensure_prepared(dataset: str) -> pathlib.Path:
-  """The data set's folder, prepared first when it can be (shakespeare_char)."""
+def ensure_prepared(dataset: str, gpt2_dir: str = '') -> pathlib.Path:
+  """The data set's folder, prepared first when it can be (see PREPARABLE)."""
   folder = data_dir(dataset)
-  if not (folder / 'train.bin').exists() and dataset in PREPARERS:
+  if not (folder / 'train.bin').exists() and dataset in PREPARABLE:
     print(f'preparing {dataset} in {folder}')
-    PREPARERS[dataset](folder)
+    prepare(dataset, gpt2_dir)
   for split in ('train', 'val'):
     if not (folder / f'{split}.bin').exists():
       raise DataError(f'{folder / f"{split}.bin"} not found: prepare the data set first '
@@ -132,11 +161,13 @@ class BatchSampler:
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) != 2 or argv[1] not in PREPARERS:
-    print(f'usage: python -m jaxgpt.data {{{",".join(PREPARERS)}}}', file=sys.stderr)
-    return 2
+  parser = argparse.ArgumentParser(prog='python -m jaxgpt.data', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('dataset', choices=PREPARABLE)
+  parser.add_argument('--gpt2_dir', default='', help='a GPT-2 folder with vocab.json (default: the Hugging Face cache)')
+  args = parser.parse_args(argv[1:])
   try:
-    PREPARERS[argv[1]](data_dir(argv[1]))
+    prepare(args.dataset, args.gpt2_dir)
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -6,6 +6,7 @@ Flags are nanoGPT's (`--key=value`, or `--config.key=value`). Samples are
 printed one after another, each followed by a line of dashes.
 """
 
+import dataclasses
 import pathlib
 import sys
 import time
@@ -16,18 +17,21 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
+from jaxgpt import gpt2
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
-from jaxgpt.config import ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.config import GPT2_MODELS, ConfigError, GPTConfig, JaxGPTError
 from jaxgpt.generate import Generator
-from jaxgpt.step import init_model
+from jaxgpt.step import abstract_params
+from jaxgpt.tokenizer import CharTokenizer, GPT2Tokenizer
 from jaxgpt.train import pin_device
 
 
 def sample_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.init_from = 'resume'  # resume: from the checkpoint in out_dir
+  c.init_from = 'resume'  # resume: from the checkpoint in out_dir; or a GPT-2: 'gpt2', 'gpt2-xl', ...
   c.out_dir = 'out'
+  c.gpt2_dir = ''  # a local GPT-2 folder (Hugging Face layout); '' = the training run's, or the hub cache
   c.checkpoint = 'best'  # best (lowest val loss) or latest
   c.start = '\n'  # the prompt, or FILE:path to read it from a file
   c.num_samples = 10
@@ -63,21 +67,12 @@ def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
   for key in ('num_samples', 'max_new_tokens'):
     if c[key] < 1:
       raise ConfigError(f'{key}={c[key]} must be >= 1')
-  if c.init_from != 'resume':
-    raise ConfigError(f'init_from={c.init_from!r} is not supported yet: use init_from=resume '
-                      'with the out_dir of a training run')
+  if c.init_from not in ('resume',) + GPT2_MODELS:
+    raise ConfigError(f'init_from={c.init_from!r} is not supported: choose resume (the checkpoint in '
+                      f'out_dir) or one of {", ".join(GPT2_MODELS)}')
   if c.checkpoint not in ('best', 'latest'):
     raise ConfigError(f'checkpoint={c.checkpoint!r}: choose best or latest')
   return c
-
-
-def encode(text: str, vocab: list[str]) -> list[int]:
-  stoi = {ch: i for i, ch in enumerate(vocab)}
-  unknown = sorted(set(text) - set(stoi))
-  if unknown:
-    raise JaxGPTError(f'the prompt has characters outside the model\'s vocabulary: '
-                      f'{"".join(unknown)!r}; use only characters of the training text')
-  return [stoi[ch] for ch in text]
 
 
 def read_prompt(start: str) -> str:
@@ -90,20 +85,28 @@ def read_prompt(start: str) -> str:
     raise JaxGPTError(f'cannot read the prompt file {start.removeprefix("FILE:")}: {e}') from None
 
 
-def load_checkpoint(c: ml_collections.ConfigDict):
-  """(step, meta, generator) for the best or latest checkpoint in out_dir."""
-  checkpoints = Checkpoints(c.out_dir, read_only=True)
-  step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
-  meta = checkpoints.meta(step)
-  if meta['vocab'] is None:
-    raise JaxGPTError('this checkpoint has no character vocabulary: it was trained on GPT-2 tokens '
-                      '(their tokenizer is not supported yet), or imported from a ckpt.pt without '
-                      'data/<dataset>/meta.json beside it (prepare the data set, then import again)')
-  config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0}))
-  _, graphdef, like = init_model(config, seed=0)
-  generate = Generator(graphdef, checkpoints.params(step, like), config,
-                       temperature=c.temperature, top_k=c.top_k)
-  return step, meta, generate
+def load_model(c: ml_collections.ConfigDict):
+  """(generator, tokenizer, what) of the best or latest checkpoint in out_dir,
+  or of GPT-2's weights; `what` names them for the closing line."""
+  if c.init_from == 'resume':
+    checkpoints = Checkpoints(c.out_dir, read_only=True)
+    step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
+    meta = checkpoints.meta(step)
+    config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0}))
+    if meta['vocab'] is not None:
+      tokenizer = CharTokenizer(meta['vocab'])
+    else:  # trained on GPT-2 tokens
+      tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))
+    graphdef, like = abstract_params(config)
+    params, what = checkpoints.params(step, like), f'step {step} of {c.out_dir}'
+  else:
+    folder = gpt2.locate(c.init_from, c.gpt2_dir, (gpt2.CONFIG, gpt2.WEIGHTS, gpt2.TOKENIZER))
+    config = dataclasses.replace(gpt2.model_config(folder), dtype=c.dtype)
+    tokenizer = GPT2Tokenizer(folder)
+    graphdef, like = abstract_params(config)
+    params, what = gpt2.load_params(folder, config, like), c.init_from
+  generate = Generator(graphdef, params, config, temperature=c.temperature, top_k=c.top_k)
+  return generate, tokenizer, what
 
 
 def main(argv: list[str]) -> int:
@@ -111,8 +114,8 @@ def main(argv: list[str]) -> int:
     c = parse_sample_config(argv)
     logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
     pin_device(c.device)
-    step, meta, generate = load_checkpoint(c)
-    prompt = np.array([encode(read_prompt(c.start), meta['vocab'])] * c.num_samples, np.int32)
+    generate, tokenizer, what = load_model(c)
+    prompt = np.array([tokenizer.encode(read_prompt(c.start))] * c.num_samples, np.int32)
     t0 = time.time()
     with jax.disable_jit(not c.compile):
       tokens = generate(prompt, c.max_new_tokens, c.seed, use_cache=c.use_cache)
@@ -121,8 +124,8 @@ def main(argv: list[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   for row in tokens:
-    print(''.join(meta['vocab'][i] for i in row))
+    print(tokenizer.decode(row.tolist()))
     print('---------------')
-  print(f'{c.num_samples * c.max_new_tokens / seconds:,.0f} tokens/s, compilation included (step {step} '
-        f'of {c.out_dir}, {"with" if c.use_cache else "without"} the key/value cache)', file=sys.stderr)
+  print(f'{c.num_samples * c.max_new_tokens / seconds:,.0f} tokens/s, compilation included ({what}, '
+        f'{"with" if c.use_cache else "without"} the key/value cache)', file=sys.stderr)
   return 0

@@ -117,3 +117,10 @@ def init_model(config, seed: int) -> tuple[GPT, nnx.GraphDef, Params]:
   model = GPT(config, rngs=nnx.Rngs(seed))
   graphdef, state = nnx.split(model)
   return model, graphdef, nnx.to_pure_dict(state)
+
+
+def abstract_params(config) -> tuple[nnx.GraphDef, Params]:
+  """The graph definition and the params' shapes and dtypes, computing no
+  weights: the template that loaded weights (orbax, GPT-2, ckpt.pt) fill."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
+  return graphdef, nnx.to_pure_dict(state)

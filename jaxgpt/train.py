@@ -15,9 +15,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import data
+from jaxgpt import data, gpt2
 from jaxgpt.checkpoint import Checkpoints
-from jaxgpt.config import GPTConfig, JaxGPTError, model_config
+from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError, model_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import StepMetrics, init_model, make_eval_loss, make_train_step
 
@@ -46,6 +46,24 @@ def estimate_mfu(config: GPTConfig, num_params: int, tokens_per_iter: int, dt: f
 MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
 
 
+def pretrained_model_config(c: ml_collections.ConfigDict, pretrained: GPTConfig,
+                            overridden: frozenset[str], vocab: list[str] | None) -> GPTConfig:
+  """GPT-2's model shape, also written back into c, as nanoGPT's
+  from_pretrained: only dropout is the run's, and a smaller block_size crops
+  the position embeddings. A conflicting override is an error."""
+  if vocab is not None:
+    raise JaxGPTError(f'dataset {c.dataset} is character-level; {c.init_from} reads GPT-2 tokens: '
+                      'prepare the data set in GPT-2 tokens (as data/shakespeare)')
+  for key in MODEL_SHAPE_KEYS:
+    pretrained_value = getattr(pretrained, key)
+    if key in overridden and c[key] != pretrained_value and not (key == 'block_size' and c[key] < pretrained_value):
+      raise JaxGPTError(f'--config.{key}={c[key]} conflicts with {c.init_from}, which has {key}={pretrained_value}: '
+                        f'drop the override (only block_size may be smaller, to crop the context)')
+    if key != 'block_size' or c[key] > pretrained_value:
+      c[key] = pretrained_value
+  return dataclasses.replace(pretrained, block_size=c.block_size, dropout=c.dropout, dtype=c.dtype)
+
+
 def resumed_model_config(c: ml_collections.ConfigDict, meta: dict, overridden: frozenset[str],
                          vocab: list[str] | None) -> GPTConfig:
   """The checkpoint's model shape, also written back into c. An override on
@@ -72,7 +90,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'tokens per iteration will be: {tokens_per_iter:,}')
 
-  folder = data.ensure_prepared(c.dataset)
+  folder = data.ensure_prepared(c.dataset, c.gpt2_dir)
   vocab = data.load_vocab(folder)
   if vocab is None:
     vocab_size = data.GPT2_VOCAB_SIZE
@@ -81,7 +99,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     vocab_size = len(vocab)
     print(f'found vocab_size = {vocab_size} (inside {folder / "meta.json"})')
 
-  checkpoints = Checkpoints(c.out_dir, create=c.init_from == 'scratch')
+  checkpoints = Checkpoints(c.out_dir, create=c.init_from != 'resume')
   if c.init_from == 'resume':
     print(f'Resuming training from {c.out_dir}')
     resume_step = checkpoints.latest_step()
@@ -91,8 +109,13 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     if checkpoints.manager.latest_step() is not None:
       raise JaxGPTError(f'{c.out_dir} holds checkpoints of an earlier run: pass --config.init_from=resume '
                         'to continue it, or another --config.out_dir to start afresh')
-    print('Initializing a new model from scratch')
-    config = model_config(c, vocab_size)
+    if c.init_from == 'scratch':
+      print('Initializing a new model from scratch')
+      config = model_config(c, vocab_size)
+    else:
+      print(f'Initializing from OpenAI GPT-2 weights: {c.init_from}')
+      pretrained_folder = gpt2.locate(c.init_from, c.gpt2_dir)
+      config = pretrained_model_config(c, gpt2.model_config(pretrained_folder), overridden, vocab)
 
   # separate streams, so that eval_iters does not change the training batches
   train_rng, eval_rng = (np.random.default_rng([c.seed, stream]) for stream in (0, 1))
@@ -101,6 +124,8 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
                   for split in ('train', 'val')}
 
   model, graphdef, params = init_model(config, c.seed)
+  if c.init_from in GPT2_MODELS:
+    params = gpt2.load_params(pretrained_folder, config, params)
   num_params = model.num_params()
   print(f'number of parameters: {num_params / 1e6:.2f}M')
   del model  # from here on the params pytree is the model's only state

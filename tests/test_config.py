@@ -18,7 +18,7 @@ def repo_cwd(monkeypatch):
 
 
 def test_recipes_found():
-  assert {'shakespeare_char.py', 'gpt2.py'} <= set(RECIPES)
+  assert {'shakespeare_char.py', 'gpt2.py', 'finetune_shakespeare.py'} <= set(RECIPES)
 
 
 @pytest.mark.parametrize('recipe', RECIPES)
@@ -65,6 +65,15 @@ def test_shakespeare_char_is_nanogpts_recipe():
   assert (c.beta1, c.weight_decay, c.grad_clip, c.bias, c.decay_lr) == (0.9, 0.1, 1.0, False, True)
 
 
+def test_finetune_shakespeare_is_nanogpts_recipe():
+  c = parse_config(['train', '--config=configs/finetune_shakespeare.py'])
+  assert (c.out_dir, c.eval_interval, c.eval_iters, c.wandb_project) == ('out-shakespeare', 5, 40, 'shakespeare')
+  assert c.wandb_run_name.startswith('ft-')
+  assert (c.dataset, c.init_from, c.always_save_checkpoint) == ('shakespeare', 'gpt2-xl', False)
+  assert (c.batch_size, c.gradient_accumulation_steps, c.max_iters) == (1, 32, 20)
+  assert (c.learning_rate, c.decay_lr) == (3e-5, False)  # constant: min_lr (6e-5, above it) plays no part
+
+
 def test_model_config():
   c = parse_config(['train', '--config=configs/shakespeare_char.py'])
   m = model_config(c, vocab_size=65)
@@ -100,7 +109,7 @@ def test_override_types():
     ('--config.min_lr=0.01', 'min_lr=0.01 must not exceed learning_rate=0.001'),
     ('--config.warmup_iters=5000', 'lr_decay_iters=5000 must be greater than warmup_iters=5000'),
     ('--config.beta2=1.0', 'beta2=1.0 must be in [0, 1)'),
-    ('--config.init_from=gpt2', "init_from='gpt2' is not supported: choose one of scratch, resume"),
+    ('--config.init_from=gpt3', "init_from='gpt3' is not supported: choose one of scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl"),
     ('--config.wandb_log=True', 'wandb_log=True is not supported yet'),
 ])
 def test_bad_override(override, message):

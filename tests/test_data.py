@@ -171,8 +171,10 @@ def test_offline_download_says_where_to_put_input(tmp_path, monkeypatch):
 
 def test_data_module_command(shakespeare, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
-  assert data.main(['jaxgpt.data', 'openwebtext']) == 2
-  assert capsys.readouterr().err == 'usage: python -m jaxgpt.data {shakespeare_char}\n'
+  with pytest.raises(SystemExit) as e:  # argparse's usage error
+    data.main(['jaxgpt.data', 'openwebtext'])
+  assert e.value.code == 2
+  assert "argument dataset: invalid choice: 'openwebtext' (choose from 'shakespeare_char', 'shakespeare')" in capsys.readouterr().err
   (tmp_path / 'data' / 'shakespeare_char').mkdir(parents=True)
   shutil.copy(shakespeare, tmp_path / 'data' / 'shakespeare_char' / 'input.txt')
   assert data.main(['jaxgpt.data', 'shakespeare_char']) == 0

@@ -1,0 +1,180 @@
+"""OpenAI's GPT-2 in Hugging Face's layout: weights in, weights out.
+
+`--config.init_from=gpt2` (or gpt2-medium, gpt2-large, gpt2-xl) starts from
+GPT-2's weights, as nanoGPT's GPT.from_pretrained does. They are read from a
+folder in Hugging Face's layout (config.json, model.safetensors, and
+vocab.json + merges.txt for the tokenizer): `--config.gpt2_dir=FOLDER`, or
+else the Hugging Face hub cache, downloading into it when online. Needs the
+`gpt2` extra: pip install -e '.[gpt2]'.
+
+  python -m jaxgpt.gpt2 export --out_dir=out-shakespeare-char FOLDER
+
+writes a jaxgpt checkpoint as such a folder, which transformers'
+GPT2LMHeadModel.from_pretrained loads.
+
+Hugging Face keeps the four projection weights as Conv1D, (in, out); nanoGPT
+and jaxgpt keep them as Linear, (out, in): they are transposed both ways.
+GPT-2 was trained with the tanh approximation of GELU ("gelu_new"); nanoGPT
+runs its weights with the exact GELU, and so does jaxgpt. The export says
+`activation_function: "gelu"`, so transformers computes what jaxgpt does.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from jaxgpt import nanogpt
+from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError
+from jaxgpt.tokenizer import GPT2Tokenizer
+
+HUB_OWNER = 'openai-community'
+WEIGHTS, CONFIG = 'model.safetensors', 'config.json'
+TOKENIZER = 'vocab.json'
+_CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# buffers of old transformers versions, not weights: the causal mask and its fill value
+_BUFFERS = ('.attn.bias', '.attn.masked_bias')
+
+
+class GPT2Error(JaxGPTError):
+  pass
+
+
+def _safetensors_numpy():
+  try:
+    from safetensors import numpy as safetensors_numpy
+  except ImportError:
+    raise GPT2Error('GPT-2 weights need safetensors: pip install -e ".[gpt2]"') from None
+  return safetensors_numpy
+
+
+def locate(name: str, gpt2_dir: str = '', files: tuple[str, ...] = (CONFIG, WEIGHTS)) -> pathlib.Path:
+  """The folder holding `files` of GPT-2 `name`: gpt2_dir when given, else
+  the hub cache's snapshot (downloaded when online and not there yet)."""
+  if gpt2_dir:
+    folder = pathlib.Path(gpt2_dir)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+      raise GPT2Error(f'gpt2_dir {folder} lacks {", ".join(missing)}: point it at a GPT-2 folder in '
+                      f'Hugging Face\'s layout (`hf download {HUB_OWNER}/{name}` or save_pretrained write one)')
+    return folder
+  if name not in GPT2_MODELS:
+    raise GPT2Error(f'{name!r} is not a GPT-2 model: choose one of {", ".join(GPT2_MODELS)}')
+  try:
+    import huggingface_hub
+  except ImportError:
+    raise GPT2Error('finding GPT-2 in the Hugging Face cache needs huggingface_hub: pip install -e ".[gpt2]", '
+                    'or pass --config.gpt2_dir=FOLDER') from None
+  repo = f'{HUB_OWNER}/{name}'
+  try:
+    return pathlib.Path(huggingface_hub.snapshot_download(repo, allow_patterns=list(files)))
+  except Exception as e:  # offline and not cached, hub errors, a broken cache, ...
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise GPT2Error(f'{name} is not in the Hugging Face cache and could not be downloaded ({reason}): '
+                    f'run `hf download {repo}` where you are online, or pass --config.gpt2_dir=FOLDER '
+                    'with its config.json and model.safetensors') from None
+
+
+def tokenizer(gpt2_dir: str = '', name: str = 'gpt2') -> GPT2Tokenizer:
+  """GPT-2's BPE tokenizer (one for every size), from gpt2_dir or the hub cache."""
+  return GPT2Tokenizer(locate(name, gpt2_dir, (TOKENIZER,)))
+
+
+def model_config(folder: pathlib.Path, dropout: float = 0.0) -> GPTConfig:
+  """The model shape of the GPT-2 in folder (its config.json)."""
+  try:
+    hf = json.loads((folder / CONFIG).read_text())
+    n_embd = hf['n_embd']
+    if hf.get('n_inner') not in (None, 4 * n_embd):
+      raise ValueError(f'n_inner={hf["n_inner"]}, where nanoGPT\'s MLP is 4 * n_embd = {4 * n_embd} wide')
+    return GPTConfig(block_size=hf['n_positions'], vocab_size=hf['vocab_size'], n_layer=hf['n_layer'],
+                     n_head=hf['n_head'], n_embd=n_embd, dropout=dropout, bias=True)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise GPT2Error(f'{folder / CONFIG} is not a GPT-2 config ({type(e).__name__}: {e})') from None
+
+
+def load_params(folder: pathlib.Path, config: GPTConfig, like) -> dict:
+  """The params of the GPT-2 in folder; like (arrays or shapes) gives their
+  structure. A block_size below GPT-2's 1024 keeps the first positions'
+  embeddings, as nanoGPT's crop_block_size does."""
+  try:
+    tensors = _safetensors_numpy().load_file(folder / WEIGHTS)
+  except Exception as e:  # safetensors raises its own errors for truncated or foreign files
+    raise GPT2Error(f'{folder / WEIGHTS} cannot be read ({type(e).__name__}: {e})') from None
+  state_dict = {}
+  for name, array in tensors.items():
+    name = name.removeprefix('transformer.')  # the hub's files have no prefix, save_pretrained's do
+    if name.endswith(_BUFFERS):
+      continue
+    if name.endswith(_CONV1D):
+      array = array.T
+    state_dict['transformer.' + name if name != 'lm_head.weight' else name] = array
+  wpe = state_dict.get('transformer.wpe.weight')
+  if wpe is not None and config.block_size < wpe.shape[0]:
+    state_dict['transformer.wpe.weight'] = wpe[:config.block_size]
+  try:
+    return nanogpt.from_nanogpt(state_dict, like)
+  except ValueError as e:
+    raise GPT2Error(f'{folder / WEIGHTS}: {e}') from None
+
+
+def save_pretrained(folder: pathlib.Path, config: GPTConfig, params) -> None:
+  """Writes params as a GPT-2 folder (config.json + model.safetensors) that
+  transformers' GPT2LMHeadModel.from_pretrained loads."""
+  if not config.bias:
+    raise GPT2Error('GPT-2 has biases in every Linear and LayerNorm: a model trained with bias=False '
+                    'cannot be written as GPT-2')
+  state_dict = nanogpt.to_nanogpt(params)
+  del state_dict['lm_head.weight']  # tied to wte; transformers ties it again on loading
+  for name in state_dict:
+    if name.endswith(_CONV1D):
+      state_dict[name] = state_dict[name].T
+  hf_config = {
+      'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
+      'vocab_size': config.vocab_size, 'n_positions': config.block_size, 'n_ctx': config.block_size,
+      'n_embd': config.n_embd, 'n_layer': config.n_layer, 'n_head': config.n_head,
+      'activation_function': 'gelu',  # nanoGPT's exact GELU, not GPT-2's tanh approximation
+      'layer_norm_epsilon': 1e-5, 'tie_word_embeddings': True,
+      'resid_pdrop': config.dropout, 'embd_pdrop': config.dropout, 'attn_pdrop': config.dropout,
+  }
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / CONFIG).write_text(json.dumps(hf_config, indent=2) + '\n')
+  contiguous = {name: np.ascontiguousarray(array, np.float32) for name, array in state_dict.items()}
+  _safetensors_numpy().save_file(contiguous, folder / WEIGHTS, metadata={'format': 'pt'})
+
+
+def export(out_dir: str, folder: str, which: str = 'best') -> int:
+  """Writes out_dir's best (or latest) checkpoint as a GPT-2 folder; returns its step."""
+  from jaxgpt.checkpoint import Checkpoints  # orbax and jax: not needed to read GPT-2's weights
+  from jaxgpt.step import abstract_params
+  checkpoints = Checkpoints(out_dir, read_only=True)
+  step = checkpoints.best_step() if which == 'best' else checkpoints.latest_step()
+  meta = checkpoints.meta(step)
+  config = GPTConfig(**meta['model_args'])
+  _, like = abstract_params(config)
+  save_pretrained(pathlib.Path(folder), config, checkpoints.params(step, like))
+  return step
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog='python -m jaxgpt.gpt2', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest='command', required=True)
+  exporter = commands.add_parser('export', help='jaxgpt checkpoint in --out_dir -> GPT-2 folder')
+  exporter.add_argument('folder')
+  exporter.add_argument('--out_dir', required=True)
+  exporter.add_argument('--checkpoint', choices=('best', 'latest'), default='best')
+  args = parser.parse_args(argv[1:])
+  try:
+    step = export(args.out_dir, args.folder, args.checkpoint)
+  except JaxGPTError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'exported step {step} of {args.out_dir} to {args.folder}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
