@@ -4,12 +4,13 @@
   python -m jaxgpt.ckpt_pt export --out_dir=out-shakespeare-char ckpt.pt
 
 Import makes a jaxgpt checkpoint of a nanoGPT one: its weights, iteration,
-best val loss, model shape and training settings; the vocabulary is read
-from data/<dataset>/meta.json when the data set is there. The AdamW moments
-start afresh, so `--config.init_from=resume` continues the run, but not bit
-for bit. Export writes what nanoGPT's sample.py and GPT.load_state_dict need:
-`model` (the state_dict), `model_args`, `iter_num`, `best_val_loss`, `config`.
-The file is read with torch.load(weights_only=True): no pickle code runs.
+best val loss, model shape, training settings and AdamW moments; the
+vocabulary is read from data/<dataset>/meta.json when the data set is there.
+Export writes what nanoGPT's sample.py and train.py read: `model` (the
+state_dict), `optimizer` (the AdamW state_dict that configure_optimizers'
+optimizer loads), `model_args`, `iter_num`, `best_val_loss`, `config`; so
+either side's `init_from=resume` continues the other's run. The file is read
+with torch.load(weights_only=True): no pickle code runs.
 """
 
 import argparse
@@ -23,10 +24,13 @@ import optax
 from jaxgpt import data, nanogpt
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig, JaxGPTError, base_config, validate
-from jaxgpt.optim import make_optimizer
+from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.step import init_model
 
 MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+# the order nanoGPT's modules declare their parameters in (named_parameters order)
+_DECLARED = ('wte', 'wpe', 'h', 'ln_f', 'ln_1', 'attn', 'ln_2', 'mlp',
+             'c_attn', 'c_fc', 'c_proj', 'weight', 'bias')
 
 
 def _torch():
@@ -56,8 +60,10 @@ def import_ckpt(path: str, out_dir: str) -> int:
   c.out_dir = out_dir
   validate(c)
   config = GPTConfig(**{k: model_args[k] for k in MODEL_ARGS})
-  # the causal-mask buffer of nanoGPT's non-flash attention is not a weight
-  weights = {k: v.float().numpy() for k, v in state_dict.items() if not k.endswith('.attn.bias')}
+  # the causal-mask buffer of nanoGPT's non-flash attention is not a weight;
+  # torch.compile'd models save their names with an _orig_mod. prefix
+  weights = {k.removeprefix('_orig_mod.'): v.float().numpy() for k, v in state_dict.items()
+             if not k.endswith('.attn.bias')}
   _, _, like = init_model(config, seed=0)
   try:
     params = nanogpt.from_nanogpt(weights, like)
@@ -83,17 +89,27 @@ def import_ckpt(path: str, out_dir: str) -> int:
   return step
 
 
+def _adamw_groups(weights: dict) -> tuple[list[str], list[str]]:
+  """The parameter names of nanoGPT's configure_optimizers groups: those with
+  2+ dims (decayed), then the rest, each in named_parameters order, which
+  skips lm_head.weight (tied: the same tensor as transformer.wte.weight).
+  torch numbers the parameters in this order, group after group."""
+  def declared(name):
+    return tuple(int(p) if p.isdigit() else _DECLARED.index(p) for p in name.removeprefix('transformer.').split('.'))
+  names = sorted((n for n in weights if n != 'lm_head.weight'), key=declared)
+  return [n for n in names if weights[n].ndim >= 2], [n for n in names if weights[n].ndim < 2]
+
+
 def adamw_state(opt_state, torch_state: dict | None, weights: dict[str, np.ndarray], step: int, like):
   """opt_state holding nanoGPT's AdamW moments (and `step` updates done), when
-  torch_state (the ckpt's `optimizer`) has them; else opt_state as it is."""
+  torch_state (the ckpt's `optimizer`) has them; else opt_state as it is.
+  The inverse of torch_adamw_state."""
   if not torch_state or not torch_state.get('state'):
     return opt_state
-  # nanoGPT's configure_optimizers numbers the parameters group by group:
-  # first those with 2+ dims (decayed), then the rest, each in state_dict order
-  names = [n for n in weights if n != 'lm_head.weight' and weights[n].ndim >= 2]
-  names += [n for n in weights if n != 'lm_head.weight' and weights[n].ndim < 2]
+  decayed, rest = _adamw_groups(weights)
   moments = torch_state['state']
-  mu, nu = ({name: moments[i][key].float().numpy() for i, name in enumerate(names)} for key in ('exp_avg', 'exp_avg_sq'))
+  mu, nu = ({name: moments[i][key].float().numpy() for i, name in enumerate(decayed + rest)}
+            for key in ('exp_avg', 'exp_avg_sq'))
   mu, nu = nanogpt.from_nanogpt(mu, like), nanogpt.from_nanogpt(nu, like)
   count = np.asarray(step, np.int32)
 
@@ -107,6 +123,27 @@ def adamw_state(opt_state, torch_state: dict | None, weights: dict[str, np.ndarr
                       is_leaf=lambda s: isinstance(s, (optax.ScaleByAdamState, optax.ScaleByScheduleState)))
 
 
+def torch_adamw_state(opt_state, state_dict: dict, c, iter_num: int) -> dict:
+  """The state_dict of nanoGPT's AdamW (configure_optimizers' two groups, the
+  lr get_lr sets for iter_num) over state_dict's tensors, holding opt_state's
+  moments and update count. The inverse of adamw_state."""
+  torch = _torch()
+  decayed, rest = _adamw_groups(state_dict)
+  optimizer = torch.optim.AdamW([
+      {'params': [state_dict[n] for n in decayed], 'weight_decay': c.weight_decay},
+      {'params': [state_dict[n] for n in rest], 'weight_decay': 0.0},
+  ], lr=float(lr_schedule(c)(iter_num)), betas=(c.beta1, c.beta2))
+  adam = next(s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+              if isinstance(s, optax.ScaleByAdamState))
+  count = int(adam.count)
+  if count:  # else no update yet: the empty state of a fresh optimizer
+    mu, nu = nanogpt.to_nanogpt(adam.mu), nanogpt.to_nanogpt(adam.nu)
+    for name in decayed + rest:
+      optimizer.state[state_dict[name]] = {
+          'step': torch.tensor(float(count)), 'exp_avg': torch.tensor(mu[name]), 'exp_avg_sq': torch.tensor(nu[name])}
+  return optimizer.state_dict()
+
+
 def export_ckpt(out_dir: str, path: str, which: str = 'best') -> int:
   """Writes out_dir's best (or latest) checkpoint as nanoGPT's ckpt.pt; returns its step."""
   torch = _torch()
@@ -114,12 +151,15 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best') -> int:
   step = checkpoints.best_step() if which == 'best' else checkpoints.latest_step()
   meta = checkpoints.meta(step)
   config = GPTConfig(**meta['model_args'])
+  c = base_config()
+  c.update(meta['config'])
   _, _, like = init_model(config, seed=0)
-  params = checkpoints.params(step, like)
+  params, opt_state = checkpoints.state(step, like, make_optimizer(c).init(like))
   state_dict = {name: torch.from_numpy(np.array(array)) for name, array in nanogpt.to_nanogpt(params).items()}
   state_dict['lm_head.weight'] = state_dict['transformer.wte.weight']  # tied: the same tensor, as nanoGPT saves it
   torch.save({
       'model': state_dict,
+      'optimizer': torch_adamw_state(opt_state, state_dict, c, meta['iter_num']),
       'model_args': {k: meta['model_args'][k] for k in MODEL_ARGS},
       'iter_num': meta['iter_num'],
       'best_val_loss': meta['best_val_loss'],

@@ -4,7 +4,9 @@ import dataclasses
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import optax
 import pytest
 import torch
 from flax import nnx
@@ -16,6 +18,7 @@ from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig, base_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, make_train_step
+from test_optim import nanogpt_get_lr
 
 CONFIG = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
 # float32 through two implementations of the same graph: the reference README
@@ -59,6 +62,40 @@ def nanogpt_checkpoint(path, prefix=''):
   return model
 
 
+def configure_optimizers(model, weight_decay, learning_rate, betas):
+  """nanoGPT's GPT.configure_optimizers on the CPU (not fused), but for its prints."""
+  param_dict = {pn: p for pn, p in model.named_parameters()}  # the tied lm_head is named once
+  param_dict = {pn: p for pn, p in param_dict.items() if p.requires_grad}
+  decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]
+  nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]
+  optim_groups = [
+      {'params': decay_params, 'weight_decay': weight_decay},
+      {'params': nodecay_params, 'weight_decay': 0.0}
+  ]
+  return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
+
+
+def torch_step(model, optimizer, batch, grad_clip):
+  """One iteration of nanoGPT's train.py on the batch (x, then y one token on)."""
+  logits = model(torch.from_numpy(batch[:, :-1]))
+  loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(batch[:, 1:]).reshape(-1))
+  loss.backward()
+  torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+  optimizer.step()
+  optimizer.zero_grad(set_to_none=True)
+
+
+def jax_train_step(c):
+  """jaxgpt's train step: (params, opt_state, batch, iter_num) -> (params, opt_state),
+  the batch (x, then y one token on) as one micro-batch."""
+  step = make_train_step(init_model(CONFIG, seed=0)[1], make_optimizer(c), dropout=False, seed=0, fused=True)
+
+  def train_step(params, opt_state, batch, iter_num):
+    xs, ys = batch[None, :, :-1].astype(np.int32), batch[None, :, 1:].astype(np.int32)
+    return step(params, opt_state, xs, ys, iter_num)[:2]
+  return train_step
+
+
 def test_export_loads_into_nanogpt_with_equal_logits(tmp_path):
   params = init_model(CONFIG, seed=3)[2]
   save_jaxgpt_checkpoint(tmp_path / 'out', params)
@@ -68,6 +105,7 @@ def test_export_loads_into_nanogpt_with_equal_logits(tmp_path):
   model = nanogpt_model.GPT(nanogpt_model.GPTConfig(**ckpt['model_args']))
   model.load_state_dict(ckpt['model'])  # strict: every name and shape as nanoGPT's
   assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # still tied
+  assert ckpt['optimizer']['state'] == {}  # no update done: a fresh optimizer's
   np.testing.assert_allclose(torch_logits(model), jax_logits(params), atol=LOGITS_TOL, rtol=0)
 
 
@@ -122,45 +160,103 @@ def test_module_runs_from_the_repository(tmp_path):
   assert proc.stdout.startswith(f'imported {tmp_path / "ckpt.pt"} (iteration 7)')
 
 
-def test_import_continues_nanogpt_adamw(tmp_path):
+@pytest.mark.parametrize('prefix', ['', '_orig_mod.'])
+def test_import_continues_nanogpt_adamw(tmp_path, prefix):
   # nanoGPT trains 3 steps and saves (weights + AdamW moments); its 4th step
   # and jaxgpt's first step after import must give the same weights
   settings = dict(learning_rate=1e-3, decay_lr=False, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0)
   model = nanogpt_checkpoint(tmp_path / 'unused.pt')
-  params = dict(model.named_parameters())  # the tied lm_head is named once, as transformer.wte.weight
-  groups = [{'params': [p for p in params.values() if p.dim() >= 2], 'weight_decay': settings['weight_decay']},
-            {'params': [p for p in params.values() if p.dim() < 2], 'weight_decay': 0.0}]
-  optimizer = torch.optim.AdamW(groups, lr=settings['learning_rate'], betas=(0.9, 0.99), eps=1e-8)
+  optimizer = configure_optimizers(model, settings['weight_decay'], settings['learning_rate'], (0.9, 0.99))
   batches = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (4, 4, CONFIG.block_size + 1))
-
-  def torch_step(batch):
-    logits = model(torch.from_numpy(batch[:, :-1]))
-    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(batch[:, 1:]).reshape(-1))
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), settings['grad_clip'])
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
   for batch in batches[:3]:
-    torch_step(batch)
-  torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'iter_num': 3,
-              'best_val_loss': 3.0, 'config': settings | {'dataset': 'no_such_dataset'},
+    torch_step(model, optimizer, batch, settings['grad_clip'])
+  torch.save({'model': {prefix + k: v for k, v in model.state_dict().items()}, 'optimizer': optimizer.state_dict(),
+              'iter_num': 3, 'best_val_loss': 3.0, 'config': settings | {'dataset': 'no_such_dataset'},
               'model_args': {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}}, tmp_path / 'ckpt.pt')
-  torch_step(batches[3])
+  torch_step(model, optimizer, batches[3], settings['grad_clip'])
   expected = {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
   ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out'))
   checkpoints = Checkpoints(str(tmp_path / 'out'), read_only=True)
   c = base_config()
   c.update(settings)
-  tx = make_optimizer(c)
-  _, graphdef, like = init_model(CONFIG, seed=0)
-  params, opt_state = checkpoints.state(3, like, tx.init(like))
-  step = make_train_step(graphdef, tx, dropout=False, seed=0, fused=True)
-  xs = batches[3][None, :, :-1].astype(np.int32)
-  ys = batches[3][None, :, 1:].astype(np.int32)
-  params, _, _ = step(params, opt_state, xs, ys, 3)
+  like = init_model(CONFIG, seed=0)[2]
+  params, opt_state = checkpoints.state(3, like, make_optimizer(c).init(like))
+  params, _ = jax_train_step(c)(params, opt_state, batches[3], 3)
   got = nanogpt.to_nanogpt(params)
   # float32 in two frameworks, 4 AdamW steps: the traces' weight tolerance
   worst = max(float(np.max(np.abs(got[k] - expected[k]))) for k in expected)
   assert worst < 1e-5, worst
+
+
+@pytest.fixture(scope='module')
+def jaxgpt_run(tmp_path_factory):
+  """jaxgpt trains 3 steps (warmup, then cosine decay) and saves, as train.py
+  does: (out_dir, run config, the 4 batches)."""
+  c = base_config()
+  c.update(dict(learning_rate=1e-3, decay_lr=True, warmup_iters=2, lr_decay_iters=10, min_lr=1e-4,
+                weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, dataset='no_such_dataset'))
+  batches = np.random.default_rng(2).integers(0, CONFIG.vocab_size, (4, 4, CONFIG.block_size + 1))
+  params = init_model(CONFIG, seed=0)[2]
+  opt_state = make_optimizer(c).init(params)
+  train_step = jax_train_step(c)
+  for iter_num, batch in enumerate(batches[:3]):
+    params, opt_state = train_step(params, opt_state, batch, iter_num)
+  out_dir = tmp_path_factory.mktemp('jaxgpt_run') / 'out'
+  checkpoints = Checkpoints(str(out_dir))
+  checkpoints.save(3, params, opt_state, {
+      'iter_num': 3, 'val_loss': 3.0, 'best_val_loss': 3.0, 'model_args': dataclasses.asdict(CONFIG),
+      'config': c.to_dict(), 'vocab': None, 'train_rng': None, 'eval_rng': None})
+  checkpoints.close()
+  return out_dir, c, batches
+
+
+def restore(out_dir, c, step=3):
+  """(params, opt_state) of out_dir's checkpoint of `step`."""
+  like = init_model(CONFIG, seed=0)[2]
+  return Checkpoints(str(out_dir), read_only=True).state(step, like, make_optimizer(c).init(like))
+
+
+def test_export_resumes_in_nanogpt_adamw(jaxgpt_run, tmp_path):
+  # nanoGPT's train.py resumes the exported run (configure_optimizers, then
+  # load_state_dict); its next step and jaxgpt's must give the same weights
+  out_dir, c, batches = jaxgpt_run
+  ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'ckpt.pt'))
+  ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
+  model = nanogpt_model.GPT(nanogpt_model.GPTConfig(**ckpt['model_args']))
+  model.load_state_dict(ckpt['model'])
+  optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2))
+  optimizer.load_state_dict(ckpt['optimizer'])
+  lr = nanogpt_get_lr(3, c.learning_rate, c.warmup_iters, c.lr_decay_iters, c.min_lr)
+  groups = ckpt['optimizer']['param_groups']
+  assert [g['weight_decay'] for g in groups] == [c.weight_decay, 0.0]
+  assert [g['lr'] for g in groups] == pytest.approx([lr, lr], rel=1e-6)
+  assert groups[0]['betas'] == (c.beta1, c.beta2) and groups[0]['eps'] == 1e-8
+  params, opt_state = restore(out_dir, c)
+  mu, nu = (nanogpt.to_nanogpt(optax.tree.get(opt_state, key)) for key in ('mu', 'nu'))
+  for name, param in model.named_parameters():  # each parameter got its own moments
+    state = optimizer.state[param]
+    assert state['step'].item() == 3.0, name
+    np.testing.assert_array_equal(state['exp_avg'].numpy(), mu[name], err_msg=name)
+    np.testing.assert_array_equal(state['exp_avg_sq'].numpy(), nu[name], err_msg=name)
+
+  for group in optimizer.param_groups:  # train.py sets get_lr(iter_num) before each step
+    group['lr'] = lr
+  torch_step(model, optimizer, batches[3], c.grad_clip)
+  expected = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  params, _ = jax_train_step(c)(params, opt_state, batches[3], 3)
+  got = nanogpt.to_nanogpt(params)
+  worst = max(float(np.max(np.abs(got[k] - expected[k]))) for k in expected)
+  assert worst < 1e-5, worst
+
+
+def test_export_then_import_keeps_the_adamw_state(jaxgpt_run, tmp_path):
+  # the documented command lines, jaxgpt -> ckpt.pt -> jaxgpt
+  out_dir, c, _ = jaxgpt_run
+  assert run_cli('export', str(tmp_path / 'ckpt.pt'), f'--out_dir={out_dir}', cwd=REPO_ROOT).returncode == 0
+  assert run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "back"}', cwd=REPO_ROOT).returncode == 0
+  _, original = restore(out_dir, c)
+  _, back = restore(tmp_path / 'back', c)
+  # every leaf: AdamW's mu, nu and count, and the schedule's count
+  for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(back), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-7, rtol=0)
