@@ -12,7 +12,7 @@ from flax import nnx
 from conftest import TINY, flat_params, load_trace
 from jaxgpt import nanogpt
 from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT, gelu
+from jaxgpt.model import GPT, bf16_einsum, gelu
 from jaxgpt.step import init_model
 
 # the seed command's model: 4 layers, 4 heads, 128 wide, block 64, 65 characters
@@ -227,3 +227,60 @@ def test_extra_name_is_named(tiny_params):
   state_dict['transformer.h.2.ln_1.weight'] = np.ones(32, np.float32)  # a third layer
   with pytest.raises(ValueError, match=r"missing \[\], unexpected \['transformer\.h\.2\.ln_1\.weight'\]"):
     nanogpt.from_nanogpt(state_dict, init_model(TINY, seed=1)[2])
+
+
+# -- dtype=bfloat16 --------------------------------------------------------------
+
+
+def bf16_rounded(x) -> jax.Array:
+  return jnp.asarray(x, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize('spec, a_shape, b_shape', [
+    ('...i,oi->...o', (2, 5, 8), (6, 8)),  # Linear
+    ('bhqd,bhkd->bhqk', (2, 3, 5, 4), (2, 3, 5, 4)),  # attention scores
+    ('bhqk,bhkd->bhqd', (2, 3, 5, 5), (2, 3, 5, 4)),  # attention-weighted values
+])
+def test_bf16_einsum_is_the_float32_product_of_rounded_operands(spec, a_shape, b_shape):
+  """Products of bfloat16 numbers are exact in float32: forward and both
+  gradients equal float32 einsums of the bfloat16-rounded operands (and
+  cotangent), up to the order of the float32 sums."""
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in (a_shape, b_shape))
+  y, vjp = jax.vjp(lambda a, b: bf16_einsum(spec, a, b), a, b)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  da, db = vjp(g)
+  assert y.dtype == da.dtype == db.dtype == jnp.float32
+  inputs, out = spec.split('->')
+  a_spec, b_spec = inputs.split(',')
+  a16, b16, g16 = bf16_rounded(a), bf16_rounded(b), bf16_rounded(g)
+  np.testing.assert_allclose(y, jnp.einsum(spec, a16, b16), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(da, jnp.einsum(f'{out},{b_spec}->{a_spec}', g16, b16), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(db, jnp.einsum(f'{out},{a_spec}->{b_spec}', g16, a16), rtol=1e-5, atol=1e-5)
+  # and the rounding is real: the float32 product differs
+  assert np.abs(np.asarray(y) - np.asarray(jnp.einsum(spec, a, b))).max() > 1e-3
+
+
+def test_bf16_model_is_the_float32_model_within_bf16_rounding(tokens, targets):
+  """Same params, dtype bfloat16 against float32: logits, loss and gradients
+  agree to bfloat16's precision, and everything stays float32 outside the
+  matmuls (params, logits, loss, gradients)."""
+  bf16 = dataclasses.replace(TINY, dtype='bfloat16')
+  graphdef32, params = init_model(TINY, seed=0)[1:]
+  graphdef16 = init_model(bf16, seed=0)[1]
+
+  def loss_and_grads(graphdef):
+    return jax.jit(jax.value_and_grad(lambda p: nnx.merge(graphdef, p)(tokens, targets)[1]))(params)
+
+  (loss32, grads32), (loss16, grads16) = loss_and_grads(graphdef32), loss_and_grads(graphdef16)
+  logits32 = jax.jit(lambda p: nnx.merge(graphdef32, p)(tokens, targets)[0])(params)
+  logits16 = jax.jit(lambda p: nnx.merge(graphdef16, p)(tokens, targets)[0])(params)
+  assert logits16.dtype == loss16.dtype == jnp.float32
+  np.testing.assert_allclose(logits16, logits32, rtol=0, atol=2e-2)
+  assert float(loss16) == pytest.approx(float(loss32), abs=1e-2)
+  for path, g32 in flat_params(grads32).items():
+    g16 = flat_params(grads16)[path]
+    assert g16.dtype == np.float32, path
+    scale = np.abs(g32).max()
+    assert np.abs(g16 - g32).max() <= 0.05 * scale + 1e-6, path
+  assert np.abs(np.asarray(logits16) - np.asarray(logits32)).max() > 1e-5  # the matmuls did round
