@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.device = 'cpu'  # 'cpu', or 'gpu' / 'cuda' for a GPU
   c.dtype = 'float32'  # 'float32' or 'bfloat16' (compute dtype; weights stay float32)
   c.compile = True  # True: the whole train step is one XLA program
+  c.fsdp = False  # with several devices: split params and optimizer state across them (else replicated)
   # reproducibility (not in nanoGPT, which seeds torch with 1337)
   c.seed = 1337
   return c

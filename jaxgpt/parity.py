@@ -1,6 +1,6 @@
 """Replay a nanoGPT trace and hold jaxgpt against it, number by number.
 
-  python -m jaxgpt.parity TRACE.npz [--compile=False]
+  python -m jaxgpt.parity TRACE.npz [--compile=False] [--data_parallel [--fsdp]]
 
 A trace (format `nanogpt-trace/1`, see ../shared/reference/README.md) holds
 nanoGPT's initial weights, the batches of every step, and what nanoGPT
@@ -17,8 +17,9 @@ import sys
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt import nanogpt
+from jaxgpt import nanogpt, parallel
 from jaxgpt.config import base_config, model_config
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.step import init_model, make_train_step
@@ -53,8 +54,10 @@ def _max_rel(a, b) -> float:
   return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
 
 
-def replay(trace: dict, fused: bool = True) -> dict[str, float]:
-  """Replays the trace through jaxgpt; returns the worst difference of each figure."""
+def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool = False) -> dict[str, float]:
+  """Replays the trace through jaxgpt; returns the worst difference of each
+  figure. With a mesh: data parallel over its devices, each batch split
+  across them (fsdp: params and optimizer state split too)."""
   meta = json.loads(str(trace['meta']))
   c = trace_config(meta)
   init = {k.removeprefix('init/'): trace[k] for k in trace if k.startswith('init/')}
@@ -65,11 +68,15 @@ def replay(trace: dict, fused: bool = True) -> dict[str, float]:
   logits0 = full_logits(params, trace['x'][0, 0], trace['y'][0, 0])
 
   tx = make_optimizer(c)
-  opt_state = tx.init(params)
+  batches = trace['x'], trace['y']
+  if mesh is not None:
+    params = parallel.place_state(mesh, params, fsdp)
+    batches = jax.device_put(batches, NamedSharding(mesh, PartitionSpec(None, None, parallel.DATA)))
+  opt_state = jax.jit(tx.init)(params)
   step = make_train_step(graphdef, tx, dropout=False, seed=c.seed, fused=fused)
   losses, grad_norms = [], []
   for i in range(meta['steps']):
-    params, opt_state, metrics = step(params, opt_state, trace['x'][i], trace['y'][i], i)
+    params, opt_state, metrics = step(params, opt_state, batches[0][i], batches[1][i], i)
     losses.append(float(metrics.loss))
     grad_norms.append(float(metrics.grad_norm))
   schedule = lr_schedule(c)
@@ -100,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('trace', help='a nanogpt-trace/1 .npz file')
   parser.add_argument('--compile', default='True', choices=['True', 'False'],
                       help='False: replay through the staged (compile=False) train step')
+  parser.add_argument('--data_parallel', action='store_true',
+                      help='split each batch across all devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4)')
+  parser.add_argument('--fsdp', action='store_true', help='with --data_parallel: split params and AdamW state too')
   args = parser.parse_args(argv)
   try:
     with np.load(args.trace) as npz:
@@ -110,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: cannot read {args.trace} as a nanoGPT trace: {e}', file=sys.stderr)
     return 2
 
-  diffs = replay(trace, fused=args.compile == 'True')
+  mesh = parallel.make_mesh() if args.data_parallel else None
+  if mesh is not None and trace['x'].shape[2] % mesh.size:
+    print(f'error: the trace\'s batches of {trace["x"].shape[2]} rows do not split across {mesh.size} devices',
+          file=sys.stderr)
+    return 2
+  diffs = replay(trace, fused=args.compile == 'True', mesh=mesh, fsdp=args.fsdp)
   limits = tolerances(trace)
   kinds = {'lr': 'max rel', 'grad_norm': 'max rel'}
   print(f'{"figure":<10} {"difference":>12}  {"tolerance":>9}')

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import data, gpt2
+from jaxgpt import data, gpt2, parallel
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError, model_config
 from jaxgpt.optim import make_optimizer
@@ -87,8 +87,13 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   `overridden`: the keys set on the command line (they must agree with a
   checkpoint being resumed)."""
   pin_device(c.device)
+  mesh = parallel.make_mesh()
+  micro_steps = parallel.micro_steps(c.gradient_accumulation_steps, mesh)
+  # nanoGPT's count: micro-batches of the whole world, each batch_size rows
   tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'tokens per iteration will be: {tokens_per_iter:,}')
+  if mesh.size > 1:
+    print(f'data parallel over {mesh.size} devices, params {"split (fsdp)" if c.fsdp else "replicated"}')
 
   folder = data.ensure_prepared(c.dataset, c.gpt2_dir)
   vocab = data.load_vocab(folder)
@@ -119,9 +124,12 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
 
   # separate streams, so that eval_iters does not change the training batches
   train_rng, eval_rng = (np.random.default_rng([c.seed, stream]) for stream in (0, 1))
-  next_train = data.BatchSampler(folder / 'train.bin', c.block_size, c.batch_size, train_rng)
-  eval_batches = {split: data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size, eval_rng)
+  # each micro-batch has batch_size rows per device; the devices split it
+  global_batch = c.batch_size * mesh.size
+  next_train = data.BatchSampler(folder / 'train.bin', c.block_size, global_batch, train_rng)
+  eval_batches = {split: data.BatchSampler(folder / f'{split}.bin', c.block_size, global_batch, eval_rng)
                   for split in ('train', 'val')}
+  on_mesh = parallel.batch_sharding(mesh)
 
   model, graphdef, params = init_model(config, c.seed)
   if c.init_from in GPT2_MODELS:
@@ -130,8 +138,9 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   print(f'number of parameters: {num_params / 1e6:.2f}M')
   del model  # from here on the params pytree is the model's only state
 
+  params = parallel.place_state(mesh, params, c.fsdp)
   tx = make_optimizer(c)
-  opt_state = tx.init(params)
+  opt_state = jax.jit(tx.init)(params)  # sharded as the params are
   iter_num, best_val_loss = 0, math.inf
   if c.init_from == 'resume':
     params, opt_state = checkpoints.state(resume_step, params, opt_state)
@@ -142,7 +151,8 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   eval_loss = make_eval_loss(graphdef)
 
   def estimate_loss() -> dict[str, float]:
-    return {split: float(eval_loss(params, *sample(c.eval_iters))) for split, sample in eval_batches.items()}
+    return {split: float(eval_loss(params, *jax.device_put(sample(c.eval_iters), on_mesh)))
+            for split, sample in eval_batches.items()}
 
   losses = {}
   first_iter, running_mfu = iter_num, -1.0
@@ -186,7 +196,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   # a checkpoint holds the RNG states from before the batches of its iteration
   # were drawn, so a resumed run draws the same batches as an uninterrupted one
   train_rng_state = train_rng.bit_generator.state
-  xs, ys = next_train(c.gradient_accumulation_steps)
+  xs, ys = jax.device_put(next_train(micro_steps), on_mesh)
   try:
     while True:
       if iter_num % c.eval_interval == 0:
@@ -209,7 +219,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       # while the step runs: draw the next batch, then print the previous step's
       # line (nanodo's trick: the host never makes the CPU wait between steps)
       train_rng_state = train_rng.bit_generator.state
-      xs, ys = next_train(c.gradient_accumulation_steps)
+      xs, ys = jax.device_put(next_train(micro_steps), on_mesh)
       if pending:
         log(*pending)
       pending = (iter_num, metrics) if iter_num % c.log_interval == 0 else None

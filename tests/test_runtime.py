@@ -1,0 +1,32 @@
+"""The CPU runtime set-up that `import jaxgpt` does before jax starts."""
+
+import os
+import subprocess
+import sys
+
+PROGRAM = 'import jaxgpt, jax, os; jax.jit(lambda x: x + 1)(1).block_until_ready(); ' \
+          'print(os.environ["JAX_COMPILATION_CACHE_DIR"]); print(os.environ["XLA_FLAGS"])'
+
+
+def run(env):
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'} | env
+  return subprocess.run([sys.executable, '-c', PROGRAM], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_compiled_programs_are_kept_in_the_user_cache(tmp_path):
+  proc = run({'XDG_CACHE_HOME': str(tmp_path)})
+  assert proc.returncode == 0, proc.stderr
+  cache_dir, xla_flags = proc.stdout.splitlines()
+  assert cache_dir == str(tmp_path / 'jaxgpt' / 'xla')
+  assert list((tmp_path / 'jaxgpt' / 'xla').iterdir())  # the jitted program was written there
+  assert '--xla_disable_hlo_passes=cse_barrier_expander' in xla_flags.split()
+
+
+def test_a_cache_dir_of_ones_own_is_kept(tmp_path):
+  proc = run({'XDG_CACHE_HOME': str(tmp_path / 'xdg'), 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'mine'),
+              'XLA_FLAGS': '--xla_cpu_enable_fast_math=false'})
+  assert proc.returncode == 0, proc.stderr
+  cache_dir, xla_flags = proc.stdout.splitlines()
+  assert cache_dir == str(tmp_path / 'mine') and list((tmp_path / 'mine').iterdir())
+  assert not (tmp_path / 'xdg').exists()
+  assert xla_flags == '--xla_cpu_enable_fast_math=false --xla_disable_hlo_passes=cse_barrier_expander'
