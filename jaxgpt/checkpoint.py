@@ -2,8 +2,8 @@
 
 Each checkpoint is a step folder holding `params` and `opt_state` (orbax's
 standard pytree format) and `meta` (JSON: iter_num, val_loss, best_val_loss,
-the model config, the run config, the batch samplers' RNG states and the
-vocabulary). Orbax writes a step into a temporary folder and renames it when
+the model config, the run config and the vocabulary; the batches need no
+state, each drawn from (seed, iteration, device)). Orbax writes a step into a temporary folder and renames it when
 complete, so a run killed mid-save leaves the previous checkpoints as they
 were. out_dir keeps two: the latest (what resume uses) and the one with the
 best val loss (what sampling uses).

@@ -76,15 +76,13 @@ def import_ckpt(path: str, out_dir: str) -> int:
                       'prepare the data set the checkpoint was trained on')
   step = int(ckpt.get('iter_num', 0))
   best_val_loss = float(ckpt.get('best_val_loss', float('inf')))
-  rng_states = [np.random.default_rng([c.seed, stream]).bit_generator.state for stream in (0, 1)]
   checkpoints = Checkpoints(out_dir)
   if checkpoints.manager.latest_step() is not None:
     raise JaxGPTError(f'{out_dir} already holds checkpoints: import into an empty --out_dir')
   opt_state = adamw_state(make_optimizer(c).init(params), ckpt.get('optimizer'), weights, step, like)
   checkpoints.save(step, params, opt_state, {
       'iter_num': step, 'val_loss': best_val_loss, 'best_val_loss': best_val_loss,
-      'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab,
-      'train_rng': rng_states[0], 'eval_rng': rng_states[1]})
+      'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab})
   checkpoints.close()
   return step
 

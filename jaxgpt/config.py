@@ -79,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'  # 'float32' or 'bfloat16' (compute dtype; weights stay float32)
   c.compile = True  # True: the whole train step is one XLA program
   c.fsdp = False  # with several devices: split params and optimizer state across them (else replicated)
+  # several processes (python -m jaxgpt.launch sets these on one host; on several hosts, set them on each)
+  c.coordinator_address = ''  # HOST:PORT of process 0
+  c.num_processes = 1
+  c.process_id = 0
   # reproducibility (not in nanoGPT, which seeds torch with 1337)
   c.seed = 1337
   return c

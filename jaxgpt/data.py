@@ -138,12 +138,12 @@ def load_vocab(folder: pathlib.Path) -> list[str] | None:
 class BatchSampler:
   """Random windows of a token file, like nanoGPT's get_batch.
 
-  Each call returns `steps` stacks of (batch_size, block_size) inputs and the
-  same windows shifted by one as targets, int32. The numpy generator is the
-  only source of randomness, so a seed fixes the batches.
+  Each call draws `steps` stacks of (batch_size, block_size) inputs and the
+  same windows shifted by one as targets, int32, with the numpy generator it
+  is given: the generator alone decides the batches.
   """
 
-  def __init__(self, path: pathlib.Path, block_size: int, batch_size: int, rng: np.random.Generator):
+  def __init__(self, path: pathlib.Path, block_size: int, batch_size: int):
     self.tokens = np.memmap(path, dtype=np.uint16, mode='r')
     if len(self.tokens) < block_size + 1:
       raise DataError(f'{path} holds {len(self.tokens)} tokens, fewer than block_size + 1 = '
@@ -151,11 +151,10 @@ class BatchSampler:
     # every window of block_size + 1 tokens, as a view: indexing it copies only the rows drawn
     self.windows = np.lib.stride_tricks.sliding_window_view(self.tokens, block_size + 1)
     self.batch_size = batch_size
-    self.rng = rng
 
-  def __call__(self, steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(self, rng: np.random.Generator, steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
     # any start in [0, len - block_size), as nanoGPT's torch.randint(len(data) - block_size)
-    ix = self.rng.integers(0, len(self.windows), size=(steps, self.batch_size))
+    ix = rng.integers(0, len(self.windows), size=(steps, self.batch_size))
     w = self.windows[ix].astype(np.int32)  # (steps, B, T + 1)
     return w[..., :-1], w[..., 1:]
 

@@ -5,11 +5,16 @@ The Mesh has one axis, `data`, over every device. Batches are sharded along
 it (each device holds batch_size rows of every micro-batch); params and the
 optimizer state are replicated, or with fsdp=True split along the same axis
 (each device holds a slice of every large array, gathered when used). XLA
-inserts the gradient all-reduce (or reduce-scatter) itself.
+inserts the gradient all-reduce (or reduce-scatter) itself. Across
+processes (`python -m jaxgpt.launch`, or one per host) the same holds, with
+jax.distributed joining them into one set of devices.
 """
+
+import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgpt.config import ConfigError
@@ -50,3 +55,52 @@ def micro_steps(gradient_accumulation_steps: int, mesh: Mesh) -> int:
                       f'{mesh.size} devices training together: make it a multiple of {mesh.size}, '
                       f'as nanoGPT requires of its world size')
   return gradient_accumulation_steps // mesh.size
+
+
+def initialize(coordinator_address: str, num_processes: int, process_id: int, device: str) -> None:
+  """Joins a multi-process run, when this is one: num_processes > 1 (what
+  `python -m jaxgpt.launch` passes), or JAX_COORDINATOR_ADDRESS set with a
+  cluster (SLURM, Open MPI, ...) that tells jax the rest. Before any array
+  exists. CPU processes reduce through gloo."""
+  if num_processes == 1 and not os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    return
+  if num_processes > 1 and not coordinator_address and not os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    raise ConfigError(f'num_processes={num_processes} needs --config.coordinator_address=HOST:PORT of process 0 '
+                      '(python -m jaxgpt.launch sets it on one host)')
+  if device == 'cpu':
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if num_processes > 1:
+    jax.distributed.initialize(coordinator_address or None, num_processes, process_id)
+  else:
+    jax.distributed.initialize()
+
+
+def all_processes_agree(flag: bool) -> bool:
+  """True when any process says so (all processes must call it together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
+class Batches:
+  """The batches of one iteration, from a BatchSampler, as global arrays
+  sharded along the mesh's data axis.
+
+  Each device's batch_size rows are drawn afresh from a numpy generator
+  seeded with (seed, stream, iteration, device): nanoGPT's ranks each draw
+  their own batches from an offset seed, and so do devices here. So the
+  batches of an iteration are the same in a fresh or resumed run, and however
+  the devices are spread over processes; each process draws only its own
+  devices' rows.
+  """
+
+  def __init__(self, sampler, mesh: Mesh, seed: int, stream: int):
+    self.sampler, self.seed, self.stream = sampler, seed, stream
+    self.sharding = batch_sharding(mesh)
+    self.devices = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+
+  def __call__(self, iteration: int, steps: int) -> tuple[jax.Array, jax.Array]:
+    parts = [self.sampler(np.random.default_rng([self.seed, self.stream, iteration, d]), steps)
+             for d in self.devices]
+    return tuple(jax.make_array_from_process_local_data(self.sharding, np.concatenate(p, axis=1))
+                 for p in zip(*parts))

@@ -6,6 +6,7 @@ always, with always_save_checkpoint), never at iteration 0; eval_only stops
 after the first evaluation.
 """
 
+import builtins
 import dataclasses
 import math
 import signal
@@ -13,7 +14,7 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxgpt import data, gpt2, parallel
 from jaxgpt.checkpoint import Checkpoints
@@ -87,14 +88,22 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   `overridden`: the keys set on the command line (they must agree with a
   checkpoint being resumed)."""
   pin_device(c.device)
+  parallel.initialize(c.coordinator_address, c.num_processes, c.process_id, c.device)
   mesh = parallel.make_mesh()
   micro_steps = parallel.micro_steps(c.gradient_accumulation_steps, mesh)
+  main_process = jax.process_index() == 0
+  print = builtins.print if main_process else lambda *args, **kwargs: None  # only process 0 logs
   # nanoGPT's count: micro-batches of the whole world, each batch_size rows
   tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'tokens per iteration will be: {tokens_per_iter:,}')
   if mesh.size > 1:
-    print(f'data parallel over {mesh.size} devices, params {"split (fsdp)" if c.fsdp else "replicated"}')
+    print(f'data parallel over {mesh.size} devices in {jax.process_count()} process(es), params '
+          f'{"split (fsdp)" if c.fsdp else "replicated"}')
 
+  if main_process:  # prepares the data set when it can; the others wait for it
+    data.ensure_prepared(c.dataset, c.gpt2_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('data prepared')
   folder = data.ensure_prepared(c.dataset, c.gpt2_dir)
   vocab = data.load_vocab(folder)
   if vocab is None:
@@ -122,14 +131,13 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       pretrained_folder = gpt2.locate(c.init_from, c.gpt2_dir)
       config = pretrained_model_config(c, gpt2.model_config(pretrained_folder), overridden, vocab)
 
-  # separate streams, so that eval_iters does not change the training batches
-  train_rng, eval_rng = (np.random.default_rng([c.seed, stream]) for stream in (0, 1))
-  # each micro-batch has batch_size rows per device; the devices split it
-  global_batch = c.batch_size * mesh.size
-  next_train = data.BatchSampler(folder / 'train.bin', c.block_size, global_batch, train_rng)
-  eval_batches = {split: data.BatchSampler(folder / f'{split}.bin', c.block_size, global_batch, eval_rng)
-                  for split in ('train', 'val')}
-  on_mesh = parallel.batch_sharding(mesh)
+  # every batch is drawn from (seed, stream, iteration, device): streams apart,
+  # so that eval_iters does not change the training batches
+  train_batches = parallel.Batches(data.BatchSampler(folder / 'train.bin', c.block_size, c.batch_size),
+                                   mesh, c.seed, stream=0)
+  eval_batches = {split: parallel.Batches(data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size),
+                                          mesh, c.seed, stream=stream)
+                  for stream, split in ((1, 'train'), (2, 'val'))}
 
   model, graphdef, params = init_model(config, c.seed)
   if c.init_from in GPT2_MODELS:
@@ -145,14 +153,12 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   if c.init_from == 'resume':
     params, opt_state = checkpoints.state(resume_step, params, opt_state)
     iter_num, best_val_loss = meta['iter_num'], meta['best_val_loss']
-    train_rng.bit_generator.state = meta['train_rng']
-    eval_rng.bit_generator.state = meta['eval_rng']
   train_step = make_train_step(graphdef, tx, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
   eval_loss = make_eval_loss(graphdef)
 
   def estimate_loss() -> dict[str, float]:
-    return {split: float(eval_loss(params, *jax.device_put(sample(c.eval_iters), on_mesh)))
-            for split, sample in eval_batches.items()}
+    return {split: float(eval_loss(params, *batches(iter_num, c.eval_iters)))
+            for split, batches in eval_batches.items()}
 
   losses = {}
   first_iter, running_mfu = iter_num, -1.0
@@ -174,12 +180,11 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       raise JaxGPTError(f'loss is {lossf} at iteration {logged_iter}: lower --config.learning_rate '
                         'or raise --config.warmup_iters')
 
-  def save(val_loss: float, eval_rng_state: dict) -> None:
-    """A checkpoint of the state before iteration iter_num."""
+  def save(val_loss: float) -> None:
+    """A checkpoint of the state before iteration iter_num (every process takes part)."""
     checkpoints.save(iter_num, params, opt_state, {
         'iter_num': iter_num, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
-        'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab,
-        'train_rng': train_rng_state, 'eval_rng': eval_rng_state})
+        'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab})
 
   # Ctrl-C or SIGTERM: finish the step in flight, save, stop (a second one aborts)
   stop_signal = []
@@ -193,24 +198,20 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
 
   previous_handlers = (signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop))
 
-  # a checkpoint holds the RNG states from before the batches of its iteration
-  # were drawn, so a resumed run draws the same batches as an uninterrupted one
-  train_rng_state = train_rng.bit_generator.state
-  xs, ys = jax.device_put(next_train(micro_steps), on_mesh)
+  xs, ys = train_batches(iter_num, micro_steps)
   try:
     while True:
       if iter_num % c.eval_interval == 0:
         if pending:
           log(*pending)
           pending = None
-        eval_rng_state = eval_rng.bit_generator.state
         losses = estimate_loss()
         print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
         if losses['val'] < best_val_loss or c.always_save_checkpoint:
           best_val_loss = min(best_val_loss, losses['val'])
           if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
             print(f'saving checkpoint to {c.out_dir}')
-            save(losses['val'], eval_rng_state)
+            save(losses['val'])
         t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
       if iter_num == 0 and c.eval_only:
         break
@@ -218,21 +219,21 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
       # while the step runs: draw the next batch, then print the previous step's
       # line (nanodo's trick: the host never makes the CPU wait between steps)
-      train_rng_state = train_rng.bit_generator.state
-      xs, ys = jax.device_put(next_train(micro_steps), on_mesh)
+      xs, ys = train_batches(iter_num + 1, micro_steps)
       if pending:
         log(*pending)
       pending = (iter_num, metrics) if iter_num % c.log_interval == 0 else None
       iter_num += 1
       if iter_num > c.max_iters:
         break
-      if stop_signal:
+      if parallel.all_processes_agree(bool(stop_signal)):  # all stop at the same iteration
         if pending:
           log(*pending)
           pending = None
         # no val loss for this state: inf keeps it out of the running for best
-        save(math.inf, eval_rng.bit_generator.state)
-        print(f'{signal.Signals(stop_signal[0]).name} at iteration {iter_num}: saved a checkpoint to '
+        save(math.inf)
+        reason = signal.Signals(stop_signal[0]).name if stop_signal else 'a stop in another process'
+        print(f'{reason} at iteration {iter_num}: saved a checkpoint to '
               f'{c.out_dir}; continue with --config.init_from=resume')
         break
     if pending:

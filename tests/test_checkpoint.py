@@ -137,7 +137,7 @@ def test_runs_succeed(runs):
 
 
 def test_resumed_run_logs_what_the_uninterrupted_run_logs(runs):
-  # the same batches (RNG states in the checkpoint), the same dropout masks
+  # the same batches (drawn from seed and iter_num), the same dropout masks
   # (keys from seed and iter_num), the same optimizer state
   uninterrupted = loss_lines(runs['a'].stdout, since=20)
   resumed = loss_lines(runs['b2'].stdout, since=20)

@@ -46,8 +46,7 @@ def save_jaxgpt_checkpoint(out_dir, params, step=10, val_loss=2.0):
   checkpoints = Checkpoints(str(out_dir))
   checkpoints.save(step, params, make_optimizer(c).init(params), {
       'iter_num': step, 'val_loss': val_loss, 'best_val_loss': val_loss,
-      'model_args': dataclasses.asdict(CONFIG), 'config': c.to_dict(), 'vocab': None,
-      'train_rng': None, 'eval_rng': None})
+      'model_args': dataclasses.asdict(CONFIG), 'config': c.to_dict(), 'vocab': None})
   checkpoints.close()
 
 
@@ -206,7 +205,7 @@ def jaxgpt_run(tmp_path_factory):
   checkpoints = Checkpoints(str(out_dir))
   checkpoints.save(3, params, opt_state, {
       'iter_num': 3, 'val_loss': 3.0, 'best_val_loss': 3.0, 'model_args': dataclasses.asdict(CONFIG),
-      'config': c.to_dict(), 'vocab': None, 'train_rng': None, 'eval_rng': None})
+      'config': c.to_dict(), 'vocab': None})
   checkpoints.close()
   return out_dir, c, batches
 
