@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_interval = 1
   c.eval_iters = 200
   c.eval_only = False  # evaluate once at step 0, then exit
+  c.eval_fixed = False  # True: the same eval batches at every evaluation (curves compare without noise)
   c.always_save_checkpoint = True  # save after every eval, not only when val improves
   c.init_from = 'scratch'  # 'scratch', 'resume' (from out_dir) or a GPT-2: 'gpt2', 'gpt2-medium', ...
   c.gpt2_dir = ''  # a local GPT-2 folder (Hugging Face layout); '' = the Hugging Face cache

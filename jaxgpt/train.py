@@ -8,7 +8,9 @@ after the first evaluation.
 
 import builtins
 import dataclasses
+import json
 import math
+import pathlib
 import signal
 import time
 
@@ -19,7 +21,7 @@ from jax.experimental import multihost_utils
 from jaxgpt import data, gpt2, parallel
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError, model_config
-from jaxgpt.optim import make_optimizer
+from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.step import StepMetrics, init_model, make_eval_loss, make_train_step
 
 A100_BF16_PEAK_FLOPS = 312e12  # nanoGPT reports MFU against this; kept so the numbers compare
@@ -157,28 +159,49 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   eval_loss = make_eval_loss(graphdef)
 
   def estimate_loss() -> dict[str, float]:
-    return {split: float(eval_loss(params, *batches(iter_num, c.eval_iters)))
+    # eval_fixed: the same batches at every evaluation, so curves compare without sampling noise
+    drawn_at = 0 if c.eval_fixed else iter_num
+    return {split: float(eval_loss(params, *batches(drawn_at, c.eval_iters)))
             for split, batches in eval_batches.items()}
+
+  # every logged iteration and evaluation, one JSON object a line (appended on resume)
+  metrics_file = (pathlib.Path(c.out_dir) / 'metrics.jsonl').open('a' if c.init_from == 'resume' else 'w') \
+      if main_process else None
+  learning_rate = lr_schedule(c)
+
+  def record(**fields) -> None:
+    if metrics_file:
+      metrics_file.write(json.dumps(fields) + '\n')
+      metrics_file.flush()
 
   losses = {}
   first_iter, running_mfu = iter_num, -1.0
   t0, last_timed = time.time(), iter_num - 1  # the clock started after iteration last_timed
-  pending = None  # (iter_num, metrics) of a dispatched step whose log line is still to print
+  last_finite = None  # (iteration, loss) of the last step with a finite loss
+  pending = None  # (iter_num, metrics) of a dispatched step whose loss is still to read
 
-  def log(logged_iter: int, metrics: StepMetrics) -> None:
-    """Prints nanoGPT's iteration line. Reading the loss waits for that step."""
-    nonlocal t0, last_timed, running_mfu
+  def finish(done_iter: int, metrics: StepMetrics) -> None:
+    """Reads a finished step's loss (waiting for it): stops at a non-finite
+    one, before anything is saved, and prints nanoGPT's line when it is due."""
+    nonlocal t0, last_timed, running_mfu, last_finite
     lossf = float(metrics.loss)
+    if not math.isfinite(lossf):
+      last = f'the last finite loss was {last_finite[1]:.4f} at iteration {last_finite[0]}' if last_finite else \
+          'no iteration had a finite loss'
+      raise JaxGPTError(f'loss is {lossf} at iteration {done_iter} ({last}); stopped, the checkpoints in '
+                        f'{c.out_dir} are as they were: lower --config.learning_rate or raise --config.warmup_iters')
+    last_finite = (done_iter, lossf)
+    if done_iter % c.log_interval:
+      return
     t1 = time.time()
-    dt = (t1 - t0) / (logged_iter - last_timed)  # mean over the iterations since the last line
-    t0, last_timed = t1, logged_iter
-    if logged_iter - first_iter >= 5:  # let the training loop settle a bit
+    dt = (t1 - t0) / (done_iter - last_timed)  # mean over the iterations since the last line
+    t0, last_timed = t1, done_iter
+    if done_iter - first_iter >= 5:  # let the training loop settle a bit
       mfu = estimate_mfu(config, num_params, tokens_per_iter, dt)
       running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-    print(f'iter {logged_iter}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%')
-    if not math.isfinite(lossf):
-      raise JaxGPTError(f'loss is {lossf} at iteration {logged_iter}: lower --config.learning_rate '
-                        'or raise --config.warmup_iters')
+    print(f'iter {done_iter}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%')
+    record(iter=done_iter, loss=lossf, lr=float(learning_rate(done_iter)), ms=dt * 1000,
+           tokens_per_s=tokens_per_iter / dt, mfu=running_mfu if running_mfu >= 0 else None)
 
   def save(val_loss: float) -> None:
     """A checkpoint of the state before iteration iter_num (every process takes part)."""
@@ -203,10 +226,11 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     while True:
       if iter_num % c.eval_interval == 0:
         if pending:
-          log(*pending)
+          finish(*pending)
           pending = None
         losses = estimate_loss()
         print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
+        record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
         if losses['val'] < best_val_loss or c.always_save_checkpoint:
           best_val_loss = min(best_val_loss, losses['val'])
           if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
@@ -221,14 +245,14 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       # line (nanodo's trick: the host never makes the CPU wait between steps)
       xs, ys = train_batches(iter_num + 1, micro_steps)
       if pending:
-        log(*pending)
-      pending = (iter_num, metrics) if iter_num % c.log_interval == 0 else None
+        finish(*pending)
+      pending = (iter_num, metrics)
       iter_num += 1
       if iter_num > c.max_iters:
         break
       if parallel.all_processes_agree(bool(stop_signal)):  # all stop at the same iteration
         if pending:
-          log(*pending)
+          finish(*pending)
           pending = None
         # no val loss for this state: inf keeps it out of the running for best
         save(math.inf)
@@ -237,9 +261,11 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
               f'{c.out_dir}; continue with --config.init_from=resume')
         break
     if pending:
-      log(*pending)
+      finish(*pending)
   finally:
     signal.signal(signal.SIGINT, previous_handlers[0])
     signal.signal(signal.SIGTERM, previous_handlers[1])
     checkpoints.close()
+    if metrics_file:
+      metrics_file.close()
   return losses

@@ -103,7 +103,7 @@ def test_checkpoint_after_improving_evals_never_at_step_0(fused_run):
   saves = [i for i, line in enumerate(lines) if line == f'saving checkpoint to {out_dir}']
   assert [STEP.match(lines[i - 1])[1] for i in saves] == ['20', '40']  # each right after its eval
   # orbax keeps the latest and the best; here step 40 is both
-  assert sorted(p.name for p in out_dir.iterdir()) == ['40']
+  assert sorted(p.name for p in out_dir.iterdir()) == ['40', 'metrics.jsonl']
   assert {'params', 'opt_state', 'meta'} <= {p.name for p in (out_dir / '40').iterdir()}
   meta = json.loads((out_dir / '40' / 'meta' / 'metadata').read_text())
   assert meta['iter_num'] == 40
@@ -129,6 +129,61 @@ def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
   assert (out_dir / '40' / 'params').is_dir()
 
 
+def test_metrics_jsonl_holds_every_logged_iteration_and_evaluation(fused_run):
+  proc, out_dir = fused_run
+  records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+  steps, iters = parse_log(proc.stdout)
+  evals = [r for r in records if 'val_loss' in r]
+  logged = [r for r in records if 'loss' in r]
+  assert len(evals) + len(logged) == len(records)
+  assert [r['iter'] for r in evals] == [0, 20, 40]
+  for r in evals:
+    assert (round(r['train_loss'], 4), round(r['val_loss'], 4)) == pytest.approx(steps[r['iter']], abs=1e-9)
+  assert [r['iter'] for r in logged] == list(range(0, 41, 5))
+  for r in logged:
+    assert set(r) == {'iter', 'loss', 'lr', 'ms', 'tokens_per_s', 'mfu'}
+    assert round(r['loss'], 4) == pytest.approx(iters[r['iter']], abs=1e-9)
+    assert r['tokens_per_s'] == pytest.approx(8 * 32 / r['ms'] * 1000)
+  # nanoGPT's schedule: linear warmup over 5 iterations, cosine to min_lr at 40
+  assert [r['lr'] for r in logged[:2]] == pytest.approx([1e-3 * 1 / 6, 1e-3], rel=1e-6)
+  assert logged[-1]['lr'] == pytest.approx(1e-4, rel=1e-6)
+  assert logged[0]['mfu'] is None and logged[-1]['mfu'] > 0  # nanoGPT skips the first 5 iterations
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_checkpoints(workdir):
+  out_dir = workdir / 'out'
+  proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir, max_iters=20, eval_interval=10))
+  assert proc.returncode == 0, proc.stderr
+  before = {p.relative_to(out_dir): p.stat().st_mtime_ns for p in out_dir.rglob('*') if p.name != 'metrics.jsonl'}
+  # resumed with a learning rate that blows the weights up within a few steps,
+  # logging (100) and evaluating (30) too rarely to notice on those
+  proc = train(workdir, f'--config={CONFIG}', '--config.init_from=resume',
+               *overrides('--config.', out_dir=out_dir, max_iters=40, eval_interval=30, log_interval=100,
+                          learning_rate=1e6, min_lr=1.0, warmup_iters=0))
+  assert proc.returncode == 1
+  message = proc.stderr.splitlines()[-1]
+  assert re.fullmatch(r'error: loss is (nan|inf) at iteration (2[1-9]) \(the last finite loss was \S+ at iteration '
+                      r'(2\d)\); stopped, the checkpoints in \S+ are as they were: lower --config.learning_rate or '
+                      r'raise --config.warmup_iters', message), message
+  assert 'saving checkpoint' not in proc.stdout
+  after = {p.relative_to(out_dir): p.stat().st_mtime_ns for p in out_dir.rglob('*') if p.name != 'metrics.jsonl'}
+  assert after == before
+
+
+def test_eval_fixed_evaluates_the_same_batches_every_time(workdir):
+  """With a learning rate too small to move the weights, only the batches can
+  change the eval losses: fixed, every eval prints the same numbers."""
+  still = dict(max_iters=10, eval_interval=5, learning_rate=1e-9, decay_lr=False, warmup_iters=0)
+  fixed = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=workdir / 'fixed', eval_fixed=True, **still))
+  moving = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=workdir / 'moving', **still))
+  assert fixed.returncode == 0 and moving.returncode == 0, fixed.stderr + moving.stderr
+  fixed_steps, moving_steps = parse_log(fixed.stdout)[0], parse_log(moving.stdout)[0]
+  assert sorted(fixed_steps) == [0, 5, 10]
+  assert fixed_steps[0] == moving_steps[0]  # both draw the batches of iteration 0 first
+  assert fixed_steps[5] == fixed_steps[10] == fixed_steps[0]
+  assert moving_steps[5] != moving_steps[0] and moving_steps[10] != moving_steps[5]
+
+
 def test_eval_only(workdir):
   out_dir = workdir / 'out'
   proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir, eval_only=True))
@@ -136,7 +191,7 @@ def test_eval_only(workdir):
   steps, iters = parse_log(proc.stdout)
   assert list(steps) == [0] and iters == {}
   assert 'saving checkpoint' not in proc.stdout
-  assert not out_dir.exists() or not any(out_dir.iterdir())  # no checkpoint at step 0
+  assert sorted(p.name for p in out_dir.iterdir()) == ['metrics.jsonl']  # no checkpoint at step 0
 
 
 @pytest.mark.parametrize('args, message', [
