@@ -1,0 +1,108 @@
+"""Your own text as a character-level data set:
+
+  python -m jaxgpt.prepare char PATH --name NAME
+  python train.py --config=configs/shakespeare_char.py --config.dataset=NAME
+
+Writes data/NAME/train.bin and val.bin (uint16 ids: the first 90% of the
+characters, then the last 10%) and meta.json (the vocabulary: the file's
+characters, sorted), as nanoGPT's shakespeare_char/prepare.py does for tiny
+Shakespeare. The file is read twice in chunks, once for the vocabulary and
+once to write the ids, so it may be larger than memory.
+"""
+
+import argparse
+import codecs
+import json
+import pathlib
+import sys
+from typing import Iterator
+
+import numpy as np
+
+from jaxgpt.config import JaxGPTError
+from jaxgpt.data import DataError, data_dir
+
+CHUNK_BYTES = 1 << 24  # 16 MB of the file at a time
+MAX_VOCAB = 65_535  # ids are uint16, as in nanoGPT's token files
+
+
+def _chunks(path: pathlib.Path) -> Iterator[str]:
+  """The text of path, CHUNK_BYTES at a time (a character cut by a chunk's end waits for the next)."""
+  decoder = codecs.getincrementaldecoder('utf-8')()
+  offset = 0  # of the chunk being decoded, in the file
+  try:
+    with path.open('rb') as f:
+      while True:
+        raw = f.read(CHUNK_BYTES)
+        carried = len(decoder.getstate()[0])  # bytes of a character the last chunk cut
+        try:
+          text = decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+          raise DataError(f'{path} is not UTF-8 text ({e.reason} at byte {offset - carried + e.start:,}): '
+                          'convert it first, e.g. iconv -f latin1 -t utf-8') from None
+        offset += len(raw)
+        if text:
+          yield text
+        if not raw:
+          return
+  except OSError as e:
+    raise DataError(f'cannot read {path}: {e.strerror}') from None
+
+
+def _code_points(text: str) -> np.ndarray:
+  return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
+
+
+def prepare_char(path: pathlib.Path, name: str) -> pathlib.Path:
+  """Writes data/<name> from the UTF-8 text file at path; returns the folder."""
+  chars, length = set(), 0
+  for chunk in _chunks(path):
+    chars.update(chunk)
+    length += len(chunk)
+  if length == 0:
+    raise DataError(f'{path} is empty: a data set needs text')
+  if len(chars) > MAX_VOCAB:
+    raise DataError(f'{path} has {len(chars):,} distinct characters, more than the {MAX_VOCAB:,} that '
+                    'uint16 token ids can number: use a tokenizer (GPT-2\'s BPE) for such text')
+  vocab = sorted(chars)
+  print(f'length of dataset in characters: {length:,}')
+  print(f'vocab size: {len(vocab):,}')
+  code_points = _code_points(''.join(vocab))  # sorted, so an id is a position in it
+
+  out = data_dir(name)
+  out.mkdir(parents=True, exist_ok=True)
+  split = int(length * 0.9)
+  written = 0
+  with (out / 'train.bin').open('wb') as train, (out / 'val.bin').open('wb') as val:
+    for chunk in _chunks(path):
+      ids = np.searchsorted(code_points, _code_points(chunk)).astype(np.uint16)
+      to_train = min(max(split - written, 0), len(ids))
+      ids[:to_train].tofile(train)
+      ids[to_train:].tofile(val)
+      written += len(ids)
+  print(f'train has {split:,} tokens')
+  print(f'val has {length - split:,} tokens')
+  meta = {'vocab_size': len(vocab), 'itos': vocab}
+  (out / 'meta.json').write_text(json.dumps(meta, ensure_ascii=False), encoding='utf-8')
+  return out
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog='python -m jaxgpt.prepare', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  kinds = parser.add_subparsers(dest='kind', required=True)
+  char = kinds.add_parser('char', help='characters as tokens')
+  char.add_argument('path', type=pathlib.Path, help='a UTF-8 text file')
+  char.add_argument('--name', required=True, help='the data set: written to data/NAME, trained with --config.dataset=NAME')
+  args = parser.parse_args(argv[1:])
+  try:
+    out = prepare_char(args.path, args.name)
+  except JaxGPTError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {out}: train with --config.dataset={args.name}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
