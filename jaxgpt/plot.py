@@ -1,0 +1,93 @@
+"""Loss curves of a run, from its out_dir/metrics.jsonl, as a PNG:
+
+  python -m jaxgpt.plot out-shakespeare-char [--reference ../shared/reference/nanogpt_seed_run.json]
+
+Draws the training loss of every logged iteration and the train/val losses
+of every evaluation; with --reference, nanoGPT's curves of a run recorded
+the way ../shared/reference/nanogpt_seed_run.json is (its `eager` run:
+`train_loss_per_iter` and `eval`) beside them. Writes OUT_DIR/loss.png, or
+--out. Needs matplotlib: pip install -e '.[plot]'.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+from jaxgpt.config import JaxGPTError
+
+
+def read_metrics(out_dir: pathlib.Path) -> tuple[list[dict], list[dict]]:
+  """(logged iterations, evaluations) of out_dir/metrics.jsonl."""
+  path = out_dir / 'metrics.jsonl'
+  try:
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  except OSError as e:
+    raise JaxGPTError(f'cannot read {path} ({e.strerror}): point at the out_dir of a training run') from None
+  except json.JSONDecodeError as e:
+    raise JaxGPTError(f'{path} is corrupt ({e})') from None
+  return [r for r in records if 'loss' in r], [r for r in records if 'val_loss' in r]
+
+
+def read_reference(path: pathlib.Path) -> tuple[list[float], list[dict]]:
+  """(train loss per iteration, evaluations) of a nanoGPT reference run."""
+  try:
+    run = json.loads(path.read_text())['eager']
+    return run['train_loss_per_iter'], run['eval']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise JaxGPTError(f'{path} is not a nanoGPT reference run ({type(e).__name__}: {e})') from None
+
+
+def plot(out_dir: pathlib.Path, reference: pathlib.Path | None, out: pathlib.Path) -> None:
+  try:
+    import matplotlib
+  except ImportError:
+    raise JaxGPTError('plotting needs matplotlib: pip install -e ".[plot]"') from None
+  matplotlib.use('Agg')  # files only, no screen needed
+  from matplotlib import pyplot as plt
+
+  iters, evals = read_metrics(out_dir)
+  if not iters and not evals:
+    raise JaxGPTError(f'{out_dir / "metrics.jsonl"} holds no iterations yet')
+  figure, axes = plt.subplots(figsize=(8, 5))
+  if reference:
+    ref_train, ref_evals = read_reference(reference)
+    axes.plot(range(len(ref_train)), ref_train, color='tab:green', alpha=0.35, linewidth=0.8,
+              label='nanoGPT train (per iteration)')
+    axes.plot([e['step'] for e in ref_evals], [e['val'] for e in ref_evals], 's--', color='tab:green',
+              label='nanoGPT val')
+  axes.plot([r['iter'] for r in iters], [r['loss'] for r in iters], color='tab:blue', alpha=0.35, linewidth=0.8,
+            label='jaxgpt train (per iteration)')
+  axes.plot([e['iter'] for e in evals], [e['train_loss'] for e in evals], 'o-', color='tab:blue',
+            label='jaxgpt train (eval)')
+  axes.plot([e['iter'] for e in evals], [e['val_loss'] for e in evals], 'o-', color='tab:orange',
+            label='jaxgpt val')
+  axes.set_xlabel('iteration')
+  axes.set_ylabel('loss')
+  axes.set_title(str(out_dir))
+  axes.grid(alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(out, dpi=100)
+  plt.close(figure)
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog='python -m jaxgpt.plot', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('out_dir', type=pathlib.Path)
+  parser.add_argument('--reference', type=pathlib.Path, help="a nanoGPT run's JSON, drawn beside")
+  parser.add_argument('--out', type=pathlib.Path, help='the PNG to write (default: OUT_DIR/loss.png)')
+  args = parser.parse_args(argv[1:])
+  out = args.out or args.out_dir / 'loss.png'
+  try:
+    plot(args.out_dir, args.reference, out)
+  except JaxGPTError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

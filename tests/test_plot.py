@@ -1,0 +1,61 @@
+"""python -m jaxgpt.plot: a run's metrics.jsonl (and nanoGPT's curves) drawn to a PNG."""
+
+import json
+
+import numpy as np
+import pytest
+from matplotlib import image
+
+from jaxgpt import plot
+
+ORANGE, GREEN = np.array([1.0, 0.498, 0.055]), np.array([0.173, 0.627, 0.173])  # tab:orange, tab:green
+
+
+def write_run(out_dir):
+  out_dir.mkdir()
+  lines = [{'iter': 0, 'train_loss': 4.2, 'val_loss': 4.19}]
+  lines += [{'iter': i, 'loss': 4.2 - i / 20, 'lr': 1e-3, 'ms': 40.0, 'tokens_per_s': 19200.0, 'mfu': None}
+            for i in range(0, 41)]
+  lines += [{'iter': 20, 'train_loss': 3.2, 'val_loss': 3.3}, {'iter': 40, 'train_loss': 2.2, 'val_loss': 2.5}]
+  (out_dir / 'metrics.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+
+
+def has_colour(pixels, colour) -> bool:
+  return bool((np.abs(pixels[..., :3] - colour).max(axis=-1) < 0.05).sum() > 50)
+
+
+def test_plot_draws_the_run_and_the_reference(tmp_path, capsys):
+  write_run(tmp_path / 'out')
+  reference = tmp_path / 'ref.json'
+  reference.write_text(json.dumps({'eager': {'train_loss_per_iter': [4.1 - i / 25 for i in range(41)],
+                                             'eval': [{'step': 0, 'train': 4.1, 'val': 4.1},
+                                                      {'step': 40, 'train': 2.5, 'val': 2.6}]}}))
+  assert plot.main(['plot', str(tmp_path / 'out')]) == 0
+  assert capsys.readouterr().out == f'wrote {tmp_path / "out" / "loss.png"}\n'
+  alone = image.imread(tmp_path / 'out' / 'loss.png')
+  assert alone.shape[:2] == (500, 800)
+  assert has_colour(alone, ORANGE) and not has_colour(alone, GREEN)  # val curve, no reference
+  assert plot.main(['plot', str(tmp_path / 'out'), '--reference', str(reference), '--out', str(tmp_path / 'both.png')]) == 0
+  both = image.imread(tmp_path / 'both.png')
+  assert has_colour(both, ORANGE) and has_colour(both, GREEN)
+
+
+@pytest.mark.parametrize('setup, message', [
+    (lambda d: None, 'cannot read {d}/metrics.jsonl (No such file or directory): point at the out_dir of a training run'),
+    (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('{"iter": 0,')), 'is corrupt'),
+    (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('')), 'holds no iterations yet'),
+])
+def test_plot_errors(tmp_path, capsys, setup, message):
+  out_dir = tmp_path / 'out'
+  setup(out_dir)
+  assert plot.main(['plot', str(out_dir)]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and message.format(d=out_dir) in err and len(err.splitlines()) == 1
+  assert not (out_dir / 'loss.png').exists()
+
+
+def test_bad_reference(tmp_path, capsys):
+  write_run(tmp_path / 'out')
+  (tmp_path / 'ref.json').write_text('{"lazy": 1}')
+  assert plot.main(['plot', str(tmp_path / 'out'), '--reference', str(tmp_path / 'ref.json')]) == 1
+  assert "ref.json is not a nanoGPT reference run (KeyError: 'eager')" in capsys.readouterr().err
