@@ -12,6 +12,7 @@ import json
 import math
 import pathlib
 import signal
+import sys
 import time
 
 import jax
@@ -22,6 +23,7 @@ from jaxgpt import data, gpt2, parallel
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError, model_config
 from jaxgpt.optim import lr_schedule, make_optimizer
+from jaxgpt.progress import TrainingProgress
 from jaxgpt.step import StepMetrics, init_model, make_eval_loss, make_train_step
 
 A100_BF16_PEAK_FLOPS = 312e12  # nanoGPT reports MFU against this; kept so the numbers compare
@@ -178,12 +180,13 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   first_iter, running_mfu = iter_num, -1.0
   t0, last_timed = time.time(), iter_num - 1  # the clock started after iteration last_timed
   last_finite = None  # (iteration, loss) of the last step with a finite loss
+  last_finish = time.time()  # when the last step's loss was read
   pending = None  # (iter_num, metrics) of a dispatched step whose loss is still to read
 
   def finish(done_iter: int, metrics: StepMetrics) -> None:
     """Reads a finished step's loss (waiting for it): stops at a non-finite
     one, before anything is saved, and prints nanoGPT's line when it is due."""
-    nonlocal t0, last_timed, running_mfu, last_finite
+    nonlocal t0, last_timed, running_mfu, last_finite, last_finish
     lossf = float(metrics.loss)
     if not math.isfinite(lossf):
       last = f'the last finite loss was {last_finite[1]:.4f} at iteration {last_finite[0]}' if last_finite else \
@@ -191,6 +194,9 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
       raise JaxGPTError(f'loss is {lossf} at iteration {done_iter} ({last}); stopped, the checkpoints in '
                         f'{c.out_dir} are as they were: lower --config.learning_rate or raise --config.warmup_iters')
     last_finite = (done_iter, lossf)
+    now = time.time()
+    bar.update(done_iter, lossf, float(learning_rate(done_iter)), tokens_per_iter / max(now - last_finish, 1e-9))
+    last_finish = now
     if done_iter % c.log_interval:
       return
     t1 = time.time()
@@ -221,47 +227,49 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
 
   previous_handlers = (signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop))
 
+  bar = TrainingProgress(iter_num, c.max_iters, enabled=main_process and sys.stdout.isatty())
   xs, ys = train_batches(iter_num, micro_steps)
   try:
-    while True:
-      if iter_num % c.eval_interval == 0:
+    with bar:
+      while True:
+        if iter_num % c.eval_interval == 0:
+          if pending:
+            finish(*pending)
+            pending = None
+          losses = estimate_loss()
+          print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
+          record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+          if losses['val'] < best_val_loss or c.always_save_checkpoint:
+            best_val_loss = min(best_val_loss, losses['val'])
+            if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
+              print(f'saving checkpoint to {c.out_dir}')
+              save(losses['val'])
+          t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
+        if iter_num == 0 and c.eval_only:
+          break
+
+        params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
+        # while the step runs: draw the next batch, then read the previous step's
+        # loss and print its line (nanodo's trick: the CPU never waits for the host)
+        xs, ys = train_batches(iter_num + 1, micro_steps)
         if pending:
           finish(*pending)
-          pending = None
-        losses = estimate_loss()
-        print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
-        record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
-        if losses['val'] < best_val_loss or c.always_save_checkpoint:
-          best_val_loss = min(best_val_loss, losses['val'])
-          if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
-            print(f'saving checkpoint to {c.out_dir}')
-            save(losses['val'])
-        t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
-      if iter_num == 0 and c.eval_only:
-        break
-
-      params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
-      # while the step runs: draw the next batch, then print the previous step's
-      # line (nanodo's trick: the host never makes the CPU wait between steps)
-      xs, ys = train_batches(iter_num + 1, micro_steps)
+        pending = (iter_num, metrics)
+        iter_num += 1
+        if iter_num > c.max_iters:
+          break
+        if parallel.all_processes_agree(bool(stop_signal)):  # all stop at the same iteration
+          if pending:
+            finish(*pending)
+            pending = None
+          # no val loss for this state: inf keeps it out of the running for best
+          save(math.inf)
+          reason = signal.Signals(stop_signal[0]).name if stop_signal else 'a stop in another process'
+          print(f'{reason} at iteration {iter_num}: saved a checkpoint to '
+                f'{c.out_dir}; continue with --config.init_from=resume')
+          break
       if pending:
         finish(*pending)
-      pending = (iter_num, metrics)
-      iter_num += 1
-      if iter_num > c.max_iters:
-        break
-      if parallel.all_processes_agree(bool(stop_signal)):  # all stop at the same iteration
-        if pending:
-          finish(*pending)
-          pending = None
-        # no val loss for this state: inf keeps it out of the running for best
-        save(math.inf)
-        reason = signal.Signals(stop_signal[0]).name if stop_signal else 'a stop in another process'
-        print(f'{reason} at iteration {iter_num}: saved a checkpoint to '
-              f'{c.out_dir}; continue with --config.init_from=resume')
-        break
-    if pending:
-      finish(*pending)
   finally:
     signal.signal(signal.SIGINT, previous_handlers[0])
     signal.signal(signal.SIGTERM, previous_handlers[1])
