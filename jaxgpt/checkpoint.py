@@ -25,6 +25,13 @@ class CheckpointError(JaxGPTError):
   pass
 
 
+def holds_checkpoints(out_dir: str) -> bool:
+  """Whether out_dir holds a finished checkpoint (step folders are named by
+  their step; orbax's unfinished ones carry a suffix). Creates nothing."""
+  directory = pathlib.Path(out_dir)
+  return directory.is_dir() and any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
+
+
 class Checkpoints:
 
   def __init__(self, out_dir: str, *, create: bool = True, read_only: bool = False):

@@ -20,7 +20,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from jaxgpt import data, gpt2, parallel
-from jaxgpt.checkpoint import Checkpoints
+from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
 from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError, model_config
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.progress import TrainingProgress
@@ -117,14 +117,14 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     vocab_size = len(vocab)
     print(f'found vocab_size = {vocab_size} (inside {folder / "meta.json"})')
 
-  checkpoints = Checkpoints(c.out_dir, create=c.init_from != 'resume')
   if c.init_from == 'resume':
     print(f'Resuming training from {c.out_dir}')
+    checkpoints = Checkpoints(c.out_dir, create=False)
     resume_step = checkpoints.latest_step()
     meta = checkpoints.meta(resume_step)
     config = resumed_model_config(c, meta, overridden, vocab)
   else:
-    if checkpoints.manager.latest_step() is not None:
+    if holds_checkpoints(c.out_dir):
       raise JaxGPTError(f'{c.out_dir} holds checkpoints of an earlier run: pass --config.init_from=resume '
                         'to continue it, or another --config.out_dir to start afresh')
     if c.init_from == 'scratch':
@@ -142,6 +142,8 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   eval_batches = {split: parallel.Batches(data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size),
                                           mesh, c.seed, stream=stream)
                   for stream, split in ((1, 'train'), (2, 'val'))}
+  if c.init_from != 'resume':  # out_dir made only now that the data proved usable
+    checkpoints = Checkpoints(c.out_dir)
 
   model, graphdef, params = init_model(config, c.seed)
   if c.init_from in GPT2_MODELS:

@@ -1,0 +1,131 @@
+"""Bad input, one table: each case is a user mistake (config, data,
+checkpoint, sample prompt, launcher, data preparation) that must end in one
+`error:` line naming the problem and the fix, with exit status 1 (2 for the
+command-line parsers' usage errors), and leave every file in the working
+folder as it was. In-process, in a folder with a prepared data set and a
+trained tiny run in `out`."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxgpt import cli, data, launch, prepare, sample
+
+# ml_collections loads config files through a deprecated importlib call
+pytestmark = pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
+
+CONFIG = 'configs/shakespeare_char.py'
+TINY = ['--config.n_layer=2', '--config.n_head=2', '--config.n_embd=32', '--config.block_size=16',
+        '--config.batch_size=4', '--config.max_iters=2', '--config.eval_interval=2', '--config.eval_iters=1',
+        '--config.log_interval=1', '--config.warmup_iters=1', '--config.lr_decay_iters=2']
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory, shakespeare):
+  """data/shakespeare_char prepared, a few broken data sets beside it, and `out` holding a trained tiny run."""
+  root = tmp_path_factory.mktemp('bad-input')
+  (root / 'configs').mkdir()
+  shutil.copy(cli.__file__.replace('jaxgpt/cli.py', 'configs/shakespeare_char.py'), root / 'configs')
+  char = root / 'data' / 'shakespeare_char'
+  char.mkdir(parents=True)
+  shutil.copy(shakespeare, char / 'input.txt')
+  data.prepare_shakespeare_char(char)
+  for name in ('short', 'pickled', 'corrupt_meta', 'other_vocab'):
+    (root / 'data' / name).mkdir()
+  np.arange(10, dtype=np.uint16).tofile(root / 'data' / 'short' / 'train.bin')  # fewer than block_size + 1
+  np.arange(10, dtype=np.uint16).tofile(root / 'data' / 'short' / 'val.bin')
+  shutil.copy(root / 'data' / 'short' / 'train.bin', root / 'data' / 'short' / 'val.bin')
+  for name in ('pickled', 'corrupt_meta', 'other_vocab'):
+    for split in ('train', 'val'):
+      shutil.copy(char / f'{split}.bin', root / 'data' / name / f'{split}.bin')
+  (root / 'data' / 'pickled' / 'meta.pkl').write_bytes(b'\x80\x04N.')
+  (root / 'data' / 'corrupt_meta' / 'meta.json').write_text('{"vocab_size": 3, "itos": ["a"]}')
+  vocab = json.loads((char / 'meta.json').read_text())['itos']
+  (root / 'data' / 'other_vocab' / 'meta.json').write_text(json.dumps({'vocab_size': 65, 'itos': vocab[::-1]}))
+  (root / 'empty.txt').write_text('')
+  (root / 'a_file').write_text('not a folder')
+  with pytest.MonkeyPatch.context() as patch:
+    patch.chdir(root)
+    assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.out_dir=out']) == 0
+  return root
+
+
+def train(*args):
+  return cli.main, ['train.py', f'--config={CONFIG}', *TINY, *args]
+
+
+def resume(*args):
+  return train('--config.init_from=resume', '--config.out_dir=out', *args)
+
+
+def sample_(*args):
+  return sample.main, ['sample.py', '--out_dir=out', '--num_samples=1', '--max_new_tokens=2', *args]
+
+
+CASES = {
+    # config
+    'unknown key': (train('--config.batchsize=12'), "unknown config key 'batchsize'"),
+    'wrong type': (train('--config.batch_size=abc'), "flag --config.batch_size=abc: invalid literal for int()"),
+    'heads do not divide': (train('--config.n_embd=33'), 'n_embd=33 is not divisible by n_head=2'),
+    'dropout out of range': (train('--config.dropout=1.5'), 'dropout=1.5 must be in [0, 1)'),
+    'learning rate 0': (train('--config.learning_rate=0'), 'learning_rate=0.0 must be > 0'),
+    'decay before warmup ends': (train('--config.warmup_iters=5', '--config.lr_decay_iters=4'),
+                                 'lr_decay_iters=4 must be greater than warmup_iters=5'),
+    'unknown dtype': (train('--config.dtype=float16'), "dtype='float16' is not supported"),
+    'missing config file': ((cli.main, ['train.py', '--config=configs/nope.py']),
+                            "No such file or directory: 'configs/nope.py'"),
+    # data
+    'missing data set': (train('--config.dataset=nope'), 'data/nope/train.bin not found: prepare the data set first'),
+    'data shorter than a block': (train('--config.dataset=short', '--config.out_dir=out-short'),
+                                  'holds 10 tokens, fewer than block_size + 1 = 17'),
+    'pickled vocabulary': (train('--config.dataset=pickled'), 'meta.pkl is a pickle, which jaxgpt does not load'),
+    'corrupt vocabulary': (train('--config.dataset=corrupt_meta'), 'meta.json is corrupt'),
+    # checkpoints
+    'resume without out_dir': (train('--config.init_from=resume', '--config.out_dir=nope'), 'does not exist'),
+    'resume another shape': (resume('--config.n_layer=3'), '--config.n_layer=3 conflicts with the checkpoint'),
+    'resume another vocabulary': (resume('--config.dataset=other_vocab'),
+                                  'the vocabulary of dataset other_vocab differs from the one the checkpoint'),
+    'scratch over checkpoints': (train('--config.out_dir=out'), 'holds checkpoints of an earlier run'),
+    'out_dir not a folder': (train('--config.out_dir=a_file/out'), 'cannot create out_dir'),
+    # sampling
+    'prompt outside the vocabulary': (sample_('--start=ROMEO: ✓'), "the prompt has characters outside the model's vocabulary: '✓'"),
+    'missing prompt file': (sample_('--start=FILE:nope.txt'), 'cannot read the prompt file nope.txt'),
+    'temperature 0': (sample_('--temperature=0'), 'temperature=0.0 must be > 0'),
+    'top_k 0': (sample_('--top_k=0'), 'top_k=0 must be >= 1'),
+    'sample without checkpoints': (sample_('--out_dir=data'), 'no checkpoint in'),
+    # data preparation, launcher
+    'empty text': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'empty']), 'is empty: a data set needs text'),
+}
+
+
+def snapshot(root):
+  """Every file and folder under root, with size and modification time."""
+  return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob('*')}
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_bad_input_is_one_error_line_and_changes_nothing(folder, name, monkeypatch, capsys):
+  (main, argv), message = CASES[name]
+  monkeypatch.chdir(folder)
+  before = snapshot(folder)
+  assert main(argv) == 1
+  out, err = capsys.readouterr()
+  assert err.startswith('error: ') and message in err, err
+  assert len(err.splitlines()) == 1, err
+  assert snapshot(folder) == before
+
+
+def test_launcher_usage_errors(folder, monkeypatch, capsys):
+  monkeypatch.chdir(folder)
+  with pytest.raises(SystemExit) as e:
+    launch.main(['launch', '--nproc=0', 'train.py'])
+  assert e.value.code == 2 and '--nproc=0 must be >= 1' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    launch.main(['launch', 'train.py'])
+  assert e.value.code == 2 and 'the following arguments are required: --nproc' in capsys.readouterr().err
+
+
+def test_the_table_is_long_enough():
+  assert len(CASES) >= 20
