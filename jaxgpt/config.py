@@ -125,8 +125,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.decay_lr and c.lr_decay_iters <= c.warmup_iters:
     raise ConfigError(f'lr_decay_iters={c.lr_decay_iters} must be greater than warmup_iters={c.warmup_iters} '
                       '(or pass --config.decay_lr=False for a constant learning rate)')
-  if c.wandb_log:
-    raise ConfigError('wandb_log=True is not supported yet: pass --config.wandb_log=False')
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> GPTConfig:

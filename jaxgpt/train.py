@@ -51,6 +51,15 @@ def estimate_mfu(config: GPTConfig, num_params: int, tokens_per_iter: int, dt: f
 MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
 
 
+def import_wandb():
+  """wandb, for wandb_log=True (WANDB_MODE=offline logs to ./wandb without an account)."""
+  try:
+    import wandb
+  except ImportError:
+    raise JaxGPTError('wandb_log=True needs wandb: pip install -e ".[wandb]", or pass --config.wandb_log=False') from None
+  return wandb
+
+
 def pretrained_model_config(c: ml_collections.ConfigDict, pretrained: GPTConfig,
                             overridden: frozenset[str], vocab: list[str] | None) -> GPTConfig:
   """GPT-2's model shape, also written back into c, as nanoGPT's
@@ -96,6 +105,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   mesh = parallel.make_mesh()
   micro_steps = parallel.micro_steps(c.gradient_accumulation_steps, mesh)
   main_process = jax.process_index() == 0
+  wandb = import_wandb() if c.wandb_log and main_process else None  # before anything is written
   print = builtins.print if main_process else lambda *args, **kwargs: None  # only process 0 logs
   # nanoGPT's count: micro-batches of the whole world, each batch_size rows
   tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
@@ -172,6 +182,8 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   metrics_file = (pathlib.Path(c.out_dir) / 'metrics.jsonl').open('a' if c.init_from == 'resume' else 'w') \
       if main_process else None
   learning_rate = lr_schedule(c)
+  if wandb:
+    wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=c.to_dict())  # as nanoGPT
 
   def record(**fields) -> None:
     if metrics_file:
@@ -241,6 +253,9 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
           losses = estimate_loss()
           print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
           record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+          if wandb:  # the keys nanoGPT logs
+            wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
+                       'lr': float(learning_rate(iter_num)), 'mfu': running_mfu * 100})
           if losses['val'] < best_val_loss or c.always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
@@ -278,4 +293,6 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     checkpoints.close()
     if metrics_file:
       metrics_file.close()
+    if wandb:
+      wandb.finish()
   return losses

@@ -110,7 +110,6 @@ def test_override_types():
     ('--config.warmup_iters=5000', 'lr_decay_iters=5000 must be greater than warmup_iters=5000'),
     ('--config.beta2=1.0', 'beta2=1.0 must be in [0, 1)'),
     ('--config.init_from=gpt3', "init_from='gpt3' is not supported: choose one of scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl"),
-    ('--config.wandb_log=True', 'wandb_log=True is not supported yet'),
 ])
 def test_bad_override(override, message):
   with pytest.raises(ConfigError) as e:

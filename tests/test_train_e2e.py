@@ -250,3 +250,49 @@ def test_progress_bar_on_a_terminal(workdir):
   text = re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', output.decode(errors='replace'))  # drop terminal codes
   assert re.search(r'iter 21/21 .*loss \d\.\d{4}\s+lr \d\.\d\de-0\d\s+[\d,]+ tokens/s', text), text[-2000:]
   assert 'step 20: train loss' in text and 'iter 20: loss' in text  # the log lines too
+
+
+WANDB_STUB = '''
+import json, os
+_log = open(os.environ['WANDB_STUB_LOG'], 'a')
+def init(project, name, config):
+  _log.write(json.dumps({'init': [project, name, config['wandb_log']]}) + '\\n')
+def log(values):
+  _log.write(json.dumps(values) + '\\n')
+def finish():
+  _log.write('"finish"\\n')
+  _log.close()
+'''
+
+
+def test_wandb_logs_nanogpts_keys_at_every_evaluation(workdir, tmp_path):
+  """wandb itself is an optional extra (its offline mode was tried by hand):
+  a stand-in module records what train.py hands it."""
+  (tmp_path / 'stub').mkdir()
+  (tmp_path / 'stub' / 'wandb.py').write_text(WANDB_STUB)
+  env = os.environ | {'PYTHONPATH': str(tmp_path / 'stub'), 'WANDB_STUB_LOG': str(tmp_path / 'calls.jsonl')}
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', '--config.wandb_log=True',
+                         *overrides('--config.', out_dir=workdir / 'out', max_iters=20, eval_interval=10)],
+                        cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  calls = [json.loads(line) for line in (tmp_path / 'calls.jsonl').read_text().splitlines()]
+  assert calls[0] == {'init': ['shakespeare-char', 'mini-gpt', True]} and calls[-1] == 'finish'
+  steps = parse_log(proc.stdout)[0]
+  logged = calls[1:-1]
+  assert [c['iter'] for c in logged] == [0, 10, 20]
+  for c in logged:
+    assert set(c) == {'iter', 'train/loss', 'val/loss', 'lr', 'mfu'}
+    assert (round(c['train/loss'], 4), round(c['val/loss'], 4)) == pytest.approx(steps[c['iter']], abs=1e-9)
+  assert logged[0]['mfu'] == -100  # nanoGPT's value before its first estimate
+
+
+def test_wandb_missing_is_one_error_line(workdir, tmp_path):
+  (tmp_path / 'stub' / 'wandb').mkdir(parents=True)
+  (tmp_path / 'stub' / 'wandb' / '__init__.py').write_text('raise ImportError("no wandb here")')
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', '--config.wandb_log=True',
+                         *overrides('--config.', out_dir=workdir / 'out')], cwd=workdir, capture_output=True, text=True,
+                        env=os.environ | {'PYTHONPATH': str(tmp_path / 'stub')}, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines()[-1] == ('error: wandb_log=True needs wandb: pip install -e ".[wandb]", or pass '
+                                          '--config.wandb_log=False')
+  assert not (workdir / 'out').exists()  # it stops before writing anything
