@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from rich.progress import track
 
 from jaxgpt.config import GPTConfig
 
@@ -44,15 +45,16 @@ class Generator:
     self._sample = jax.jit(functools.partial(sample_next, temperature=temperature, top_k=top_k))
 
   def __call__(self, prompt: np.ndarray, max_new_tokens: int, seed: int, *,
-               use_cache: bool = True) -> np.ndarray:
+               use_cache: bool = True, progress: bool = False) -> np.ndarray:
     """prompt (B, T) token ids -> (B, T + max_new_tokens). The same seed gives
-    the same tokens, with or without the cache."""
+    the same tokens, with or without the cache. progress: a progress bar
+    (rich) while it runs, gone when done."""
     batch, length = prompt.shape
     tokens = np.zeros((batch, length + max_new_tokens), np.int32)
     tokens[:, :length] = prompt
     key = jax.random.key(seed)
     cache = None
-    for i in range(max_new_tokens):
+    for i in track(range(max_new_tokens), description='sampling', transient=True, disable=not progress):
       if use_cache and length <= self.block_size:
         if cache is None:
           logits, cache = self._prefill(self.params, tokens[:, :length])

@@ -18,6 +18,7 @@ import sys
 from typing import Iterator
 
 import numpy as np
+from rich import progress
 
 from jaxgpt.config import JaxGPTError
 from jaxgpt.data import DataError, data_dir
@@ -26,12 +27,14 @@ CHUNK_BYTES = 1 << 24  # 16 MB of the file at a time
 MAX_VOCAB = 65_535  # ids are uint16, as in nanoGPT's token files
 
 
-def _chunks(path: pathlib.Path) -> Iterator[str]:
-  """The text of path, CHUNK_BYTES at a time (a character cut by a chunk's end waits for the next)."""
+def _chunks(path: pathlib.Path, description: str) -> Iterator[str]:
+  """The text of path, CHUNK_BYTES at a time (a character cut by a chunk's end
+  waits for the next), with a progress bar on a terminal."""
   decoder = codecs.getincrementaldecoder('utf-8')()
   offset = 0  # of the chunk being decoded, in the file
   try:
-    with path.open('rb') as f:
+    with path.open('rb') as f, progress.wrap_file(f, path.stat().st_size, description=description, transient=True,
+                                                  disable=not sys.stdout.isatty()) as f:
       while True:
         raw = f.read(CHUNK_BYTES)
         carried = len(decoder.getstate()[0])  # bytes of a character the last chunk cut
@@ -56,7 +59,7 @@ def _code_points(text: str) -> np.ndarray:
 def prepare_char(path: pathlib.Path, name: str) -> pathlib.Path:
   """Writes data/<name> from the UTF-8 text file at path; returns the folder."""
   chars, length = set(), 0
-  for chunk in _chunks(path):
+  for chunk in _chunks(path, 'reading'):
     chars.update(chunk)
     length += len(chunk)
   if length == 0:
@@ -74,7 +77,7 @@ def prepare_char(path: pathlib.Path, name: str) -> pathlib.Path:
   split = int(length * 0.9)
   written = 0
   with (out / 'train.bin').open('wb') as train, (out / 'val.bin').open('wb') as val:
-    for chunk in _chunks(path):
+    for chunk in _chunks(path, 'writing'):
       ids = np.searchsorted(code_points, _code_points(chunk)).astype(np.uint16)
       to_train = min(max(split - written, 0), len(ids))
       ids[:to_train].tofile(train)

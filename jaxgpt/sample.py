@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
     prompt = np.array([tokenizer.encode(read_prompt(c.start))] * c.num_samples, np.int32)
     t0 = time.time()
     with jax.disable_jit(not c.compile):
-      tokens = generate(prompt, c.max_new_tokens, c.seed, use_cache=c.use_cache)
+      tokens = generate(prompt, c.max_new_tokens, c.seed, use_cache=c.use_cache, progress=sys.stdout.isatty())
     seconds = time.time() - t0
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -4,6 +4,8 @@ and a tiny model reused across tests (each distinct shape costs a jit compile).
 
 import os
 import pathlib
+import pty
+import re
 import subprocess
 
 import jax
@@ -73,3 +75,23 @@ def finish(popen, timeout=300):
       popen.kill()
       popen.communicate()
   return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
+
+
+def run_in_terminal(args, cwd, timeout=300) -> tuple[int, str]:
+  """Runs args with stdout and stderr on a pseudo-terminal (as a user at a
+  terminal sees it); returns the exit status and the text, terminal codes removed."""
+  main_fd, child_fd = pty.openpty()
+  popen = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=child_fd, stderr=child_fd,
+                           env=os.environ | {'COLUMNS': '160', 'TERM': 'xterm'})
+  os.close(child_fd)
+  output = b''
+  while True:
+    try:
+      chunk = os.read(main_fd, 65536)
+    except OSError:  # the child closed the terminal
+      break
+    if not chunk:
+      break
+    output += chunk
+  os.close(main_fd)
+  return popen.wait(timeout=timeout), re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', output.decode(errors='replace'))

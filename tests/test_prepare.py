@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_in_terminal
 from jaxgpt import data, prepare
 
 
@@ -68,3 +68,11 @@ def test_train_on_a_prepared_text(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert f'found vocab_size = {vocab_size} (inside data/fox/meta.json)' in proc.stdout.splitlines()
   assert 'iter 4: loss ' in proc.stdout
+
+
+def test_progress_on_a_terminal(shakespeare, tmp_path):
+  status, text = run_in_terminal([sys.executable, '-m', 'jaxgpt.prepare', 'char', str(shakespeare), '--name', 'tty'],
+                                 cwd=tmp_path)
+  assert status == 0, text
+  assert 'reading' in text and 'writing' in text and '1.1/1.1 MB' in text, text
+  assert 'wrote data/tty: train with --config.dataset=tty' in text

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO_ROOT, finish
+from conftest import REPO_ROOT, finish, run_in_terminal
 from jaxgpt.config import GPTConfig
 from jaxgpt.generate import Generator, sample_next
 from jaxgpt.step import init_model
@@ -290,3 +290,11 @@ def test_bad_sampling_flag_is_one_error_line(runs, name):
   [line] = proc.stderr.splitlines()
   assert line.startswith('error: ')
   assert re.search(ERRORS[name][1], line), line
+
+
+def test_progress_on_a_terminal(runs):
+  status, text = run_in_terminal([sys.executable, str(REPO_ROOT / 'sample.py'), f'--out_dir={runs["out_dir"]}',
+                                  '--start=ROMEO:', '--num_samples=2', '--max_new_tokens=30'], cwd=runs['workdir'])
+  assert status == 0, text
+  assert 'sampling' in text and '100%' in text, text  # the bar, cleared when done
+  assert text.count('ROMEO:') == 2 and text.count(SEPARATOR.strip()) == 2

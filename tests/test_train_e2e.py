@@ -8,7 +8,6 @@ out_dir relative to the working directory.
 
 import json
 import os
-import pty
 import re
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_in_terminal
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 # nanoGPT's log lines
@@ -230,24 +229,10 @@ def test_missing_dataset_is_one_error_line(tmp_path):
 def test_progress_bar_on_a_terminal(workdir):
   """On a terminal a rich progress bar sits under the log lines; piped (every
   other test here) the output is the log lines alone."""
-  main_fd, child_fd = pty.openpty()
-  popen = subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}',
-                            *overrides('--config.', out_dir=workdir / 'out', max_iters=20, eval_interval=10)],
-                           cwd=workdir, stdin=subprocess.DEVNULL, stdout=child_fd, stderr=child_fd,
-                           env=os.environ | {'COLUMNS': '160', 'TERM': 'xterm'})
-  os.close(child_fd)
-  output = b''
-  while True:
-    try:
-      chunk = os.read(main_fd, 65536)
-    except OSError:  # the child closed the terminal
-      break
-    if not chunk:
-      break
-    output += chunk
-  assert popen.wait(timeout=300) == 0
-  os.close(main_fd)
-  text = re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', output.decode(errors='replace'))  # drop terminal codes
+  status, text = run_in_terminal([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}',
+                                  *overrides('--config.', out_dir=workdir / 'out', max_iters=20, eval_interval=10)],
+                                 cwd=workdir)
+  assert status == 0, text[-2000:]
   assert re.search(r'iter 21/21 .*loss \d\.\d{4}\s+lr \d\.\d\de-0\d\s+[\d,]+ tokens/s', text), text[-2000:]
   assert 'step 20: train loss' in text and 'iter 20: loss' in text  # the log lines too
 
