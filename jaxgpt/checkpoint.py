@@ -59,10 +59,13 @@ class Checkpoints:
     """Starts writing; the arrays are copied off the device before this returns,
     so the caller may donate them to the next step. meta needs a val_loss."""
     meta = {'format': FORMAT} | meta
-    self.manager.save(step, metrics={'val_loss': meta['val_loss']}, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)))
+    try:
+      self.manager.save(step, metrics={'val_loss': meta['val_loss']}, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params),
+          opt_state=ocp.args.StandardSave(opt_state),
+          meta=ocp.args.JsonSave(meta)))
+    except OSError as e:  # a full disk, a folder gone read-only (this save, or the one before it)
+      raise self._write_error(e) from None
 
   def latest_step(self) -> int:
     step = self.manager.latest_step()
@@ -102,5 +105,14 @@ class Checkpoints:
                             'corrupt or from another model') from None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.manager.wait_until_finished()
+    except OSError as e:
+      raise self._write_error(e) from None
+    finally:
+      self.manager.close()
+
+  def _write_error(self, e: OSError) -> CheckpointError:
+    return CheckpointError(f'could not write a checkpoint to {self.directory} ({e.strerror or e}): free some '
+                           'space or pick another --config.out_dir; the checkpoints written before are whole, '
+                           'resume from them with --config.init_from=resume')

@@ -1,15 +1,17 @@
 """Bad input, one table: each case is a user mistake (config, data,
-checkpoint, sample prompt, launcher, data preparation) that must end in one
-`error:` line naming the problem and the fix, with exit status 1 (2 for the
+checkpoint, sample prompt, launcher, data preparation; and a full disk)
+that must end in one `error:` line naming the problem and the fix, with exit status 1 (2 for the
 command-line parsers' usage errors), and leave every file in the working
 folder as it was. In-process, in a folder with a prepared data set and a
 trained tiny run in `out`."""
 
+import errno
 import json
 import shutil
 
 import numpy as np
 import pytest
+from orbax import checkpoint as ocp
 
 from jaxgpt import cli, data, launch, prepare, sample
 
@@ -129,3 +131,31 @@ def test_launcher_usage_errors(folder, monkeypatch, capsys):
 
 def test_the_table_is_long_enough():
   assert len(CASES) >= 20
+
+
+def test_disk_full_while_saving_is_one_error_line_and_keeps_earlier_checkpoints(folder, monkeypatch, capsys):
+  """A save that fails for want of space (ENOSPC, as orbax would raise it):
+  the run stops with one line, and the checkpoint already in out is whole."""
+  work = folder / 'disk-full'
+  shutil.copytree(folder / 'out', work / 'out')
+  shutil.copytree(folder / 'data', work / 'data')
+  shutil.copytree(folder / 'configs', work / 'configs')
+  monkeypatch.chdir(work)
+
+  def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  before = snapshot(work / 'out')
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', no_space)
+  assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.init_from=resume', '--config.out_dir=out',
+                   '--config.max_iters=4']) == 1
+  err = capsys.readouterr().err
+  assert err.splitlines() == [f'error: could not write a checkpoint to {work / "out"} (No space left on device): free '
+                              'some space or pick another --config.out_dir; the checkpoints written before are whole, '
+                              'resume from them with --config.init_from=resume']
+  after = snapshot(work / 'out')
+  assert {k: v for k, v in after.items() if k != 'metrics.jsonl'} == {k: v for k, v in before.items() if k != 'metrics.jsonl'}
+  monkeypatch.undo()
+  monkeypatch.chdir(work)
+  assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.init_from=resume', '--config.out_dir=out',
+                   '--config.max_iters=4']) == 0  # the earlier checkpoint resumes
