@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from orbax import checkpoint as ocp
 
+from conftest import REPO_ROOT
 from jaxgpt import cli, data, launch, prepare, sample
 
 # ml_collections loads config files through a deprecated importlib call
@@ -29,7 +30,7 @@ def folder(tmp_path_factory, shakespeare):
   """data/shakespeare_char prepared, a few broken data sets beside it, and `out` holding a trained tiny run."""
   root = tmp_path_factory.mktemp('bad-input')
   (root / 'configs').mkdir()
-  shutil.copy(cli.__file__.replace('jaxgpt/cli.py', 'configs/shakespeare_char.py'), root / 'configs')
+  shutil.copy(REPO_ROOT / CONFIG, root / 'configs')
   char = root / 'data' / 'shakespeare_char'
   char.mkdir(parents=True)
   shutil.copy(shakespeare, char / 'input.txt')
