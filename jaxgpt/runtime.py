@@ -1,8 +1,9 @@
 """CPU runtime set-up. Imported first by `jaxgpt/__init__.py`, before jax.
 
 The settings were measured on the seed model (../shared/reference/
-xla-cpu-performance.md, docs/performance.md) and are pinned to the jax version
-in pyproject.toml; `python -m jaxgpt.bench` catches a regression.
+xla-cpu-performance.md, docs/performance.md) with the two jax versions that
+pyproject.toml pins (0.10.2 on Python 3.11, 0.12.0.1 on 3.12 and newer);
+`python -m jaxgpt.bench` catches a regression.
 """
 
 import ctypes
