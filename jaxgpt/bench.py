@@ -1,15 +1,19 @@
 """Benchmark the train step of the seed command, from the repository root:
 
   python -m jaxgpt.bench [--steps=300] [--config.compile=True] [--config.dtype=bfloat16]
+  python -m jaxgpt.bench --nanogpt    # nanoGPT's PyTorch step too, by turns (the torch extra)
   python -m jaxgpt.bench --generate   # sampling speed, with and without the key/value cache
 
 The config is the seed command's (configs/shakespeare_char.py with 4 layers,
 4 heads, 128 wide, block 64, batch 12, dropout 0), and any further
 `--config.key=value` overrides it. The model, optimizer and train step are
 built as train.py builds them and fed random token batches. Without
---config.dtype it times float32 and bfloat16 by turns, in one process. Prints
-the compile times, the median ms/iter over --steps steps (each waited for),
-tokens/s and the peak RSS. With --generate it times sampling instead: one
+--config.dtype it times float32 and bfloat16 by turns, in one process; with
+--nanogpt, nanoGPT's own train step in PyTorch (eager, its model.py, AdamW and
+clipping, jaxgpt/nanogpt_torch.py) takes turns with them, so the comparison
+holds however fast the machine is that minute. Prints the compile times, the
+median ms/iter over --steps steps (each waited for), tokens/s and the peak
+RSS. With --generate it times sampling instead: one
 prompt character, block_size new tokens, 10 samples at once, after a warm-up
 run (so compiling is left out). nanoGPT (PyTorch 2.13, eager) runs this step at
 34.1 ms/iter on a 2-core AVX-512 machine.
@@ -38,6 +42,7 @@ SEED_COMMAND = ['--config=configs/shakespeare_char.py', '--config.device=cpu', '
                 '--config.n_embd=128', '--config.max_iters=2000', '--config.lr_decay_iters=2000',
                 '--config.dropout=0.0']
 SHAKESPEARE_VOCAB_SIZE = 65
+NANOGPT = 'nanoGPT (PyTorch, eager)'
 
 
 def bench_generate(graphdef, params, config) -> None:
@@ -77,13 +82,43 @@ def build_step(c, dtype: str):
   return run, time.perf_counter() - t0
 
 
+def build_nanogpt_step(c):
+  """nanoGPT's train step (PyTorch, eager) on the seed model, with a fixed
+  random batch: run(i) does one iteration. Returns (run, first step seconds)."""
+  try:
+    import torch
+  except ImportError:
+    raise JaxGPTError('--nanogpt times PyTorch: pip install -e ".[torch]"') from None
+  from jaxgpt import nanogpt_torch
+
+  torch.manual_seed(c.seed)
+  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(
+      block_size=c.block_size, vocab_size=SHAKESPEARE_VOCAB_SIZE, n_layer=c.n_layer, n_head=c.n_head,
+      n_embd=c.n_embd, dropout=c.dropout, bias=c.bias))
+  optimizer = nanogpt_torch.configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2))
+  rng = np.random.default_rng(0)
+  x, y = (torch.from_numpy(rng.integers(0, SHAKESPEARE_VOCAB_SIZE, (c.batch_size, c.block_size)))
+          for _ in range(2))
+
+  def run(i: int) -> None:
+    nanogpt_torch.train_step(model, optimizer, x, y, c.grad_clip)  # reads the loss: waits for the step
+
+  t0 = time.perf_counter()
+  run(0)
+  return run, time.perf_counter() - t0
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps', type=int, default=300, help='timed steps per dtype, after 5 warm-up steps')
+  parser.add_argument('--nanogpt', action='store_true', help="time nanoGPT's PyTorch step too, by turns")
   parser.add_argument('--generate', action='store_true', help='time sampling instead of training')
   args, overrides = parser.parse_known_args(argv[1:])
   try:
     c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)
+    if args.nanogpt and c.gradient_accumulation_steps != 1:
+      raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')
+    nanogpt_step = build_nanogpt_step(c) if args.nanogpt else None
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -99,30 +134,36 @@ def main(argv: list[str]) -> int:
   for dtype in dtypes:
     steps[dtype], compile_s = build_step(c, dtype)
     print(f'{dtype}: compile + first step {compile_s:.2f} s')
-  # the dtypes take turns, 25 steps at a time: this VM's speed drifts from
-  # minute to minute, and turns expose both to the same drift
-  times = {dtype: [] for dtype in dtypes}
+  if nanogpt_step:
+    steps[NANOGPT], first_s = nanogpt_step
+    print(f'{NANOGPT}: first step {first_s:.2f} s')
+  # the steps take turns, 25 at a time: this VM's speed drifts from minute
+  # to minute, and turns expose them all to the same drift
+  times = {name: [] for name in steps}
   for turn in range(math.ceil(args.steps / 25)):
-    for dtype, run in steps.items():
+    for name, run in steps.items():
       for i in range(5 if turn == 0 else 1):  # warm-up (caches, allocator) before the first turn's timings
         run(i + 1)
       for i in range(25):
         t0 = time.perf_counter()
         run(i + 1)
-        times[dtype].append(time.perf_counter() - t0)
+        times[name].append(time.perf_counter() - t0)
   tokens = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'config: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, '
         f'batch {c.batch_size}, compile={c.compile}, jax {jax.__version__}')
   medians = {}
-  for dtype, t in times.items():
+  for name, t in times.items():
     ms, ms_p10, ms_p90 = (1000 * float(np.percentile(t, q)) for q in (50, 10, 90))
-    medians[dtype] = ms
-    print(f'{dtype}: median {ms:.2f} ms/iter ({len(t)} steps; 10% {ms_p10:.2f}, 90% {ms_p90:.2f}), '
+    medians[name] = ms
+    print(f'{name}: median {ms:.2f} ms/iter ({len(t)} steps; 10% {ms_p10:.2f}, 90% {ms_p90:.2f}), '
           f'{tokens / ms * 1000:,.0f} tokens/s')
-  if len(medians) == 2:
+  if 'float32' in medians and 'bfloat16' in medians:
     print(f'bfloat16 / float32: {medians["bfloat16"] / medians["float32"]:.2f}')
+  if NANOGPT in medians:
+    print(', '.join(f'{dtype} / {NANOGPT}: {medians[dtype] / medians[NANOGPT]:.2f}' for dtype in dtypes))
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print(f'peak RSS: {peak_mb:.0f} MB (this process, {" and ".join(dtypes)} steps compiled)')
+  also = ", and PyTorch's" if NANOGPT in medians else ''
+  print(f'peak RSS: {peak_mb:.0f} MB (this process, {" and ".join(dtypes)} steps compiled{also})')
   return 0
 
 

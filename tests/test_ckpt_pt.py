@@ -1,4 +1,4 @@
-"""nanoGPT's ckpt.pt in and out, against nanoGPT's own model (tests/nanogpt_model.py)."""
+"""nanoGPT's ckpt.pt in and out, against nanoGPT's own model (jaxgpt/nanogpt_torch.py)."""
 
 import dataclasses
 import subprocess
@@ -11,9 +11,8 @@ import pytest
 import torch
 from flax import nnx
 
-import nanogpt_model
 from conftest import REPO_ROOT
-from jaxgpt import ckpt_pt, nanogpt
+from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig, base_config
 from jaxgpt.optim import make_optimizer
@@ -36,7 +35,7 @@ def jax_logits(params) -> np.ndarray:
   return np.asarray(nnx.merge(graphdef, params)(tokens, tokens)[0])
 
 
-def torch_logits(model: nanogpt_model.GPT) -> np.ndarray:
+def torch_logits(model: nanogpt_torch.GPT) -> np.ndarray:
   with torch.no_grad():
     return model(torch.from_numpy(idx())).numpy()
 
@@ -52,7 +51,7 @@ def save_jaxgpt_checkpoint(out_dir, params, step=10, val_loss=2.0):
 
 def nanogpt_checkpoint(path, prefix=''):
   torch.manual_seed(0)
-  model = nanogpt_model.GPT(nanogpt_model.GPTConfig(**{
+  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**{
       k: getattr(CONFIG, k) for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias')}))
   model_args = {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}
   torch.save({'model': {prefix + k: v for k, v in model.state_dict().items()}, 'model_args': model_args,
@@ -61,27 +60,10 @@ def nanogpt_checkpoint(path, prefix=''):
   return model
 
 
-def configure_optimizers(model, weight_decay, learning_rate, betas):
-  """nanoGPT's GPT.configure_optimizers on the CPU (not fused), but for its prints."""
-  param_dict = {pn: p for pn, p in model.named_parameters()}  # the tied lm_head is named once
-  param_dict = {pn: p for pn, p in param_dict.items() if p.requires_grad}
-  decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]
-  nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]
-  optim_groups = [
-      {'params': decay_params, 'weight_decay': weight_decay},
-      {'params': nodecay_params, 'weight_decay': 0.0}
-  ]
-  return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
-
-
 def torch_step(model, optimizer, batch, grad_clip):
   """One iteration of nanoGPT's train.py on the batch (x, then y one token on)."""
-  logits = model(torch.from_numpy(batch[:, :-1]))
-  loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(batch[:, 1:]).reshape(-1))
-  loss.backward()
-  torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-  optimizer.step()
-  optimizer.zero_grad(set_to_none=True)
+  nanogpt_torch.train_step(model, optimizer, torch.from_numpy(batch[:, :-1]), torch.from_numpy(batch[:, 1:]),
+                           grad_clip)
 
 
 def jax_train_step(c):
@@ -101,7 +83,7 @@ def test_export_loads_into_nanogpt_with_equal_logits(tmp_path):
   assert ckpt_pt.export_ckpt(str(tmp_path / 'out'), str(tmp_path / 'ckpt.pt')) == 10
   ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
   assert ckpt['iter_num'] == 10 and ckpt['best_val_loss'] == 2.0
-  model = nanogpt_model.GPT(nanogpt_model.GPTConfig(**ckpt['model_args']))
+  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**ckpt['model_args']))
   model.load_state_dict(ckpt['model'])  # strict: every name and shape as nanoGPT's
   assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # still tied
   assert ckpt['optimizer']['state'] == {}  # no update done: a fresh optimizer's
@@ -165,7 +147,7 @@ def test_import_continues_nanogpt_adamw(tmp_path, prefix):
   # and jaxgpt's first step after import must give the same weights
   settings = dict(learning_rate=1e-3, decay_lr=False, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0)
   model = nanogpt_checkpoint(tmp_path / 'unused.pt')
-  optimizer = configure_optimizers(model, settings['weight_decay'], settings['learning_rate'], (0.9, 0.99))
+  optimizer = nanogpt_torch.configure_optimizers(model, settings['weight_decay'], settings['learning_rate'], (0.9, 0.99))
   batches = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (4, 4, CONFIG.block_size + 1))
   for batch in batches[:3]:
     torch_step(model, optimizer, batch, settings['grad_clip'])
@@ -222,9 +204,9 @@ def test_export_resumes_in_nanogpt_adamw(jaxgpt_run, tmp_path):
   out_dir, c, batches = jaxgpt_run
   ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'ckpt.pt'))
   ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
-  model = nanogpt_model.GPT(nanogpt_model.GPTConfig(**ckpt['model_args']))
+  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**ckpt['model_args']))
   model.load_state_dict(ckpt['model'])
-  optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2))
+  optimizer = nanogpt_torch.configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2))
   optimizer.load_state_dict(ckpt['optimizer'])
   lr = nanogpt_get_lr(3, c.learning_rate, c.warmup_iters, c.lr_decay_iters, c.min_lr)
   groups = ckpt['optimizer']['param_groups']

@@ -1,6 +1,8 @@
-"""nanoGPT's model.py (github.com/karpathy/nanoGPT, MIT licence), the parts the
-checkpoint tests need: the same modules, names and forward pass, so a
-state_dict that loads here with strict=True loads into nanoGPT's GPT."""
+"""nanoGPT's model.py (github.com/karpathy/nanoGPT, MIT licence) in PyTorch, and
+the body of its training loop: the same modules, names and forward pass, so a
+state_dict that loads here with strict=True loads into nanoGPT's GPT. The
+ckpt.pt tests load into it; `python -m jaxgpt.bench --nanogpt` times its train
+step by turns with jaxgpt's. Needs the torch extra."""
 
 import math
 from dataclasses import dataclass
@@ -112,3 +114,30 @@ class GPT(nn.Module):
     for block in self.transformer.h:
       x = block(x)
     return self.lm_head(self.transformer.ln_f(x))  # logits at every position
+
+
+def configure_optimizers(model: GPT, weight_decay: float, learning_rate: float,
+                         betas: tuple[float, float]) -> torch.optim.AdamW:
+  """nanoGPT's GPT.configure_optimizers on the CPU (not fused), but for its prints."""
+  param_dict = {pn: p for pn, p in model.named_parameters()}  # the tied lm_head is named once
+  param_dict = {pn: p for pn, p in param_dict.items() if p.requires_grad}
+  decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]
+  nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]
+  optim_groups = [
+      {'params': decay_params, 'weight_decay': weight_decay},
+      {'params': nodecay_params, 'weight_decay': 0.0}
+  ]
+  return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
+
+
+def train_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               grad_clip: float) -> float:
+  """One iteration of nanoGPT's train.py (one micro-batch, no scaler): forward,
+  backward, clipping, AdamW; returns the loss, as its log line reads it."""
+  logits = model(x)
+  loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+  loss.backward()
+  torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+  optimizer.step()
+  optimizer.zero_grad(set_to_none=True)
+  return loss.item()
