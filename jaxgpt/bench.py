@@ -13,9 +13,9 @@ built as train.py builds them and fed random token batches. Without
 clipping, jaxgpt/nanogpt_torch.py) takes turns with them, so the comparison
 holds however fast the machine is that minute. Prints the compile times, the
 median ms/iter over --steps steps (each waited for), tokens/s and the peak
-RSS. With --generate it times sampling instead: one
-prompt character, block_size new tokens, 10 samples at once, after a warm-up
-run (so compiling is left out). nanoGPT (PyTorch 2.13, eager) runs this step at
+RSS. With --generate it times sampling instead: one prompt character,
+block_size new tokens, 10 samples at once, after a warm-up run (so compiling
+is left out). nanoGPT (PyTorch 2.13, eager) runs this step at
 34.1 ms/iter on a 2-core AVX-512 machine.
 """
 
@@ -110,7 +110,7 @@ def build_nanogpt_step(c):
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--steps', type=int, default=300, help='timed steps per dtype, after 5 warm-up steps')
+  parser.add_argument('--steps', type=int, default=300, help='timed steps of each kind, after 5 warm-up steps')
   parser.add_argument('--nanogpt', action='store_true', help="time nanoGPT's PyTorch step too, by turns")
   parser.add_argument('--generate', action='store_true', help='time sampling instead of training')
   args, overrides = parser.parse_known_args(argv[1:])
