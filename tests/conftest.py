@@ -6,6 +6,7 @@ import os
 import pathlib
 import pty
 import re
+import shutil
 import subprocess
 
 import jax
@@ -39,6 +40,14 @@ def shakespeare() -> pathlib.Path:
     pytest.fail(f'tiny Shakespeare not found at {path}: put input.txt (1,115,394 characters, '
                 f'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt) '
                 f'there, or set {CORPUS_ENV}=/path/to/input.txt', pytrace=False)
+  return path
+
+
+def make_workdir(path: pathlib.Path, shakespeare: pathlib.Path) -> pathlib.Path:
+  """path, made to hold data/shakespeare_char/input.txt, from which train.py
+  prepares dataset=shakespeare_char on first use (no download)."""
+  (path / 'data' / 'shakespeare_char').mkdir(parents=True)
+  shutil.copy(shakespeare, path / 'data' / 'shakespeare_char' / 'input.txt')
   return path
 
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, finish
+from conftest import REPO_ROOT, finish, make_workdir
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.config import GPTConfig
 from jaxgpt.step import init_model
@@ -39,12 +39,6 @@ def env(tmp_path_factory):
   cache.mkdir(exist_ok=True)
   return os.environ | {'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
                        'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
-
-
-def make_workdir(path, shakespeare):
-  (path / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, path / 'data' / 'shakespeare_char' / 'input.txt')
-  return path
 
 
 def start_train(env, workdir, out_dir, **settings):

@@ -3,14 +3,13 @@ continues exactly as if nothing had happened."""
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT, finish
+from conftest import REPO_ROOT, finish, make_workdir
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 TINY_RUN = ['--config.n_layer=2', '--config.n_head=2', '--config.n_embd=32', '--config.block_size=32',
@@ -22,10 +21,7 @@ LOSS_LINE = re.compile(r'^(iter|step) (\d+): (.*?)(, time .*)?$')
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory, shakespeare):
-  folder = tmp_path_factory.mktemp('interrupt')
-  (folder / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, folder / 'data' / 'shakespeare_char' / 'input.txt')
-  return folder
+  return make_workdir(tmp_path_factory.mktemp('interrupt'), shakespeare)
 
 
 def start(workdir, *args):

@@ -8,13 +8,12 @@ gloo) against 1 process with 2 devices.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_workdir
 from test_train_e2e import CONFIG, TINY_RUN, overrides, parse_log
 
 FOUR_DEVICES = os.environ | {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
@@ -53,10 +52,7 @@ def test_parity_trace_replayed_data_parallel(mode):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory, shakespeare):
-  folder = tmp_path_factory.mktemp('dp')
-  (folder / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, folder / 'data' / 'shakespeare_char' / 'input.txt')
-  return folder
+  return make_workdir(tmp_path_factory.mktemp('dp'), shakespeare)
 
 
 def test_train_on_four_devices_then_resume_on_one(workdir):
