@@ -73,7 +73,7 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
     params = parallel.place_state(mesh, params, fsdp)
     batches = jax.device_put(batches, NamedSharding(mesh, PartitionSpec(None, None, parallel.DATA)))
   opt_state = jax.jit(tx.init)(params)
-  step = make_train_step(graphdef, tx, dropout=False, seed=c.seed, fused=fused)
+  step = make_train_step(graphdef, tx, dtype=c.dtype, dropout=False, seed=c.seed, fused=fused)
   losses, grad_norms = [], []
   for i in range(meta['steps']):
     params, opt_state, metrics = step(params, opt_state, batches[0][i], batches[1][i], i)

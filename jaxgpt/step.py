@@ -7,6 +7,7 @@ graph traversal and no Variable boxes cross the jit boundary per call (for a
 model this small, flattening nnx.State costs ~2x the dispatch time of a dict).
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxgpt import runtime
 from jaxgpt.model import GPT
 
 Params = dict  # nested {module: {param: array}}, from nnx.to_pure_dict
@@ -64,7 +66,7 @@ def _apply_update(tx: optax.GradientTransformation, params, opt_state, grads):
   return optax.apply_updates(params, updates), opt_state
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, dtype: str,
                     dropout: bool, seed: int, fused: bool) -> TrainStep:
   """Returns step(params, opt_state, xs, ys, iter_num) -> (params, opt_state, metrics).
 
@@ -73,7 +75,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
   (compile=False): gradients and the update are two jitted programs, the
   closest analogue of uncompiled PyTorch; same numbers. The dropout key of
   each step is derived from (seed, iter_num), so a resumed run draws the same.
+  dtype is the model's compute dtype, which picks XLA's matmul library.
   """
+  jit = functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
   base_key = jax.random.key(seed)
 
   def loss_and_grads(params, xs, ys, iter_num):
@@ -89,10 +93,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
       metrics, grads = loss_and_grads(params, xs, ys, iter_num)
       params, opt_state = apply_update(params, opt_state, grads)
       return params, opt_state, metrics
-    return jax.jit(fused_step, donate_argnums=(0, 1))
+    return jit(fused_step, donate_argnums=(0, 1))
 
-  grads_jit = jax.jit(loss_and_grads)
-  update_jit = jax.jit(apply_update, donate_argnums=(0, 1))
+  grads_jit = jit(loss_and_grads)
+  update_jit = jit(apply_update, donate_argnums=(0, 1))
 
   def staged_step(params, opt_state, xs, ys, iter_num):
     metrics, grads = grads_jit(params, xs, ys, iter_num)
@@ -101,11 +105,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
   return staged_step
 
 
-def make_eval_loss(graphdef: nnx.GraphDef) -> Callable[[Params, jax.Array, jax.Array], jax.Array]:
+def make_eval_loss(graphdef: nnx.GraphDef, dtype: str) -> Callable[[Params, jax.Array, jax.Array], jax.Array]:
   """Returns eval_loss(params, xs, ys) -> mean loss over the batches xs, ys:
   (n, B, T), in one jitted program (dropout off)."""
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
   def eval_loss(params, xs, ys):
     losses = jax.lax.map(lambda xy: _loss(graphdef, params, xy[0], xy[1], None), (xs, ys))
     return jnp.mean(losses)

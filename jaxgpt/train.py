@@ -169,8 +169,8 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   if c.init_from == 'resume':
     params, opt_state = checkpoints.state(resume_step, params, opt_state)
     iter_num, best_val_loss = meta['iter_num'], meta['best_val_loss']
-  train_step = make_train_step(graphdef, tx, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
-  eval_loss = make_eval_loss(graphdef)
+  train_step = make_train_step(graphdef, tx, dtype=c.dtype, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
+  eval_loss = make_eval_loss(graphdef, c.dtype)
 
   def estimate_loss() -> dict[str, float]:
     # eval_fixed: the same batches at every evaluation, so curves compare without sampling noise

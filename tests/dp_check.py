@@ -29,7 +29,7 @@ def train(mesh, fsdp):
     params = parallel.place_state(mesh, params, fsdp)
     xs, ys = jax.device_put((xs, ys), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, 'data')))
   opt_state = jax.jit(tx.init)(params)
-  step = make_train_step(graphdef, tx, dropout=CONFIG.dropout > 0, seed=0, fused=True)
+  step = make_train_step(graphdef, tx, dtype=CONFIG.dtype, dropout=CONFIG.dropout > 0, seed=0, fused=True)
   losses, after_first = [], None
   for i in range(STEPS):
     params, opt_state, metrics = step(params, opt_state, xs[i], ys[i], i)
