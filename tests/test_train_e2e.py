@@ -25,10 +25,10 @@ TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max
                 eval_iters=5, log_interval=5, dropout=0.0, warmup_iters=5, lr_decay_iters=40)
 
 
-def train(workdir, *args, timeout=300):
-  """Runs train.py with cwd=workdir; returns the completed process."""
+def train(workdir, *args, timeout=300, env=None):
+  """Runs train.py with cwd=workdir (and env, if given); returns the completed process."""
   return subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), *map(str, args)], cwd=workdir,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def overrides(prefix, **settings):
@@ -128,6 +128,22 @@ def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
   for it in iters:
     assert iters[it] == pytest.approx(fused_iters[it], abs=1.5e-4)
   assert (out_dir / '40' / 'params').is_dir()
+
+
+@pytest.mark.parametrize('compile_, step_programs', [(True, ['fused_step']),
+                                                     (False, ['loss_and_grads', 'apply_update'])])
+def test_each_program_compiles_once_in_a_run_and_in_a_resumed_one(workdir, compile_, step_programs):
+  # jax logs every compilation; a step input placed otherwise than the step's
+  # output (the optimizer's step count was) compiles the step again at iteration 1
+  env = os.environ | {'JAX_LOG_COMPILES': '1'}
+  for init_from, max_iters in (('scratch', 6), ('resume', 9)):
+    proc = train(workdir, f'--config={CONFIG}', *overrides(
+        '--config.', compile=compile_, init_from=init_from, max_iters=max_iters, eval_interval=3,
+        log_interval=1, out_dir=workdir / 'out'), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    compiled = re.findall(r'Compiling jit\((\w+)\)', proc.stderr)
+    for program in step_programs + ['eval_loss']:
+      assert compiled.count(program) == 1, (init_from, program, compiled)
 
 
 def test_metrics_jsonl_holds_every_logged_iteration_and_evaluation(fused_run):
