@@ -183,7 +183,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   # every logged iteration and evaluation, one JSON object a line (appended on resume)
   metrics_file = (pathlib.Path(c.out_dir) / 'metrics.jsonl').open('a' if c.init_from == 'resume' else 'w') \
       if main_process else None
-  learning_rate = lr_schedule(c)
+  learning_rate = jax.jit(lr_schedule(c))  # for the log: eager, its ops would compile one by one (0.4 s)
   if wandb:
     wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=c.to_dict())  # as nanoGPT
 
