@@ -14,6 +14,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -44,6 +45,13 @@ def state_sharding(mesh: Mesh, array, fsdp: bool) -> NamedSharding:
 def place_state(mesh: Mesh, tree, fsdp: bool):
   """tree (params, or optimizer state) on the mesh's devices, sharded as state_sharding says."""
   return jax.tree.map(lambda a: jax.device_put(a, state_sharding(mesh, a, fsdp)), tree)
+
+
+def init_optimizer_state(mesh: Mesh, tx: optax.GradientTransformation, params, fsdp: bool):
+  """tx's state for params (placed by place_state), sharded as the params are.
+  Its step counts too go on the mesh, as the train step returns them: left
+  where jax.jit(tx.init) puts them, the step would compile again at its second call."""
+  return place_state(mesh, jax.jit(tx.init)(params), fsdp)
 
 
 def micro_steps(gradient_accumulation_steps: int, mesh: Mesh) -> int:

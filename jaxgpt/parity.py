@@ -72,7 +72,9 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
   if mesh is not None:
     params = parallel.place_state(mesh, params, fsdp)
     batches = jax.device_put(batches, NamedSharding(mesh, PartitionSpec(None, None, parallel.DATA)))
-  opt_state = jax.jit(tx.init)(params)
+    opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
+  else:
+    opt_state = jax.jit(tx.init)(params)
   step = make_train_step(graphdef, tx, dtype=c.dtype, dropout=False, seed=c.seed, fused=fused)
   losses, grad_norms = [], []
   for i in range(meta['steps']):

@@ -164,9 +164,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
 
   params = parallel.place_state(mesh, params, c.fsdp)
   tx = make_optimizer(c)
-  # sharded as the params are, and its step counts placed on the mesh as the
-  # step returns them: placed otherwise, the step would compile a second time
-  opt_state = parallel.place_state(mesh, jax.jit(tx.init)(params), c.fsdp)
+  opt_state = parallel.init_optimizer_state(mesh, tx, params, c.fsdp)
   iter_num, best_val_loss = 0, math.inf
   if c.init_from == 'resume':
     params, opt_state = checkpoints.state(resume_step, params, opt_state)

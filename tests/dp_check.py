@@ -28,7 +28,9 @@ def train(mesh, fsdp):
   if mesh is not None:
     params = parallel.place_state(mesh, params, fsdp)
     xs, ys = jax.device_put((xs, ys), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, 'data')))
-  opt_state = jax.jit(tx.init)(params)
+    opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
+  else:
+    opt_state = jax.jit(tx.init)(params)
   step = make_train_step(graphdef, tx, dtype=CONFIG.dtype, dropout=CONFIG.dropout > 0, seed=0, fused=True)
   losses, after_first = [], None
   for i in range(STEPS):
