@@ -130,13 +130,13 @@ def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
   assert (out_dir / '40' / 'params').is_dir()
 
 
-@pytest.mark.parametrize('compile_, step_programs', [(True, ['fused_step']),
-                                                     (False, ['loss_and_grads', 'apply_update'])])
-def test_each_program_compiles_once_in_a_run_and_in_a_resumed_one(workdir, compile_, step_programs):
+def test_each_program_compiles_once_in_a_run_and_in_a_resumed_one(workdir):
   # jax logs every compilation; a step input placed otherwise than the step's
-  # output (the optimizer's step count was) compiles the step again at iteration 1
+  # output (the optimizer's step count was) compiles the step again at iteration 1.
+  # The fresh run fuses its step, the resumed one stages it (compile=False).
   env = os.environ | {'JAX_LOG_COMPILES': '1'}
-  for init_from, max_iters in (('scratch', 6), ('resume', 9)):
+  for init_from, max_iters, compile_, step_programs in (('scratch', 6, True, ['fused_step']),
+                                                        ('resume', 9, False, ['loss_and_grads', 'apply_update'])):
     proc = train(workdir, f'--config={CONFIG}', *overrides(
         '--config.', compile=compile_, init_from=init_from, max_iters=max_iters, eval_interval=3,
         log_interval=1, out_dir=workdir / 'out'), env=env)
