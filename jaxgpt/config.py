@@ -33,6 +33,7 @@ class GPTConfig:
   dropout: float = 0.0
   bias: bool = True  # biases in Linear and LayerNorm, like GPT-2
   dtype: str = 'float32'  # compute dtype; parameters stay float32
+  remat: bool = False  # recompute in backward all but each block's matmul outputs (model.REMAT_POLICY)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -79,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.device = 'cpu'  # 'cpu', or 'gpu' / 'cuda' for a GPU
   c.dtype = 'float32'  # 'float32' or 'bfloat16' (compute dtype; weights stay float32)
   c.compile = True  # True: the whole train step is one XLA program
+  c.remat = True  # backward recomputes all but the matmul outputs: a third of the memory, as fast (not in nanoGPT)
+  c.check_memory = True  # estimate the run's memory before it starts; stop if the machine has less
   c.fsdp = False  # with several devices: split params and optimizer state across them (else replicated)
   # several processes (python -m jaxgpt.launch sets these on one host; on several hosts, set them on each)
   c.coordinator_address = ''  # HOST:PORT of process 0
@@ -130,4 +133,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> GPTConfig:
   return GPTConfig(block_size=c.block_size, vocab_size=vocab_size, n_layer=c.n_layer,
                    n_head=c.n_head, n_embd=c.n_embd, dropout=c.dropout, bias=c.bias,
-                   dtype=c.dtype)
+                   dtype=c.dtype, remat=c.remat)

@@ -47,6 +47,14 @@ def place_state(mesh: Mesh, tree, fsdp: bool):
   return jax.tree.map(lambda a: jax.device_put(a, state_sharding(mesh, a, fsdp)), tree)
 
 
+def abstract_state(mesh: Mesh, tree, fsdp: bool):
+  """The shapes, dtypes and shardings place_state would give tree (of arrays
+  or jax.ShapeDtypeStructs), as jax.ShapeDtypeStructs: what programs are
+  compiled for before any weight exists."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=state_sharding(mesh, a, fsdp),
+                                                     weak_type=a.weak_type), tree)
+
+
 def init_optimizer_state(mesh: Mesh, tx: optax.GradientTransformation, params, fsdp: bool):
   """tx's state for params (placed by place_state), sharded as the params are.
   Its step counts too go on the mesh, as the train step returns them: left

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxgpt import nanogpt, parallel
 from jaxgpt.config import base_config, model_config
 from jaxgpt.optim import lr_schedule, make_optimizer
-from jaxgpt.step import init_model, make_train_step
+from jaxgpt.step import init_model, TrainStep
 
 # Tolerances from ../shared/reference/README.md: a faithful float32
 # reimplementation lands within 2e-6 of nanoGPT's loss and 1e-6 of its logits
@@ -75,7 +75,7 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
     opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
   else:
     opt_state = jax.jit(tx.init)(params)
-  step = make_train_step(graphdef, tx, dtype=c.dtype, dropout=False, seed=c.seed, fused=fused)
+  step = TrainStep(graphdef, tx, dtype=c.dtype, dropout=False, seed=c.seed, fused=fused)
   losses, grad_norms = [], []
   for i in range(meta['steps']):
     params, opt_state, metrics = step(params, opt_state, batches[0][i], batches[1][i], i)

@@ -92,7 +92,7 @@ def load_model(c: ml_collections.ConfigDict):
     checkpoints = Checkpoints(c.out_dir, read_only=True)
     step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
     meta = checkpoints.meta(step)
-    config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0}))
+    config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
     if meta['vocab'] is not None:
       tokenizer = CharTokenizer(meta['vocab'])
     else:  # trained on GPT-2 tokens

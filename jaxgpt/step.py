@@ -26,10 +26,6 @@ class StepMetrics(NamedTuple):
   grad_norm: jax.Array  # global gradient norm, before clipping
 
 
-TrainStep = Callable[[Params, optax.OptState, jax.Array, jax.Array, jax.Array],
-                     tuple[Params, optax.OptState, StepMetrics]]
-
-
 def _loss(graphdef: nnx.GraphDef, params: Params, x: jax.Array, y: jax.Array,
           dropout_key: jax.Array | None) -> jax.Array:
   model = nnx.merge(graphdef, params)
@@ -66,9 +62,8 @@ def _apply_update(tx: optax.GradientTransformation, params, opt_state, grads):
   return optax.apply_updates(params, updates), opt_state
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, dtype: str,
-                    dropout: bool, seed: int, fused: bool) -> TrainStep:
-  """Returns step(params, opt_state, xs, ys, iter_num) -> (params, opt_state, metrics).
+class TrainStep:
+  """step(params, opt_state, xs, ys, iter_num) -> (params, opt_state, metrics).
 
   fused=True (nanoGPT's compile=True): forward, backward, clipping and AdamW
   are one XLA program, params and optimizer state donated. fused=False
@@ -77,42 +72,60 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
   each step is derived from (seed, iter_num), so a resumed run draws the same.
   dtype is the model's compute dtype, which picks XLA's matmul library.
   """
-  jit = functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
-  base_key = jax.random.key(seed)
 
-  def loss_and_grads(params, xs, ys, iter_num):
-    step_key = jax.random.fold_in(base_key, iter_num) if dropout else None
-    loss, grads = _loss_and_grads(graphdef, params, xs, ys, step_key)
-    return StepMetrics(loss, optax.tree.norm(grads)), grads
+  def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, dtype: str,
+               dropout: bool, seed: int, fused: bool):
+    jit = functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
+    base_key = jax.random.key(seed)
 
-  def apply_update(params, opt_state, grads):
-    return _apply_update(tx, params, opt_state, grads)
+    def loss_and_grads(params, xs, ys, iter_num):
+      step_key = jax.random.fold_in(base_key, iter_num) if dropout else None
+      loss, grads = _loss_and_grads(graphdef, params, xs, ys, step_key)
+      return StepMetrics(loss, optax.tree.norm(grads)), grads
 
-  if fused:
+    def apply_update(params, opt_state, grads):
+      return _apply_update(tx, params, opt_state, grads)
+
     def fused_step(params, opt_state, xs, ys, iter_num):
       metrics, grads = loss_and_grads(params, xs, ys, iter_num)
       params, opt_state = apply_update(params, opt_state, grads)
       return params, opt_state, metrics
-    return jit(fused_step, donate_argnums=(0, 1))
 
-  grads_jit = jit(loss_and_grads)
-  update_jit = jit(apply_update, donate_argnums=(0, 1))
+    self.fused = fused
+    if fused:
+      self.fused_step = jit(fused_step, donate_argnums=(0, 1))
+    else:
+      self.loss_and_grads = jit(loss_and_grads)
+      self.apply_update = jit(apply_update, donate_argnums=(0, 1))
 
-  def staged_step(params, opt_state, xs, ys, iter_num):
-    metrics, grads = grads_jit(params, xs, ys, iter_num)
-    params, opt_state = update_jit(params, opt_state, grads)
+  def __call__(self, params, opt_state, xs, ys, iter_num):
+    if self.fused:
+      return self.fused_step(params, opt_state, xs, ys, iter_num)
+    metrics, grads = self.loss_and_grads(params, xs, ys, iter_num)
+    params, opt_state = self.apply_update(params, opt_state, grads)
     return params, opt_state, metrics
-  return staged_step
+
+  def compile(self, params, opt_state, xs, ys, iter_num) -> list[jax.stages.Compiled]:
+    """Compiles the step's programs for these arguments (arrays, or
+    jax.ShapeDtypeStructs with their shardings) without running them; later
+    calls with arguments like them reuse the programs."""
+    if self.fused:
+      return [self.fused_step.lower(params, opt_state, xs, ys, iter_num).compile()]
+    grads_program = self.loss_and_grads.lower(params, xs, ys, iter_num).compile()
+    grads = jax.tree.map(lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                         params, grads_program.output_shardings[1])
+    return [grads_program, self.apply_update.lower(params, opt_state, grads).compile()]
 
 
-def make_eval_loss(graphdef: nnx.GraphDef, dtype: str) -> Callable[[Params, jax.Array, jax.Array], jax.Array]:
-  """Returns eval_loss(params, xs, ys) -> mean loss over the batches xs, ys:
-  (n, B, T), in one jitted program (dropout off)."""
+def make_eval_loss(graphdef: nnx.GraphDef, dtype: str) -> Callable[[Params, jax.Array, jax.Array, int], jax.Array]:
+  """Returns eval_loss(params, xs, ys, i) -> the loss of micro-batch i of the
+  batches xs, ys: (n, B, T), in one jitted program (dropout off). One batch a
+  call, so a long evaluation can stop between batches."""
 
   @functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
-  def eval_loss(params, xs, ys):
-    losses = jax.lax.map(lambda xy: _loss(graphdef, params, xy[0], xy[1], None), (xs, ys))
-    return jnp.mean(losses)
+  def eval_loss(params, xs, ys, i):
+    x, y = (jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (xs, ys))
+    return _loss(graphdef, params, x, y, None)
   return eval_loss
 
 

@@ -19,12 +19,12 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from jaxgpt import data, gpt2, parallel
+from jaxgpt import data, gpt2, memory, parallel, runtime, step
 from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
 from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError, model_config
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.progress import TrainingProgress
-from jaxgpt.step import StepMetrics, init_model, make_eval_loss, make_train_step
+from jaxgpt.step import StepMetrics
 
 A100_BF16_PEAK_FLOPS = 312e12  # nanoGPT reports MFU against this; kept so the numbers compare
 
@@ -75,7 +75,7 @@ def pretrained_model_config(c: ml_collections.ConfigDict, pretrained: GPTConfig,
                         f'drop the override (only block_size may be smaller, to crop the context)')
     if key != 'block_size' or c[key] > pretrained_value:
       c[key] = pretrained_value
-  return dataclasses.replace(pretrained, block_size=c.block_size, dropout=c.dropout, dtype=c.dtype)
+  return dataclasses.replace(pretrained, block_size=c.block_size, dropout=c.dropout, dtype=c.dtype, remat=c.remat)
 
 
 def resumed_model_config(c: ml_collections.ConfigDict, meta: dict, overridden: frozenset[str],
@@ -152,10 +152,33 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   eval_batches = {split: parallel.Batches(data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size),
                                           mesh, c.seed, stream=stream)
                   for stream, split in ((1, 'train'), (2, 'val'))}
-  if c.init_from != 'resume':  # out_dir made only now that the data proved usable
-    checkpoints = Checkpoints(c.out_dir)
+  iter_num, best_val_loss = (meta['iter_num'], meta['best_val_loss']) if c.init_from == 'resume' else (0, math.inf)
 
-  model, graphdef, params = init_model(config, c.seed)
+  # the memory check: from the config alone, then from the compiled programs,
+  # before any weight exists or anything is written
+  if c.check_memory:
+    memory.check(memory.state_bytes(config, c.batch_size * jax.local_device_count()),
+                 "the weights, gradients and AdamW state, with one layer's attention scores", c.remat)
+  graphdef, abstract_params = step.abstract_params(config)
+  tx = make_optimizer(c)
+  train_step = step.TrainStep(graphdef, tx, dtype=c.dtype, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
+  eval_loss = step.make_eval_loss(graphdef, c.dtype)
+  abstract_state = parallel.abstract_state(mesh, abstract_params, c.fsdp), \
+      parallel.abstract_state(mesh, jax.eval_shape(tx.init, abstract_params), c.fsdp)
+  xs, ys = train_batches(iter_num, micro_steps)
+  programs = train_step.compile(*abstract_state, xs, ys, iter_num) + \
+      [eval_loss.lower(abstract_state[0], *eval_batches['val'](0, c.eval_iters), 0).compile()]
+  estimate = memory.run_estimate(programs, abstract_state)
+  available = memory.available_bytes()
+  print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))
+  if c.check_memory:
+    memory.check(estimate.total, 'this run', c.remat)
+  if estimate.working > runtime.LARGE_BUFFER_BYTES:
+    runtime.map_large_buffers()
+
+  if c.init_from != 'resume':  # out_dir made only now that the data and the memory proved enough
+    checkpoints = Checkpoints(c.out_dir)
+  model, _, params = step.init_model(config, c.seed)
   if c.init_from in GPT2_MODELS:
     params = gpt2.load_params(pretrained_folder, config, params)
   num_params = model.num_params()
@@ -163,20 +186,30 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   del model  # from here on the params pytree is the model's only state
 
   params = parallel.place_state(mesh, params, c.fsdp)
-  tx = make_optimizer(c)
   opt_state = parallel.init_optimizer_state(mesh, tx, params, c.fsdp)
-  iter_num, best_val_loss = 0, math.inf
   if c.init_from == 'resume':
     params, opt_state = checkpoints.state(resume_step, params, opt_state)
-    iter_num, best_val_loss = meta['iter_num'], meta['best_val_loss']
-  train_step = make_train_step(graphdef, tx, dtype=c.dtype, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
-  eval_loss = make_eval_loss(graphdef, c.dtype)
 
-  def estimate_loss() -> dict[str, float]:
-    # eval_fixed: the same batches at every evaluation, so curves compare without sampling noise
-    drawn_at = 0 if c.eval_fixed else iter_num
-    return {split: float(eval_loss(params, *batches(drawn_at, c.eval_iters)))
-            for split, batches in eval_batches.items()}
+  # Ctrl-C or SIGTERM: finish the step or evaluation batch in flight, save, stop (a second one aborts)
+  stop_signal = []
+
+  def stop_requested() -> bool:
+    return parallel.all_processes_agree(bool(stop_signal))  # all stop at the same point
+
+  def estimate_loss() -> dict[str, float] | None:
+    """The mean loss of eval_iters batches of each split, read batch by
+    batch, so that a stop ends it at once: then None."""
+    drawn_at = 0 if c.eval_fixed else iter_num  # eval_fixed: the same batches at every evaluation
+    losses = {}
+    for split, batches in eval_batches.items():
+      split_xs, split_ys = batches(drawn_at, c.eval_iters)
+      total = 0.0
+      for i in range(c.eval_iters):
+        if stop_requested():
+          return None
+        total += float(eval_loss(params, split_xs, split_ys, i))
+      losses[split] = total / c.eval_iters
+    return losses
 
   # every logged iteration and evaluation, one JSON object a line (appended on resume)
   metrics_file = (pathlib.Path(c.out_dir) / 'metrics.jsonl').open('a' if c.init_from == 'resume' else 'w') \
@@ -195,11 +228,10 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   t0, last_timed = time.time(), iter_num - 1  # the clock started after iteration last_timed
   last_finite = None  # (iteration, loss) of the last step with a finite loss
   last_finish = time.time()  # when the last step's loss was read
-  pending = None  # (iter_num, metrics) of a dispatched step whose loss is still to read
 
   def finish(done_iter: int, metrics: StepMetrics) -> None:
-    """Reads a finished step's loss (waiting for it): stops at a non-finite
-    one, before anything is saved, and prints nanoGPT's line when it is due."""
+    """Reads a step's loss (waiting for the step): stops at a non-finite one,
+    before anything is saved, and prints nanoGPT's line when it is due."""
     nonlocal t0, last_timed, running_mfu, last_finite, last_finish
     lossf = float(metrics.loss)
     if not math.isfinite(lossf):
@@ -230,28 +262,31 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
         'iter_num': iter_num, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
         'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab})
 
-  # Ctrl-C or SIGTERM: finish the step in flight, save, stop (a second one aborts)
-  stop_signal = []
+  def save_on_stop() -> None:
+    if iter_num not in checkpoints.manager.all_steps():  # else the one resumed from holds this state
+      save(math.inf)  # no val loss for this state: inf keeps it out of the running for best
+    reason = signal.Signals(stop_signal[0]).name if stop_signal else 'a stop in another process'
+    print(f'{reason} at iteration {iter_num}: saved a checkpoint to '
+          f'{c.out_dir}; continue with --config.init_from=resume')
 
   def request_stop(signum, frame):
     if stop_signal:
       raise KeyboardInterrupt
     stop_signal.append(signum)
-    print(f'{signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint '
-          '(again to stop at once, unsaved)', flush=True)
+    print(f'{signal.Signals(signum).name}: finishing this iteration or evaluation batch, then saving a '
+          'checkpoint (again to stop at once, unsaved)', flush=True)
 
   previous_handlers = (signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop))
 
   bar = TrainingProgress(iter_num, c.max_iters, enabled=main_process and sys.stdout.isatty())
-  xs, ys = train_batches(iter_num, micro_steps)
   try:
     with bar:
       while True:
         if iter_num % c.eval_interval == 0:
-          if pending:
-            finish(*pending)
-            pending = None
           losses = estimate_loss()
+          if losses is None:  # stopped mid-evaluation: the state is the one before it
+            save_on_stop()
+            break
           print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
           record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
           if wandb:  # the keys nanoGPT logs
@@ -267,27 +302,16 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
           break
 
         params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
-        # while the step runs: draw the next batch, then read the previous step's
-        # loss and print its line (nanodo's trick: the CPU never waits for the host)
-        xs, ys = train_batches(iter_num + 1, micro_steps)
-        if pending:
-          finish(*pending)
-        pending = (iter_num, metrics)
+        xs, ys = train_batches(iter_num + 1, micro_steps)  # drawn while the step runs
+        # waits for the step: the next is dispatched only once this one is
+        # done, so a stop is honoured within one step
+        finish(iter_num, metrics)
         iter_num += 1
         if iter_num > c.max_iters:
           break
-        if parallel.all_processes_agree(bool(stop_signal)):  # all stop at the same iteration
-          if pending:
-            finish(*pending)
-            pending = None
-          # no val loss for this state: inf keeps it out of the running for best
-          save(math.inf)
-          reason = signal.Signals(stop_signal[0]).name if stop_signal else 'a stop in another process'
-          print(f'{reason} at iteration {iter_num}: saved a checkpoint to '
-                f'{c.out_dir}; continue with --config.init_from=resume')
+        if stop_requested():
+          save_on_stop()
           break
-      if pending:
-        finish(*pending)
   finally:
     signal.signal(signal.SIGINT, previous_handlers[0])
     signal.signal(signal.SIGTERM, previous_handlers[1])

@@ -11,7 +11,7 @@ import numpy as np
 from jaxgpt import parallel
 from jaxgpt.config import GPTConfig, base_config
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import init_model, make_train_step
+from jaxgpt.step import init_model, TrainStep
 
 CONFIG = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=float(sys.argv[1]))
 STEPS = 3
@@ -31,7 +31,7 @@ def train(mesh, fsdp):
     opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
   else:
     opt_state = jax.jit(tx.init)(params)
-  step = make_train_step(graphdef, tx, dtype=CONFIG.dtype, dropout=CONFIG.dropout > 0, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, dtype=CONFIG.dtype, dropout=CONFIG.dropout > 0, seed=0, fused=True)
   losses, after_first = [], None
   for i in range(STEPS):
     params, opt_state, metrics = step(params, opt_state, xs[i], ys[i], i)

@@ -16,7 +16,7 @@ from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig, base_config
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import init_model, make_train_step
+from jaxgpt.step import init_model, TrainStep
 from test_optim import nanogpt_get_lr
 
 CONFIG = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
@@ -69,7 +69,7 @@ def torch_step(model, optimizer, batch, grad_clip):
 def jax_train_step(c):
   """jaxgpt's train step: (params, opt_state, batch, iter_num) -> (params, opt_state),
   the batch (x, then y one token on) as one micro-batch."""
-  step = make_train_step(init_model(CONFIG, seed=0)[1], make_optimizer(c), dtype=CONFIG.dtype, dropout=False, seed=0, fused=True)
+  step = TrainStep(init_model(CONFIG, seed=0)[1], make_optimizer(c), dtype=CONFIG.dtype, dropout=False, seed=0, fused=True)
 
   def train_step(params, opt_state, batch, iter_num):
     xs, ys = batch[None, :, :-1].astype(np.int32), batch[None, :, 1:].astype(np.int32)

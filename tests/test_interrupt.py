@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,3 +68,25 @@ def test_ctrl_c_saves_and_resume_continues_exactly(workdir):
   expected = losses_from(uninterrupted.stdout, stopped_at)
   assert ('iter', 40) in expected and ('step', 40) in expected
   assert losses_from(resumed.stdout, stopped_at) == expected
+
+
+def test_sigterm_during_an_evaluation_abandons_it_and_saves(workdir):
+  # an evaluation of 100,000 batches would take minutes: the stop ends it
+  # between two batches, and the checkpoint holds the state before it
+  run = start(workdir, '--config.max_iters=40', '--config.eval_iters=100000', f'--config.out_dir={workdir / "c"}')
+  for line in run.stdout:
+    if line.startswith('number of parameters'):  # the first evaluation is next
+      break
+  time.sleep(2)
+  run.send_signal(signal.SIGTERM)
+  stopped = finish(run, timeout=60)
+  assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+  assert stopped.stdout.splitlines()[-1] == (f'SIGTERM at iteration 0: saved a checkpoint to {workdir / "c"}; '
+                                             'continue with --config.init_from=resume')
+  assert 'step 0:' not in stopped.stdout  # abandoned, not finished
+
+  uninterrupted = finish(start(workdir, '--config.max_iters=40', f'--config.out_dir={workdir / "d"}'))
+  resumed = finish(start(workdir, '--config.max_iters=40', f'--config.out_dir={workdir / "c"}',
+                         '--config.init_from=resume'))
+  assert resumed.returncode == 0, resumed.stderr
+  assert losses_from(resumed.stdout, 0) == losses_from(uninterrupted.stdout, 0)

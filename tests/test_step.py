@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY
 from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import _loss_and_grads, init_model, make_eval_loss, make_train_step
+from jaxgpt.step import TrainStep, _loss_and_grads, init_model, make_eval_loss
 
 
 def run_config(**overrides) -> ml_collections.ConfigDict:
@@ -51,7 +51,7 @@ def test_staged_step_equals_fused_step(batch):
   for fused in (True, False):
     _, graphdef, params = init_model(TINY, seed=0)
     opt_state = tx.init(params)
-    step = make_train_step(graphdef, tx, dtype=TINY.dtype, dropout=False, seed=0, fused=fused)
+    step = TrainStep(graphdef, tx, dtype=TINY.dtype, dropout=False, seed=0, fused=fused)
     losses = []
     for i in range(3):
       params, opt_state, metrics = step(params, opt_state, batch[0][i:i + 1], batch[1][i:i + 1], i)
@@ -68,7 +68,7 @@ def test_dropout_keys_follow_the_iteration(batch):
   config = dataclasses.replace(TINY, dropout=0.5)
   tx = make_optimizer(run_config())
   _, graphdef, params = init_model(config, seed=0)
-  step = make_train_step(graphdef, tx, dtype=config.dtype, dropout=True, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, dtype=config.dtype, dropout=True, seed=0, fused=True)
   losses = {}
   for name, iter_num in (('a', 7), ('b', 7), ('c', 8)):
     params_copy = jax.tree.map(np.array, params)
@@ -85,10 +85,11 @@ def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype, library):
   config = dataclasses.replace(TINY, dtype=dtype)
   _, graphdef, params = init_model(config, seed=0)
   tx = make_optimizer(run_config())
-  step = make_train_step(graphdef, tx, dtype=dtype, dropout=False, seed=0, fused=True)
-  programs = {'train': step.lower(params, tx.init(params), batch[0][:1], batch[1][:1], 0),
-              'eval': make_eval_loss(graphdef, dtype).lower(params, batch[0][:2], batch[1][:2])}
-  for name, lowered in programs.items():
-    hlo = lowered.compile().as_text()
+  step = TrainStep(graphdef, tx, dtype=dtype, dropout=False, seed=0, fused=True)
+  [train_program] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
+  programs = {'train': train_program,
+              'eval': make_eval_loss(graphdef, dtype).lower(params, batch[0][:2], batch[1][:2], 0).compile()}
+  for name, program in programs.items():
+    hlo = program.as_text()
     assert library in hlo, name
     assert ('__onednn_fusion' in hlo) == (dtype == 'float32'), name

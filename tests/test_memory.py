@@ -1,0 +1,84 @@
+"""The memory check before training: the parameter count from the config,
+what the machine has, and a run too big for it ending in seconds with one
+line and nothing written."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from flax import nnx
+
+from conftest import REPO_ROOT, make_workdir
+from jaxgpt import memory
+from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPT
+
+CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
+
+
+@pytest.mark.parametrize('config', [
+    GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, bias=True),
+    GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False),
+])
+def test_num_params_counts_the_model_without_building_it(config):
+  assert memory.num_params(config) == GPT(config, rngs=nnx.Rngs(0)).num_params(non_embedding=False)
+
+
+def test_available_memory_is_read_from_the_kernel():
+  available, source = memory.available_bytes()
+  meminfo = dict(line.split(':') for line in pathlib.Path('/proc/meminfo').read_text().splitlines())
+  assert 0 < available <= int(meminfo['MemAvailable'].split()[0]) * 1024
+  assert source in ('MemAvailable', 'the cgroup memory limit')
+
+
+def test_check_names_the_need_what_is_available_and_the_keys_to_lower(monkeypatch):
+  monkeypatch.setattr(memory, 'available_bytes', lambda: (2 * 10**9, 'MemAvailable'))
+  memory.check(2 * 10**9, 'this run', remat=True)  # fits exactly: no error
+  with pytest.raises(memory.OutOfMemoryError) as e:
+    memory.check(3 * 10**9, 'this run', remat=False)
+  assert str(e.value) == (
+      'not enough memory for this run: ~3.00 GB needed, 2.00 GB available (MemAvailable): lower '
+      '--config.batch_size (a larger --config.gradient_accumulation_steps keeps the tokens per iteration), '
+      '--config.block_size, or --config.n_layer / --config.n_embd, --config.remat=True (recompute '
+      'activations rather than keep them); or pass --config.check_memory=False to try anyway')
+
+
+@pytest.mark.parametrize('overrides, need', [
+    # 50 billion parameters: found from the config alone, before compiling
+    (['--config.n_layer=1000', '--config.n_embd=2048', '--config.n_head=16'],
+     "not enough memory for the weights, gradients and AdamW state, with one layer's attention scores: ~"),
+    # the seed model's shapes fit, but 100,000 rows a step do not: found from the compiled step
+    (['--config.batch_size=100000'], 'not enough memory for this run: ~'),
+])
+def test_a_run_too_big_for_the_machine_stops_at_once_writing_nothing(tmp_path, shakespeare, overrides, need):
+  workdir = make_workdir(tmp_path, shakespeare)
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *overrides,
+                         f'--config.out_dir={workdir / "out"}'],
+                        cwd=workdir, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  [line] = proc.stderr.splitlines()
+  assert line.startswith(f'error: {need}')
+  assert 'GB available (' in line and '--config.batch_size' in line and '--config.check_memory=False' in line
+  assert not (workdir / 'out').exists()
+
+
+def test_the_estimate_is_logged_and_check_memory_false_skips_the_check(tmp_path, shakespeare):
+  workdir = make_workdir(tmp_path, shakespeare)
+  # a memory limit the run cannot meet: a cgroup would say so the same way
+  args = [sys.executable, '-c', 'import sys; from jaxgpt import cli, memory; '
+          'memory.available_bytes = lambda: (10**6, "a test limit"); sys.exit(cli.main(sys.argv))',
+          f'--config={CONFIG}', '--config.n_layer=1', '--config.n_embd=32', '--config.n_head=2',
+          '--config.max_iters=2', f'--config.out_dir={workdir / "out"}']
+  refused = subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=300)
+  assert refused.returncode == 1
+  assert refused.stderr.startswith('error: not enough memory for this run: ~0.')
+  assert 'GB needed, 0.00 GB available (a test limit): lower --config.batch_size' in refused.stderr
+  skipped = subprocess.run(args + ['--config.check_memory=False'], cwd=workdir, capture_output=True, text=True,
+                           timeout=300)
+  assert skipped.returncode == 0, skipped.stderr
+  [estimate] = [line for line in skipped.stdout.splitlines() if line.startswith('memory: ')]
+  assert re.fullmatch(r"memory: ~0\.\d\d GB estimated \(this process 0\.\d\d GB, weights and AdamW state "
+                      r"0\.00 GB, a step's working memory 0\.\d\d GB\), 0\.00 GB available", estimate)
+  assert 'step 0: train loss' in skipped.stdout
