@@ -17,13 +17,32 @@ RSS. With --generate it times sampling instead: one prompt character,
 block_size new tokens, 10 samples at once, after a warm-up run (so compiling
 is left out). nanoGPT (PyTorch 2.13, eager) runs this step at
 34.1 ms/iter on a 2-core AVX-512 machine.
+
+  python -m jaxgpt.bench --memory [--iters=20] [RECIPE ...]   # peak RSS of training runs (the torch extra)
+
+With --memory it measures whole training runs instead, in the current folder,
+for each RECIPE (default: configs/shakespeare_char.py and
+configs/shakespeare_char_gpu.py): train.py, then nanoGPT's training loop
+(jaxgpt/nanogpt_torch.py: float32, and glibc's malloc defaults, as nanoGPT's
+train.py has them on the CPU), one after the other in child processes, --iters
+iterations each with eval_iters=1 and any `--config.key=value` passed to both. Both read
+data/<dataset> (train.py prepares it on first use). Prints each run's peak RSS
+(ru_maxrss) and its RSS when it logged iterations 2 and --iters, then a table
+of them, with the CPU. The GPU recipe takes ~10 s an iteration and several GB
+on a 2-core CPU: try it with --iters=2 first.
 """
 
 import argparse
 import dataclasses
 import math
+import os
+import pathlib
+import platform
+import re
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -33,7 +52,7 @@ from jaxgpt import cli
 from jaxgpt.config import JaxGPTError, model_config
 from jaxgpt.generate import Generator
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import init_model, make_train_step
+from jaxgpt.step import init_model, TrainStep
 from jaxgpt.train import pin_device
 
 SEED_COMMAND = ['--config=configs/shakespeare_char.py', '--config.device=cpu', '--config.compile=False',
@@ -43,6 +62,32 @@ SEED_COMMAND = ['--config=configs/shakespeare_char.py', '--config.device=cpu', '
                 '--config.dropout=0.0']
 SHAKESPEARE_VOCAB_SIZE = 65
 NANOGPT = 'nanoGPT (PyTorch, eager)'
+REPOSITORY = pathlib.Path(__file__).parents[1]
+TRAIN_PY = REPOSITORY / 'train.py'
+MEMORY_RECIPES = [str(REPOSITORY / 'configs' / name) for name in ('shakespeare_char.py', 'shakespeare_char_gpu.py')]
+# `python -m jaxgpt.nanogpt_torch` without the malloc settings that importing jaxgpt applies
+# (runtime.setup, stubbed out here): nanoGPT's train.py has glibc's defaults, and with jaxgpt's
+# settings its peak RSS on the GPU recipe was 7.2 GB instead of 6.5 (2 iterations)
+NANOGPT_LOOP = ("import runpy, sys, types; jaxgpt_runtime = types.ModuleType('jaxgpt.runtime'); "
+                "jaxgpt_runtime.setup = lambda: None; sys.modules['jaxgpt.runtime'] = jaxgpt_runtime; "
+                "runpy.run_module('jaxgpt.nanogpt_torch', run_name='__main__')")
+
+# Starts argv[2:] and writes to file descriptor argv[1] its pid, then its exit
+# status and peak RSS (wait4's ru_maxrss, KB on Linux). A child's ru_maxrss
+# starts at its parent's high-water RSS (Linux carries it through fork and
+# exec), and this process holds jax and torch: a small python starts the runs.
+START = ('import os, sys; fd, args = int(sys.argv[1]), sys.argv[2:]; pid = os.fork()\n'
+         'if pid == 0: os.execv(args[0], args)\n'
+         'os.write(fd, b"%d\\n" % pid); _, status, usage = os.wait4(pid, 0)\n'
+         'os.write(fd, b"%d %d\\n" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))')
+
+
+def import_torch(mode: str):
+  try:
+    import torch
+  except ImportError:
+    raise JaxGPTError(f'{mode}: pip install -e ".[torch]"') from None
+  return torch
 
 
 def bench_generate(graphdef, params, config) -> None:
@@ -68,7 +113,7 @@ def build_step(c, dtype: str):
   _, graphdef, params = init_model(config, c.seed)
   tx = make_optimizer(c)
   state = [params, tx.init(params)]
-  step = make_train_step(graphdef, tx, dtype=dtype, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
+  step = TrainStep(graphdef, tx, dtype=dtype, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
   rng = np.random.default_rng(0)
   shape = (c.gradient_accumulation_steps, c.batch_size, c.block_size)
   xs, ys = (rng.integers(0, SHAKESPEARE_VOCAB_SIZE, shape, dtype=np.int32) for _ in range(2))
@@ -85,10 +130,7 @@ def build_step(c, dtype: str):
 def build_nanogpt_step(c):
   """nanoGPT's train step (PyTorch, eager) on the seed model, with a fixed
   random batch: run(i) does one iteration. Returns (run, first step seconds)."""
-  try:
-    import torch
-  except ImportError:
-    raise JaxGPTError('--nanogpt times PyTorch: pip install -e ".[torch]"') from None
+  torch = import_torch('--nanogpt times PyTorch')
   from jaxgpt import nanogpt_torch
 
   torch.manual_seed(c.seed)
@@ -108,13 +150,106 @@ def build_nanogpt_step(c):
   return run, time.perf_counter() - t0
 
 
+@dataclasses.dataclass
+class Measured:
+  peak_kb: int  # the child's ru_maxrss
+  rss_kb: dict[int, int]  # its VmRSS when its `iter K:` line came, by K
+  seconds: float
+
+
+def rss_kb(pid: int) -> int | None:
+  """A running process's resident set (VmRSS) in KB; None once it has exited."""
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      return next((int(line.split()[1]) for line in f if line.startswith('VmRSS:')), None)
+  except OSError:
+    return None
+
+
+def measure(name: str, args: list[str]) -> Measured:
+  """Runs args, reading its stdout line by line, to the end; a failure is a
+  JaxGPTError that shows the end of its stderr."""
+  t0 = time.perf_counter()
+  report_fd, write_fd = os.pipe()
+  with tempfile.TemporaryFile('w+') as stderr, os.fdopen(report_fd) as report:
+    # unbuffered: each `iter K:` line arrives as it is printed, and the RSS read then is that iteration's
+    starter = subprocess.Popen([sys.executable, '-S', '-c', START, str(write_fd), *args], pass_fds=[write_fd],
+                               stdout=subprocess.PIPE, stderr=stderr, text=True,
+                               env=os.environ | {'PYTHONUNBUFFERED': '1'})
+    os.close(write_fd)
+    pid = int(report.readline())
+    rss = {}
+    with starter.stdout:
+      for line in starter.stdout:
+        if (m := re.match(r'iter (\d+):', line)) and (kb := rss_kb(pid)) is not None:
+          rss[int(m[1])] = kb
+    status, peak_kb = map(int, report.readline().split())
+    starter.wait()
+    if status:
+      stderr.seek(0)
+      tail = '\n'.join(stderr.read().splitlines()[-15:])
+      raise JaxGPTError(f'{name} failed (exit status {status}), its stderr ending:\n{tail}')
+  return Measured(peak_kb, rss, time.perf_counter() - t0)
+
+
+def mb(kb: int | None) -> str:
+  return '-' if kb is None else f'{kb / 1024:,.0f} MB'
+
+
+def cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or 'unknown CPU'
+
+
+def bench_memory(recipes: list[str], iters: int, overrides: list[str]) -> None:
+  """Peak RSS of train.py and of nanoGPT's loop on each recipe, one run after another."""
+  torch = import_torch('--memory runs nanoGPT in PyTorch')
+  flags = {recipe: [f'--config={recipe}', '--config.device=cpu', f'--config.max_iters={iters}',
+                    '--config.eval_iters=1', '--config.log_interval=1', *overrides] for recipe in recipes}
+  for recipe_flags in flags.values():  # a typo answers now, not after minutes of runs
+    cli.parse_config(['bench'] + recipe_flags)
+  runs = {}
+  for recipe, recipe_flags in flags.items():
+    with tempfile.TemporaryDirectory() as out_dir:
+      # jaxgpt first: it prepares data/<dataset> in this folder, which both read
+      commands = {'jaxgpt': [sys.executable, str(TRAIN_PY), *recipe_flags, f'--config.out_dir={out_dir}'],
+                  'nanoGPT': [sys.executable, '-c', NANOGPT_LOOP, *recipe_flags]}
+      for name, args in commands.items():
+        label = f'{pathlib.Path(recipe).name}, {name}'
+        m = runs[recipe, name] = measure(label, args)
+        print(f'{label}: peak RSS {mb(m.peak_kb)}; RSS {mb(m.rss_kb.get(2))} at iter 2, '
+              f'{mb(m.rss_kb.get(iters))} at iter {iters}; {m.seconds:.0f} s', flush=True)
+  print(f'\n| recipe | jaxgpt peak RSS | nanoGPT peak RSS | jaxgpt / nanoGPT | jaxgpt RSS at iter 2, {iters} '
+        f'| nanoGPT RSS at iter 2, {iters} |')
+  print('| --- | ---: | ---: | ---: | ---: | ---: |')
+  for recipe in recipes:
+    jaxgpt, nanogpt = runs[recipe, 'jaxgpt'], runs[recipe, 'nanoGPT']
+    ratio = f'{jaxgpt.peak_kb / nanogpt.peak_kb:.2f}'
+    cells = [pathlib.Path(recipe).name, mb(jaxgpt.peak_kb), mb(nanogpt.peak_kb), ratio,
+             *(f'{mb(m.rss_kb.get(2))}, {mb(m.rss_kb.get(iters))}' for m in (jaxgpt, nanogpt))]
+    print(f'| {" | ".join(cells)} |')
+  print(f'\n{cpu_name()}, {len(os.sched_getaffinity(0))} cores; {iters} iterations, eval_iters=1; '
+        f'jax {jax.__version__}, PyTorch {torch.__version__} (eager)')
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps', type=int, default=300, help='timed steps of each kind, after 5 warm-up steps')
   parser.add_argument('--nanogpt', action='store_true', help="time nanoGPT's PyTorch step too, by turns")
   parser.add_argument('--generate', action='store_true', help='time sampling instead of training')
+  parser.add_argument('--memory', action='store_true',
+                      help="peak RSS of train.py and of nanoGPT's loop, in child processes, per RECIPE")
+  parser.add_argument('--iters', type=int, default=20, help='iterations of each --memory run')
   args, overrides = parser.parse_known_args(argv[1:])
   try:
+    if args.memory:
+      # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag
+      recipes = [arg for arg in overrides if arg.endswith('.py') and not arg.startswith('-')]
+      bench_memory(recipes or MEMORY_RECIPES, args.iters, [arg for arg in overrides if arg not in recipes])
+      return 0
     c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)
     if args.nanogpt and c.gradient_accumulation_steps != 1:
       raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')

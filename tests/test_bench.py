@@ -1,15 +1,19 @@
 """The benchmark runs and prints its figures (it is timed by people, not tests)."""
 
+import math
 import os
 import re
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+import pytest
+from conftest import REPO_ROOT, make_workdir
+
+from jaxgpt import cli, nanogpt_torch
 
 
-def bench(*args):
-  return subprocess.run([sys.executable, '-m', 'jaxgpt.bench', *args], cwd=REPO_ROOT, capture_output=True,
+def bench(*args, cwd=REPO_ROOT):
+  return subprocess.run([sys.executable, '-m', 'jaxgpt.bench', *args], cwd=cwd, capture_output=True,
                         text=True, timeout=300)
 
 
@@ -55,3 +59,60 @@ def test_bench_nanogpt_without_torch(tmp_path):
                         text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(tmp_path)})
   assert proc.returncode == 1
   assert proc.stderr == 'error: --nanogpt times PyTorch: pip install -e ".[torch]"\n'
+  proc = subprocess.run([sys.executable, '-m', 'jaxgpt.bench', '--memory'], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+  assert proc.returncode == 1
+  assert proc.stderr == 'error: --memory runs nanoGPT in PyTorch: pip install -e ".[torch]"\n'
+
+
+TINY_OVERRIDES = ['--config.n_layer=1', '--config.n_embd=32', '--config.n_head=2', '--config.block_size=32',
+                  '--config.batch_size=4']
+
+
+def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
+  workdir = make_workdir(tmp_path, shakespeare)
+  recipe = str(REPO_ROOT / 'configs' / 'shakespeare_char.py')
+  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, cwd=workdir)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 8, lines
+  peaks = {}
+  for line, name in zip(lines[:2], ('jaxgpt', 'nanoGPT')):  # in the order they ran, each as it ended
+    m = re.fullmatch(rf'shakespeare_char\.py, {name}: peak RSS ([\d,]+) MB; RSS ([\d,]+) MB at iter 2, '
+                     r'([\d,]+) MB at iter 3; \d+ s', line)
+    assert m, line
+    peak, at_2, at_3 = (int(g.replace(',', '')) for g in m.groups())
+    assert 100 < peak < 4000 and 0 < at_2 <= peak and 0 < at_3 <= peak, line  # python and jax or torch: >100 MB
+    peaks[name] = peak
+  assert lines[3] == ('| recipe | jaxgpt peak RSS | nanoGPT peak RSS | jaxgpt / nanoGPT | jaxgpt RSS at iter 2, 3 '
+                      '| nanoGPT RSS at iter 2, 3 |')
+  row = re.fullmatch(r'\| shakespeare_char\.py \| ([\d,]+) MB \| ([\d,]+) MB \| (\d+\.\d\d) \| [\d,]+ MB, [\d,]+ MB '
+                     r'\| [\d,]+ MB, [\d,]+ MB \|', lines[5])
+  assert row, lines[5]
+  assert [int(row[1].replace(',', '')), int(row[2].replace(',', ''))] == [peaks['jaxgpt'], peaks['nanoGPT']]
+  assert abs(float(row[3]) - peaks['jaxgpt'] / peaks['nanoGPT']) < 0.01
+  assert re.fullmatch(rf'.+, {len(os.sched_getaffinity(0))} cores; 3 iterations, eval_iters=1; jax .+, '
+                      r'PyTorch .+ \(eager\)', lines[7]), lines[7]
+  assert (workdir / 'data' / 'shakespeare_char' / 'train.bin').is_file()  # both read the data set prepared there
+  # a run that fails shows the end of its stderr
+  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, '--config.block_size=200000', cwd=workdir)
+  assert proc.returncode == 1
+  assert proc.stderr.startswith('error: shakespeare_char.py, jaxgpt failed (exit status 1), its stderr ending:\n')
+  assert proc.stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
+
+
+# ml_collections loads config files with the deprecated importlib load_module()
+@pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
+def test_nanogpt_loop_prints_nanogpts_lines(tmp_path, shakespeare, monkeypatch, capsys):
+  monkeypatch.chdir(make_workdir(tmp_path, shakespeare))
+  c = cli.parse_config(['nanogpt_torch', f'--config={REPO_ROOT / "configs" / "shakespeare_char.py"}', *TINY_OVERRIDES,
+                        '--config.max_iters=2', '--config.eval_interval=2', '--config.log_interval=1',
+                        '--config.eval_iters=2', '--config.gradient_accumulation_steps=2', '--config.dropout=0.2'])
+  nanogpt_torch.train(c)
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(('step ', 'iter '))]
+  assert [line.split(':')[0] for line in lines] == ['step 0', 'iter 0', 'iter 1', 'step 2', 'iter 2']
+  step_0 = re.fullmatch(r'step 0: train loss (\d\.\d{4}), val loss (\d\.\d{4})', lines[0])
+  assert step_0, lines[0]
+  assert all(abs(float(loss) - math.log(65)) < 0.05 for loss in step_0.groups())  # uniform over 65 characters
+  for line in lines[1:3] + lines[4:]:
+    assert re.fullmatch(r'iter \d: loss \d\.\d{4}, time \d+\.\d\dms', line), line
