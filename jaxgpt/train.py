@@ -3,7 +3,10 @@
 Iterations 0..max_iters inclusive; train and val loss estimated every
 eval_interval iterations (and at 0); a checkpoint when val improves (or
 always, with always_save_checkpoint), never at iteration 0; eval_only stops
-after the first evaluation.
+after the first evaluation. Before any weight exists, the run's memory is
+estimated from the compiled programs and held against the machine's
+(jaxgpt/memory.py). Ctrl-C or SIGTERM stops after the step or evaluation
+batch in flight, with a checkpoint.
 """
 
 import builtins
