@@ -101,7 +101,7 @@ def test_launch_stops_every_process_when_one_fails(workdir):
   proc = run('-m', 'jaxgpt.launch', '--nproc=2', REPO_ROOT / 'train.py', f'--config={CONFIG}',
              '--config.n_embd=33', env=os.environ, cwd=workdir)
   assert proc.returncode == 1
-  assert 'error: n_embd=33 is not divisible by n_head=6' in proc.stderr
+  assert 'error: n_embd=33 is not divisible by n_head=4' in proc.stderr
   proc = run('-m', 'jaxgpt.launch', '--nproc=0', 'train.py', env=os.environ, cwd=workdir)
   assert proc.returncode == 2 and '--nproc=0 must be >= 1' in proc.stderr
 

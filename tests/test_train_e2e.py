@@ -68,6 +68,8 @@ def test_run_succeeds(fused_run):
 
 def test_prepares_data_and_reports_the_model(fused_run):
   lines = fused_run[0].stdout.splitlines()
+  assert re.fullmatch(r"memory: ~0\.\d\d GB estimated \(this process 0\.\d\d GB, weights and AdamW state 0\.00 GB, "
+                      r"a step's working memory 0\.\d\d GB\), \d+\.\d\d GB available", lines.pop(8))
   assert lines[:9] == [
       'tokens per iteration will be: 256',  # 1 x 8 x 32
       'preparing shakespeare_char in data/shakespeare_char',
@@ -213,7 +215,7 @@ def test_eval_only(workdir):
 
 @pytest.mark.parametrize('args, message', [
     (['--config.batch_size=abc'], "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
-    (['--config.n_embd=100'], 'error: n_embd=100 is not divisible by n_head=6'),
+    (['--config.n_embd=130'], 'error: n_embd=130 is not divisible by n_head=4'),
     (['--config.dropout=1.5'], 'error: dropout=1.5 must be in [0, 1)'),
 ])
 def test_bad_override_is_one_error_line(tmp_path, args, message):
