@@ -82,7 +82,8 @@ def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
                      r'([\d,]+) MB at iter 3; \d+ s', line)
     assert m, line
     peak, at_2, at_3 = (int(g.replace(',', '')) for g in m.groups())
-    assert 100 < peak < 4000 and 0 < at_2 <= peak and 0 < at_3 <= peak, line  # python and jax or torch: >100 MB
+    # the kernel updates the high-water mark lazily: a VmRSS read can pass it by a few MB
+    assert 100 < peak < 4000 and 0 < at_2 <= peak + 16 and 0 < at_3 <= peak + 16, line  # python and jax or torch: >100 MB
     peaks[name] = peak
   assert lines[3] == ('| recipe | jaxgpt peak RSS | nanoGPT peak RSS | jaxgpt / nanoGPT | jaxgpt RSS at iter 2, 3 '
                       '| nanoGPT RSS at iter 2, 3 |')
