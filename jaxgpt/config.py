@@ -130,6 +130,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       '(or pass --config.decay_lr=False for a constant learning rate)')
 
 
+def check_dataset_name(name: str, flag: str) -> None:
+  """A data set is a folder of data/, named plainly: nothing is read or
+  written outside data/. flag: how the user gave it (`--config.dataset`)."""
+  if name in ('', '.', '..') or '/' in name or '\\' in name:
+    raise ConfigError(f'{flag}={name!r} is not a data set name: give the name of a folder in data/, without '
+                      f'"/" or "..", e.g. {flag}=shakespeare_char')
+
+
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> GPTConfig:
   return GPTConfig(block_size=c.block_size, vocab_size=vocab_size, n_layer=c.n_layer,
                    n_head=c.n_head, n_embd=c.n_embd, dropout=c.dropout, bias=c.bias,

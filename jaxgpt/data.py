@@ -2,8 +2,8 @@
 
 A data set is a folder data/<dataset>/ holding train.bin and val.bin (uint16
 token ids, memory-mapped) and, for character-level sets, meta.json with the
-vocabulary (nanoGPT writes meta.pkl; jaxgpt loads no pickle). Without
-meta.json the tokens are GPT-2's.
+vocabulary (nanoGPT's meta.pkl is read too, as plain data: no class, no
+code). Without either the tokens are GPT-2's.
 
   python -m jaxgpt.data shakespeare_char   # tiny Shakespeare, characters as tokens
   python -m jaxgpt.data shakespeare [--gpt2_dir=FOLDER]   # the same in GPT-2 tokens
@@ -12,6 +12,7 @@ meta.json the tokens are GPT-2's.
 import argparse
 import json
 import pathlib
+import pickle
 import sys
 import urllib.request
 
@@ -117,22 +118,45 @@ def ensure_prepared(dataset: str, gpt2_dir: str = '') -> pathlib.Path:
   return folder
 
 
-def load_vocab(folder: pathlib.Path) -> list[str] | None:
-  """The character vocabulary (id -> character), or None for GPT-2 tokens."""
-  meta_path = folder / 'meta.json'
-  if not meta_path.exists():
-    if (folder / 'meta.pkl').exists():
-      raise DataError(f'{folder / "meta.pkl"} is a pickle, which jaxgpt does not load: '
-                      f'run `python -m jaxgpt.data {folder.name}` to write meta.json')
-    return None
+class _PlainDataUnpickler(pickle.Unpickler):
+  """Unpickles plain data only (dicts, lists, str, int, ...): any class or
+  function is refused, so no code in the file can run."""
+
+  def find_class(self, module: str, name: str):
+    raise pickle.UnpicklingError(f'it names {module}.{name}, and only plain data is read')
+
+
+def read_vocab(path: pathlib.Path) -> list[str]:
+  """The vocabulary (id -> character) of a meta.json as jaxgpt writes it, or
+  of a meta.pkl as nanoGPT's prepare.py writes it ({'vocab_size', 'itos':
+  {id: char}, 'stoi'}), read as plain data."""
   try:
-    meta = json.loads(meta_path.read_text(encoding='utf-8'))
-    itos = meta['itos']
-    if meta['vocab_size'] != len(itos):
+    if path.suffix == '.pkl':
+      with path.open('rb') as f:
+        meta = _PlainDataUnpickler(f).load()
+      itos = [meta['itos'][i] for i in range(len(meta['itos']))]
+    else:
+      meta = json.loads(path.read_text(encoding='utf-8'))
+      itos = meta['itos']
+    if meta['vocab_size'] != len(itos) or not all(isinstance(ch, str) for ch in itos):
       raise ValueError('vocab_size does not match itos')
-  except (ValueError, KeyError, TypeError) as e:
-    raise DataError(f'{meta_path} is corrupt ({e}): prepare the data set again') from None
+  except OSError as e:
+    raise DataError(f'cannot read {path} ({e.strerror or e}): prepare the data set again') from None
+  except pickle.UnpicklingError as e:
+    raise DataError(f'{path} is not plain data ({e}): a pickle that names code is refused, as it could run it; '
+                    'prepare the data set again') from None
+  except (ValueError, KeyError, TypeError, EOFError) as e:
+    raise DataError(f'{path} is corrupt ({type(e).__name__}: {e}): prepare the data set again') from None
   return itos
+
+
+def load_vocab(folder: pathlib.Path) -> list[str] | None:
+  """The character vocabulary (id -> character) from folder's meta.json, else
+  nanoGPT's meta.pkl; None for GPT-2 tokens (neither file)."""
+  for name in ('meta.json', 'meta.pkl'):
+    if (folder / name).exists():
+      return read_vocab(folder / name)
+  return None
 
 
 class BatchSampler:

@@ -67,8 +67,8 @@ def sample_(*args):
   return sample.main, ['sample.py', '--out_dir=out', '--num_samples=1', '--max_new_tokens=2', *args]
 
 
-CASES = {
-    # config
+# One dict per family; CASES joins them.
+CONFIG_CASES = {
     'unknown key': (train('--config.batchsize=12'), "unknown config key 'batchsize'"),
     'wrong type': (train('--config.batch_size=abc'), "flag --config.batch_size=abc: invalid literal for int()"),
     'heads do not divide': (train('--config.n_embd=33'), 'n_embd=33 is not divisible by n_head=2'),
@@ -79,28 +79,41 @@ CASES = {
     'unknown dtype': (train('--config.dtype=float16'), "dtype='float16' is not supported"),
     'missing config file': ((cli.main, ['train.py', '--config=configs/nope.py']),
                             "No such file or directory: 'configs/nope.py'"),
-    # data
+}
+
+DATA_CASES = {
     'missing data set': (train('--config.dataset=nope'), 'data/nope/train.bin not found: prepare the data set first'),
     'data shorter than a block': (train('--config.dataset=short', '--config.out_dir=out-short'),
                                   'holds 10 tokens, fewer than block_size + 1 = 17'),
-    'pickled vocabulary': (train('--config.dataset=pickled'), 'meta.pkl is a pickle, which jaxgpt does not load'),
+    'pickled vocabulary': (train('--config.dataset=pickled'), 'meta.pkl is corrupt'),
     'corrupt vocabulary': (train('--config.dataset=corrupt_meta'), 'meta.json is corrupt'),
-    # checkpoints
+}
+
+CHECKPOINT_CASES = {
     'resume without out_dir': (train('--config.init_from=resume', '--config.out_dir=nope'), 'does not exist'),
     'resume another shape': (resume('--config.n_layer=3'), '--config.n_layer=3 conflicts with the checkpoint'),
     'resume another vocabulary': (resume('--config.dataset=other_vocab'),
                                   'the vocabulary of dataset other_vocab differs from the one the checkpoint'),
     'scratch over checkpoints': (train('--config.out_dir=out'), 'holds checkpoints of an earlier run'),
     'out_dir not a folder': (train('--config.out_dir=a_file/out'), 'cannot create out_dir'),
-    # sampling
+}
+
+SAMPLE_CASES = {
     'prompt outside the vocabulary': (sample_('--start=ROMEO: ✓'), "the prompt has characters outside the model's vocabulary: '✓'"),
     'missing prompt file': (sample_('--start=FILE:nope.txt'), 'cannot read the prompt file nope.txt'),
     'temperature 0': (sample_('--temperature=0'), 'temperature=0.0 must be > 0'),
     'top_k 0': (sample_('--top_k=0'), 'top_k=0 must be >= 1'),
     'sample without checkpoints': (sample_('--out_dir=data'), 'no checkpoint in'),
-    # data preparation, launcher
+}
+
+TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoint import and export, ...
     'empty text': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'empty']), 'is empty: a data set needs text'),
 }
+
+SIZE_CASES = {  # sizes that cannot run, refused before anything is allocated or written
+}
+
+CASES = CONFIG_CASES | DATA_CASES | CHECKPOINT_CASES | SAMPLE_CASES | TOOL_CASES | SIZE_CASES
 
 
 def snapshot(root):

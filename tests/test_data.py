@@ -1,6 +1,8 @@
 """Data: tiny Shakespeare prepared as nanoGPT's prepare.py does, and batches."""
 
 import json
+import os
+import pickle
 import shutil
 import urllib.request
 
@@ -77,11 +79,28 @@ def test_corrupt_meta_json(tmp_path, content):
     data.load_vocab(tmp_path)
 
 
-def test_meta_pkl_is_not_loaded(tmp_path):
-  (tmp_path / 'meta.pkl').write_bytes(b'\x80\x04K\x01.')  # a pickle of 1
-  with pytest.raises(DataError, match=r'meta\.pkl is a pickle, which jaxgpt does not load: '
-                                      r'run `python -m jaxgpt.data .*` to write meta\.json'):
+def test_nanogpt_meta_pkl_is_read_as_plain_data(tmp_path):
+  """nanoGPT's prepare.py pickles {'vocab_size', 'itos': {id: char}, 'stoi'}."""
+  chars = sorted(set('to be or not\n'))
+  with (tmp_path / 'meta.pkl').open('wb') as f:
+    pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)),
+                 'stoi': {ch: i for i, ch in enumerate(chars)}}, f)
+  assert data.load_vocab(tmp_path) == chars
+
+
+class RunsCode:
+  def __reduce__(self):
+    return (os.system, ('touch pwned',))
+
+
+def test_meta_pkl_that_names_code_is_refused_unrun(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with (tmp_path / 'meta.pkl').open('wb') as f:
+    pickle.dump({'vocab_size': 1, 'itos': {0: RunsCode()}}, f)
+  with pytest.raises(DataError, match=r'meta\.pkl is not plain data \(it names posix\.system, and only plain data is '
+                                      r'read\): a pickle that names code is refused'):
     data.load_vocab(tmp_path)
+  assert not (tmp_path / 'pwned').exists()
 
 
 @pytest.fixture
