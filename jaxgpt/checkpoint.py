@@ -7,10 +7,19 @@ state, each drawn from (seed, iteration, device)). Orbax writes a step into a te
 complete, so a run killed mid-save leaves the previous checkpoints as they
 were. out_dir keeps two: the latest (what resume uses) and the one with the
 best val loss (what sampling uses).
+
+One writer at a time: a writer holds a lock on out_dir while it runs (the
+kernel drops it when the process ends, however it ends), and a second writer
+stops with one line. Readers take no lock, so they can sample
+while a training saves; a checkpoint rotated away while being read is chosen
+again from what is there.
 """
 
+import fcntl
+import os
 import pathlib
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -19,6 +28,8 @@ from jaxgpt.config import JaxGPTError
 
 
 FORMAT = 'jaxgpt-checkpoint/1'
+READ_ATTEMPTS = 3  # a checkpoint that fails this often is not being rotated away: it is corrupt
+T = TypeVar('T')
 
 
 class CheckpointError(JaxGPTError):
@@ -32,10 +43,25 @@ def holds_checkpoints(out_dir: str) -> bool:
   return directory.is_dir() and any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
 
 
+def lock(directory: pathlib.Path) -> int:
+  """Takes out_dir's writer lock: a lock on the folder itself, so that nothing
+  in it is written to take it. Held until the returned descriptor is closed."""
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    raise CheckpointError(f'another run is writing into {directory}: wait for it to finish, '
+                          'or write into another out_dir') from None
+  return fd
+
+
 class Checkpoints:
 
-  def __init__(self, out_dir: str, *, create: bool = True, read_only: bool = False):
-    """create=False: out_dir must exist (resuming, sampling); read_only: never write."""
+  def __init__(self, out_dir: str, *, create: bool = True, read_only: bool = False, locked: bool = True):
+    """create=False: out_dir must exist (resuming, sampling); read_only: never
+    write; locked: a writer takes out_dir's lock (of a multi-process run,
+    only process 0 does)."""
     self.directory = pathlib.Path(out_dir).absolute()
     if (read_only or not create) and not self.directory.is_dir():
       raise CheckpointError(f'out_dir {self.directory} does not exist: point out_dir at the folder '
@@ -45,6 +71,7 @@ class Checkpoints:
     except OSError as e:
       raise CheckpointError(f'cannot create out_dir {self.directory} ({e.strerror}): pass a '
                             'writable --config.out_dir') from None
+    self.lock = lock(self.directory) if locked and not read_only else None
     keep_latest_and_best = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
         # sorted by val loss, descending: BestN keeps the last n, the lowest
@@ -80,6 +107,20 @@ class Checkpoints:
     best = self.manager.best_step()
     return latest if best is None else best  # None: saved without a val loss
 
+  def read(self, which: str, read: Callable[[int], T]) -> T:
+    """read(step) of the best or the latest checkpoint. A training saving
+    into out_dir deletes the checkpoints it no longer keeps, maybe the one
+    chosen here: then the choice is made again."""
+    for attempt in range(READ_ATTEMPTS):
+      step = self.best_step() if which == 'best' else self.latest_step()
+      try:
+        return read(step)
+      except CheckpointError:
+        if attempt == READ_ATTEMPTS - 1:
+          raise
+        time.sleep(0.5)  # for a deletion under way to finish
+        self.manager.reload()
+
   def meta(self, step: int) -> dict[str, Any]:
     meta = self._restore(step, meta=ocp.args.JsonRestore())['meta']
     if meta.get('format') != FORMAT:
@@ -104,6 +145,12 @@ class Checkpoints:
                             f'({type(e).__name__}: {str(e).splitlines()[0][:200]}): it is '
                             'corrupt or from another model') from None
 
+  def __enter__(self) -> 'Checkpoints':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
   def close(self) -> None:
     try:
       self.manager.wait_until_finished()
@@ -111,6 +158,8 @@ class Checkpoints:
       raise self._write_error(e) from None
     finally:
       self.manager.close()
+      if self.lock is not None:
+        os.close(self.lock)
 
   def _write_error(self, e: OSError) -> CheckpointError:
     return CheckpointError(f'could not write a checkpoint to {self.directory} ({e.strerror or e}): free some '

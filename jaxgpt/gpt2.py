@@ -23,6 +23,7 @@ import argparse
 import json
 import pathlib
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -150,11 +151,12 @@ def export(out_dir: str, folder: str, which: str = 'best') -> int:
   from jaxgpt.checkpoint import Checkpoints  # orbax and jax: not needed to read GPT-2's weights
   from jaxgpt.step import abstract_params
   checkpoints = Checkpoints(out_dir, read_only=True)
-  step = checkpoints.best_step() if which == 'best' else checkpoints.latest_step()
-  meta = checkpoints.meta(step)
-  config = GPTConfig(**meta['model_args'])
-  _, like = abstract_params(config)
-  save_pretrained(pathlib.Path(folder), config, checkpoints.params(step, like))
+
+  def read(step: int) -> tuple[int, GPTConfig, Any]:
+    config = GPTConfig(**checkpoints.meta(step)['model_args'])
+    return step, config, checkpoints.params(step, abstract_params(config)[1])
+  step, config, params = checkpoints.read(which, read)
+  save_pretrained(pathlib.Path(folder), config, params)
   return step
 
 

@@ -2,14 +2,16 @@
 
 Iterations 0..max_iters inclusive; train and val loss estimated every
 eval_interval iterations (and at 0); a checkpoint when val improves (or
-always, with always_save_checkpoint), never at iteration 0; eval_only stops
-after the first evaluation. Before any weight exists, the run's memory is
+always, with always_save_checkpoint), never at iteration 0, and the final state when
+training ends; eval_only stops after the first evaluation (a resumed run's
+too: it evaluates the checkpoint, and saves nothing). Before any weight exists, the run's memory is
 estimated from the compiled programs and held against the machine's
 (jaxgpt/memory.py). Ctrl-C or SIGTERM stops after the step or evaluation
 batch in flight, with a checkpoint.
 """
 
 import builtins
+import contextlib
 import dataclasses
 import json
 import math
@@ -103,6 +105,11 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   """Trains as the config says; returns the last evaluation's losses.
   `overridden`: the keys set on the command line (they must agree with a
   checkpoint being resumed)."""
+  with contextlib.ExitStack() as cleanup:  # on every way out: out_dir's lock, the log files, the signal handlers
+    return train(c, overridden, cleanup)
+
+
+def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: contextlib.ExitStack) -> dict[str, float]:
   pin_device(c.device)
   parallel.initialize(c.coordinator_address, c.num_processes, c.process_id, c.device)
   mesh = parallel.make_mesh()
@@ -132,7 +139,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
 
   if c.init_from == 'resume':
     print(f'Resuming training from {c.out_dir}')
-    checkpoints = Checkpoints(c.out_dir, create=False)
+    checkpoints = cleanup.enter_context(Checkpoints(c.out_dir, create=False, locked=main_process))
     resume_step = checkpoints.latest_step()
     meta = checkpoints.meta(resume_step)
     config = resumed_model_config(c, meta, overridden, vocab)
@@ -180,7 +187,7 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     runtime.map_large_buffers()
 
   if c.init_from != 'resume':  # out_dir made only now that the data and the memory proved enough
-    checkpoints = Checkpoints(c.out_dir)
+    checkpoints = cleanup.enter_context(Checkpoints(c.out_dir, locked=main_process))
   model, _, params = step.init_model(config, c.seed)
   if c.init_from in GPT2_MODELS:
     params = gpt2.load_params(pretrained_folder, config, params)
@@ -215,11 +222,12 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     return losses
 
   # every logged iteration and evaluation, one JSON object a line (appended on resume)
-  metrics_file = (pathlib.Path(c.out_dir) / 'metrics.jsonl').open('a' if c.init_from == 'resume' else 'w') \
-      if main_process else None
+  metrics_file = cleanup.enter_context((pathlib.Path(c.out_dir) / 'metrics.jsonl').open(
+      'a' if c.init_from == 'resume' else 'w')) if main_process else None
   learning_rate = jax.jit(lr_schedule(c))  # for the log: eager, its ops would compile one by one (0.4 s)
   if wandb:
     wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=c.to_dict())  # as nanoGPT
+    cleanup.callback(wandb.finish)
 
   def record(**fields) -> None:
     if metrics_file:
@@ -265,9 +273,22 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
         'iter_num': iter_num, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
         'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab})
 
+  def save_unsaved() -> bool:
+    """Saves the state before iteration iter_num unless a checkpoint holds it
+    (the one resumed from, or one just saved): True if it saved."""
+    if iter_num in checkpoints.manager.all_steps():
+      return False
+    save(math.inf)  # no val loss for this state: inf keeps it out of the running for best
+    return True
+
+  def save_final() -> None:
+    # the iterations since the last evaluation (all of them, when eval_interval
+    # exceeds max_iters) are kept, and a resume continues where this run ended
+    if save_unsaved():
+      print(f'saving checkpoint to {c.out_dir} (the final state, before iteration {iter_num})')
+
   def save_on_stop() -> None:
-    if iter_num not in checkpoints.manager.all_steps():  # else the one resumed from holds this state
-      save(math.inf)  # no val loss for this state: inf keeps it out of the running for best
+    save_unsaved()
     reason = signal.Signals(stop_signal[0]).name if stop_signal else 'a stop in another process'
     print(f'{reason} at iteration {iter_num}: saved a checkpoint to '
           f'{c.out_dir}; continue with --config.init_from=resume')
@@ -279,48 +300,41 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
     print(f'{signal.Signals(signum).name}: finishing this iteration or evaluation batch, then saving a '
           'checkpoint (again to stop at once, unsaved)', flush=True)
 
-  previous_handlers = (signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop))
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    cleanup.callback(signal.signal, signum, signal.signal(signum, request_stop))
 
   bar = TrainingProgress(iter_num, c.max_iters, enabled=main_process and sys.stdout.isatty())
-  try:
-    with bar:
-      while True:
-        if iter_num % c.eval_interval == 0:
-          losses = estimate_loss()
-          if losses is None:  # stopped mid-evaluation: the state is the one before it
-            save_on_stop()
-            break
-          print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
-          record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
-          if wandb:  # the keys nanoGPT logs
-            wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
-                       'lr': float(learning_rate(iter_num)), 'mfu': running_mfu * 100})
-          if losses['val'] < best_val_loss or c.always_save_checkpoint:
-            best_val_loss = min(best_val_loss, losses['val'])
-            if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
-              print(f'saving checkpoint to {c.out_dir}')
-              save(losses['val'])
-          t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
-        if iter_num == 0 and c.eval_only:
-          break
-
-        params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
-        xs, ys = train_batches(iter_num + 1, micro_steps)  # drawn while the step runs
-        # waits for the step: the next is dispatched only once this one is
-        # done, so a stop is honoured within one step
-        finish(iter_num, metrics)
-        iter_num += 1
-        if iter_num > c.max_iters:
-          break
-        if stop_requested():
+  with bar:
+    while True:
+      if iter_num % c.eval_interval == 0 or c.eval_only:
+        losses = estimate_loss()
+        if losses is None:  # stopped mid-evaluation: the state is the one before it
           save_on_stop()
           break
-  finally:
-    signal.signal(signal.SIGINT, previous_handlers[0])
-    signal.signal(signal.SIGTERM, previous_handlers[1])
-    checkpoints.close()
-    if metrics_file:
-      metrics_file.close()
-    if wandb:
-      wandb.finish()
+        print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
+        record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+        if wandb:  # the keys nanoGPT logs
+          wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
+                     'lr': float(learning_rate(iter_num)), 'mfu': running_mfu * 100})
+        if losses['val'] < best_val_loss or c.always_save_checkpoint:
+          best_val_loss = min(best_val_loss, losses['val'])
+          if iter_num > 0 and iter_num not in checkpoints.manager.all_steps():  # not the one resumed from
+            print(f'saving checkpoint to {c.out_dir}')
+            save(losses['val'])
+        t0, last_timed = time.time(), iter_num - 1  # iteration times leave evaluation out
+      if c.eval_only:  # nanoGPT's `iter_num == 0 and eval_only` would let a resumed run train on
+        break
+
+      params, opt_state, metrics = train_step(params, opt_state, xs, ys, iter_num)
+      xs, ys = train_batches(iter_num + 1, micro_steps)  # drawn while the step runs
+      # waits for the step: the next is dispatched only once this one is
+      # done, so a stop is honoured within one step
+      finish(iter_num, metrics)
+      iter_num += 1
+      if iter_num > c.max_iters:
+        save_final()
+        break
+      if stop_requested():
+        save_on_stop()
+        break
   return losses

@@ -133,9 +133,10 @@ def test_runs_succeed(runs):
 def test_resumed_run_logs_what_the_uninterrupted_run_logs(runs):
   # the same batches (drawn from seed and iter_num), the same dropout masks
   # (keys from seed and iter_num), the same optimizer state
-  uninterrupted = loss_lines(runs['a'].stdout, since=20)
-  resumed = loss_lines(runs['b2'].stdout, since=20)
-  assert sorted(uninterrupted) == sorted([('step', n) for n in (20, 30, 40)] + [('iter', n) for n in range(20, 41, 2)])
+  # (B's first leg saved its final state, before iteration 21: B resumes there)
+  uninterrupted = loss_lines(runs['a'].stdout, since=21)
+  resumed = loss_lines(runs['b2'].stdout, since=0)
+  assert sorted(uninterrupted) == sorted([('step', n) for n in (30, 40)] + [('iter', n) for n in range(22, 41, 2)])
   assert resumed == uninterrupted
   # and the first leg agrees with the uninterrupted run up to 20
   assert loss_lines(runs['b1'].stdout, since=0) == {k: v for k, v in loss_lines(runs['a'].stdout, since=0).items()
@@ -146,11 +147,11 @@ def test_resumed_weights_are_bit_identical(runs):
   weights = []
   for out_dir in (runs['out_a'], runs['out_b']):
     checkpoints = Checkpoints(out_dir, read_only=True)
-    assert checkpoints.latest_step() == 40
-    meta = checkpoints.meta(40)
-    assert meta['iter_num'] == 40
+    assert checkpoints.latest_step() == 41  # the final state
+    meta = checkpoints.meta(41)
+    assert meta['iter_num'] == 41
     like = init_model(GPTConfig(**meta['model_args']), 0)[2]
-    weights.append(checkpoints.params(40, like))
+    weights.append(checkpoints.params(41, like))
     checkpoints.close()
   leaves_a, tree_a = jax.tree.flatten(weights[0])
   leaves_b, tree_b = jax.tree.flatten(weights[1])
@@ -241,3 +242,37 @@ def test_bad_out_dir_is_one_error_line_and_changes_nothing(runs, name):
   else:
     assert snapshot(out_dir) == before
   assert 'saving checkpoint' not in proc.stdout
+
+
+def test_a_reader_chooses_again_when_a_writer_rotates_its_checkpoint_away(tmp_path):
+  """sample.py run while a training saves: the checkpoint it chose may be
+  deleted before it is read. It reads the one kept in its place, and never
+  calls that whole checkpoint corrupt."""
+  out_dir = tmp_path / 'out'
+  like = {'w': np.zeros(3, np.float32)}
+
+  def save(checkpoints, step, val_loss):
+    checkpoints.save(step, {'w': np.full(3, step, np.float32)}, {'mu': np.zeros(3, np.float32)},
+                     {'iter_num': step, 'val_loss': val_loss})
+
+  with Checkpoints(out_dir) as writer:
+    save(writer, 1, 2.0)  # the best
+    save(writer, 2, 3.0)  # the latest
+  reader = Checkpoints(out_dir, read_only=True)
+  assert reader.latest_step() == 2
+  with Checkpoints(out_dir) as writer:
+    save(writer, 3, 4.0)  # the latest now: 2 is deleted
+  assert not (out_dir / '2').exists()
+  step, params = reader.read('latest', lambda step: (step, reader.params(step, like)))
+  assert step == 3 and np.array_equal(params['w'], np.full(3, 3, np.float32))
+  reader.close()
+
+
+def test_a_second_writer_on_out_dir_is_refused_with_its_holder_named(tmp_path):
+  out_dir = tmp_path / 'out'
+  with Checkpoints(out_dir):
+    with pytest.raises(CheckpointError, match=rf'^another run is writing into {re.escape(str(out_dir))}: wait for '
+                                              'it to finish, or write into another out_dir$'):
+      Checkpoints(out_dir)
+    Checkpoints(out_dir, read_only=True).close()  # readers take no lock
+  Checkpoints(out_dir).close()  # the lock went with its writer

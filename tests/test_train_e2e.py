@@ -105,8 +105,9 @@ def test_checkpoint_after_improving_evals_never_at_step_0(fused_run):
   lines = proc.stdout.splitlines()
   saves = [i for i, line in enumerate(lines) if line == f'saving checkpoint to {out_dir}']
   assert [STEP.match(lines[i - 1])[1] for i in saves] == ['20', '40']  # each right after its eval
-  # orbax keeps the latest and the best; here step 40 is both
-  assert sorted(p.name for p in out_dir.iterdir()) == ['40', 'metrics.jsonl']
+  assert lines[-1] == f'saving checkpoint to {out_dir} (the final state, before iteration 41)'
+  # orbax keeps the best (40) and the latest (the final state)
+  assert sorted(p.name for p in out_dir.iterdir()) == ['40', '41', 'metrics.jsonl']
   assert {'params', 'opt_state', 'meta'} <= {p.name for p in (out_dir / '40').iterdir()}
   meta = json.loads((out_dir / '40' / 'meta' / 'metadata').read_text())
   assert meta['iter_num'] == 40
@@ -211,6 +212,58 @@ def test_eval_only(workdir):
   assert list(steps) == [0] and iters == {}
   assert 'saving checkpoint' not in proc.stdout
   assert sorted(p.name for p in out_dir.iterdir()) == ['metrics.jsonl']  # no checkpoint at step 0
+
+
+
+def test_eval_only_on_resume_evaluates_the_checkpoint_and_keeps_it(fused_run, tmp_path):
+  """nanoGPT's `iter_num == 0 and eval_only` would train a resumed run on,
+  and the rotation would delete the checkpoint it resumed from."""
+  _, out_dir = fused_run
+  work = tmp_path / 'work'
+  shutil.copytree(out_dir.parent / 'data', work / 'data')
+  shutil.copytree(out_dir, work / 'out')
+  before = sorted(p.name for p in (work / 'out').iterdir())
+  proc = train(work, f'--config={CONFIG}', *overrides('--config.', out_dir='out', max_iters=80),
+               '--config.init_from=resume', '--config.eval_only=True')
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  steps, iters = parse_log(proc.stdout)
+  assert list(steps) == [41] and iters == {}  # the final state of the 40-iteration run, evaluated
+  assert 'saving checkpoint' not in proc.stdout
+  assert sorted(p.name for p in (work / 'out').iterdir()) == before
+
+
+def test_the_final_state_is_saved_when_no_evaluation_comes(workdir):
+  proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir='out', max_iters=10, eval_interval=100))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert list(parse_log(proc.stdout)[0]) == [0]
+  assert proc.stdout.splitlines()[-1] == 'saving checkpoint to out (the final state, before iteration 11)'
+  resumed = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir='out', max_iters=12, log_interval=1),
+                  '--config.init_from=resume')
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert sorted(parse_log(resumed.stdout)[1]) == [11, 12]  # on from where the first run ended
+
+
+def test_a_second_writer_on_a_training_out_dir_is_one_error_line(workdir):
+  """Two trainings in one out_dir: the second stops at once with one line
+  (orbax's tracebacks before); the first trains on untouched."""
+  first = subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}',
+                            *overrides('--config.', out_dir='out', max_iters=100000, eval_interval=10)],
+                           cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in first.stdout:  # until it has saved: out holds a checkpoint and the lock
+      if line.startswith('saving checkpoint'):
+        break
+    proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir='out', max_iters=100),
+                 '--config.init_from=resume')
+    assert proc.returncode == 1
+    [error] = proc.stderr.splitlines()
+    assert error == f'error: another run is writing into {workdir / "out"}: wait for it to finish, or write into ' \
+        'another out_dir'
+    assert first.poll() is None  # still training
+  finally:
+    first.terminate()
+    first.communicate(timeout=120)
+  assert first.returncode == 0
 
 
 @pytest.mark.parametrize('args, message', [
