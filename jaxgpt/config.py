@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.coordinator_address = ''  # HOST:PORT of process 0
   c.num_processes = 1
   c.process_id = 0
+  c.coordinator_timeout = 300  # seconds to wait for the other processes (jax's default)
   # reproducibility (not in nanoGPT, which seeds torch with 1337)
   c.seed = 1337
   return c

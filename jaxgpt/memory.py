@@ -118,10 +118,23 @@ def check(needed: int, what: str, remat: bool) -> None:
   available = available_bytes()
   if available is None or needed <= available[0]:
     return
-  remat_hint = '' if remat else ', --config.remat=True (recompute activations rather than keep them)'
   raise OutOfMemoryError(
       f'not enough memory for {what}: ~{needed / GB:.2f} GB needed, {available[0] / GB:.2f} GB available '
-      f'({available[1]}): lower --config.batch_size '
-      '(a larger --config.gradient_accumulation_steps keeps the tokens per iteration), '
-      f'--config.block_size, or --config.n_layer / --config.n_embd{remat_hint}; '
-      'or pass --config.check_memory=False to try anyway')
+      f'({available[1]}): {smaller_run(remat)}; or pass --config.check_memory=False to try anyway')
+
+
+def smaller_run(remat: bool) -> str:
+  """The keys that make a run need less memory."""
+  remat_hint = '' if remat else ', --config.remat=True (recompute activations rather than keep them)'
+  return ('lower --config.batch_size (a larger --config.gradient_accumulation_steps keeps the tokens per '
+          f'iteration), --config.block_size, or --config.n_layer / --config.n_embd{remat_hint}')
+
+
+def out_of_memory(e: jax.errors.JaxRuntimeError, remat: bool) -> OutOfMemoryError | None:
+  """XLA's failure to allocate (with check_memory=False, or beyond the
+  estimate) as one line; None for any other runtime error."""
+  message = str(e)
+  if 'RESOURCE_EXHAUSTED' not in message:
+    return None
+  return OutOfMemoryError(f'out of memory ({message.splitlines()[0].strip()}): {smaller_run(remat)}; '
+                          'the checkpoints in out_dir are as they were')

@@ -11,6 +11,8 @@ jax.distributed joining them into one set of devices.
 """
 
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -73,22 +75,42 @@ def micro_steps(gradient_accumulation_steps: int, mesh: Mesh) -> int:
   return gradient_accumulation_steps // mesh.size
 
 
-def initialize(coordinator_address: str, num_processes: int, process_id: int, device: str) -> None:
+def initialize(coordinator_address: str, num_processes: int, process_id: int, device: str, timeout: int) -> None:
   """Joins a multi-process run, when this is one: num_processes > 1 (what
   `python -m jaxgpt.launch` passes), or JAX_COORDINATOR_ADDRESS set with a
   cluster (SLURM, Open MPI, ...) that tells jax the rest. Before any array
-  exists. CPU processes reduce through gloo."""
+  exists. CPU processes reduce through gloo. timeout: seconds to wait for
+  the other processes."""
   if num_processes == 1 and not os.environ.get('JAX_COORDINATOR_ADDRESS'):
     return
   if num_processes > 1 and not coordinator_address and not os.environ.get('JAX_COORDINATOR_ADDRESS'):
     raise ConfigError(f'num_processes={num_processes} needs --config.coordinator_address=HOST:PORT of process 0 '
                       '(python -m jaxgpt.launch sets it on one host)')
+  if coordinator_address and process_id > 0:
+    wait_for_coordinator(coordinator_address, timeout)
   if device == 'cpu':
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if num_processes > 1:
-    jax.distributed.initialize(coordinator_address or None, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address or None, num_processes, process_id, initialization_timeout=timeout)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(initialization_timeout=timeout)
+
+
+def wait_for_coordinator(address: str, timeout: int) -> None:
+  """Waits until process 0 listens at address. jax's own wait ends, when it
+  times out, in a fatal C++ abort: a stack trace and no word on the cause."""
+  host, port = address.rsplit(':', 1)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=max(deadline - time.monotonic(), 0.1)).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ConfigError(f'could not reach the coordinator at {address} within {timeout} s ({e.strerror or e}): '
+                          'start process 0 there, check --config.coordinator_address, or wait longer with '
+                          '--config.coordinator_timeout') from None
+      time.sleep(0.5)
 
 
 def all_processes_agree(flag: bool) -> bool:

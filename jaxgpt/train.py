@@ -106,12 +106,15 @@ def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) 
   `overridden`: the keys set on the command line (they must agree with a
   checkpoint being resumed)."""
   with contextlib.ExitStack() as cleanup:  # on every way out: out_dir's lock, the log files, the signal handlers
-    return train(c, overridden, cleanup)
+    try:
+      return train(c, overridden, cleanup)
+    except jax.errors.JaxRuntimeError as e:
+      raise memory.out_of_memory(e, c.remat) or e
 
 
 def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: contextlib.ExitStack) -> dict[str, float]:
   pin_device(c.device)
-  parallel.initialize(c.coordinator_address, c.num_processes, c.process_id, c.device)
+  parallel.initialize(c.coordinator_address, c.num_processes, c.process_id, c.device, c.coordinator_timeout)
   mesh = parallel.make_mesh()
   micro_steps = parallel.micro_steps(c.gradient_accumulation_steps, mesh)
   main_process = jax.process_index() == 0

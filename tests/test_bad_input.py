@@ -7,6 +7,7 @@ trained tiny run in `out`."""
 
 import errno
 import json
+import os
 import shutil
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from orbax import checkpoint as ocp
 
 from conftest import REPO_ROOT
-from jaxgpt import cli, data, launch, prepare, sample
+from jaxgpt import checkpoint, cli, data, launch, prepare, sample
 
 # ml_collections loads config files through a deprecated importlib call
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
@@ -52,7 +53,10 @@ def folder(tmp_path_factory, shakespeare):
   with pytest.MonkeyPatch.context() as patch:
     patch.chdir(root)
     assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.out_dir=out']) == 0
-  return root
+  shutil.copytree(root / 'out', root / 'busy')
+  busy = checkpoint.lock(root / 'busy')  # as a training writing into it holds it
+  yield root
+  os.close(busy)
 
 
 def train(*args):
@@ -111,9 +115,27 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
 }
 
 SIZE_CASES = {  # sizes that cannot run, refused before anything is allocated or written
+    'block_size beyond memory': (train('--config.block_size=100000', '--config.out_dir=out-big'),
+                                 'not enough memory for the weights, gradients and AdamW state'),
+    'batch_size beyond memory': (train('--config.batch_size=1000000000', '--config.out_dir=out-big'),
+                                 'not enough memory for the weights, gradients and AdamW state'),
+    'n_layer beyond memory': (train('--config.n_layer=100000000', '--config.out_dir=out-big'),
+                              'not enough memory for the weights, gradients and AdamW state'),
+    'n_embd beyond memory': (train('--config.n_embd=1000000', '--config.out_dir=out-big'),
+                             'not enough memory for the weights, gradients and AdamW state'),
+    'resumed beyond memory': (resume('--config.batch_size=1000000000'), 'not enough memory for'),
 }
 
-CASES = CONFIG_CASES | DATA_CASES | CHECKPOINT_CASES | SAMPLE_CASES | TOOL_CASES | SIZE_CASES
+RUN_CASES = {  # several processes, several writers
+    'out_dir in use by another run': (train('--config.init_from=resume', '--config.out_dir=busy'),
+                                      'another run is writing into'),
+    'unreachable coordinator': (train('--config.num_processes=2', '--config.process_id=1',
+                                      '--config.coordinator_address=127.0.0.1:9', '--config.coordinator_timeout=1',
+                                      '--config.out_dir=out-two'),
+                                'could not reach the coordinator at 127.0.0.1:9 within 1 s'),
+}
+
+CASES = CONFIG_CASES | DATA_CASES | CHECKPOINT_CASES | SAMPLE_CASES | TOOL_CASES | SIZE_CASES | RUN_CASES
 
 
 def snapshot(root):
