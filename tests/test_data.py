@@ -111,7 +111,7 @@ def counting_tokens(tmp_path):
 
 
 def test_batch_targets_are_inputs_shifted_by_one(counting_tokens):
-  x, y = BatchSampler(counting_tokens, block_size=8, batch_size=4)(np.random.default_rng(0), steps=3)
+  x, y = BatchSampler(counting_tokens, block_size=8, batch_size=4, vocab_size=1000)(np.random.default_rng(0), steps=3)
   assert x.shape == y.shape == (3, 4, 8)
   assert x.dtype == y.dtype == np.int32
   np.testing.assert_array_equal(y, x + 1)
@@ -121,7 +121,7 @@ def test_batch_targets_are_inputs_shifted_by_one(counting_tokens):
 
 def test_batches_cover_every_start(counting_tokens):
   # starts are uniform on [0, len - block_size), as nanoGPT's torch.randint(len(data) - block_size)
-  x, _ = BatchSampler(counting_tokens, block_size=8, batch_size=1000)(np.random.default_rng(0), steps=20)
+  x, _ = BatchSampler(counting_tokens, block_size=8, batch_size=1000, vocab_size=1000)(np.random.default_rng(0), steps=20)
   starts = np.unique(x[..., 0])
   assert starts.min() == 0 and starts.max() == 1000 - 8 - 1
   assert len(starts) == 1000 - 8
@@ -129,7 +129,7 @@ def test_batches_cover_every_start(counting_tokens):
 
 def test_same_seed_same_batches(counting_tokens):
   def draw(seed):
-    sample, rng = BatchSampler(counting_tokens, block_size=8, batch_size=4), np.random.default_rng(seed)
+    sample, rng = BatchSampler(counting_tokens, block_size=8, batch_size=4, vocab_size=1000), np.random.default_rng(seed)
     return [sample(rng, 2) for _ in range(3)]
 
   first, again, other = draw(1337), draw(1337), draw(1338)
@@ -142,10 +142,10 @@ def test_same_seed_same_batches(counting_tokens):
 def test_short_token_file(tmp_path):
   path = tmp_path / 'val.bin'
   np.zeros(8, np.uint16).tofile(path)
-  BatchSampler(path, block_size=7, batch_size=2)  # 8 = block_size + 1 is enough
+  BatchSampler(path, block_size=7, batch_size=2, vocab_size=1)  # 8 = block_size + 1 is enough
   with pytest.raises(DataError, match=f'{path} holds 8 tokens, fewer than block_size \\+ 1 = 9: '
                                       'lower --config.block_size'):
-    BatchSampler(path, block_size=8, batch_size=2)
+    BatchSampler(path, block_size=8, batch_size=2, vocab_size=1)
 
 
 def test_missing_dataset(tmp_path, monkeypatch, capsys):
