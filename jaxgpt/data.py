@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import pickle
+import secrets
 import sys
 import urllib.request
 from typing import BinaryIO, Iterator, Sequence
@@ -63,16 +64,20 @@ def replacing(folder: pathlib.Path, names: Sequence[str], stale: Sequence[str] =
   reader's memmap keeps the old file it opened, and no reader sees a half
   written one. stale: files removed as the new ones move in (those of the
   data set being replaced that are not written again)."""
+  if folder.exists() and not folder.is_dir():
+    raise DataError(f'{folder} is a file, where a data set is a folder: move the file away, or choose another name')
   for name in names:
     if (folder / name).is_dir():
       raise DataError(f'{folder / name} is a folder: remove it and run again')
-  temps = {name: folder / f'.{name}.{os.getpid()}.tmp' for name in names}  # per process: two may prepare at once
+  # a name of its own for each writer (several trainings may prepare a data set at once), made
+  # by open('xb') with the user's umask, where tempfile's would be readable by the user alone
+  temps = {name: folder / f'.{name}.{secrets.token_hex(8)}.tmp' for name in names}
   files = {}
   try:
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
       for name, temp in temps.items():
-        files[name] = stack.enter_context(temp.open('wb'))
+        files[name] = stack.enter_context(temp.open('xb'))
       yield files
     for name in stale:
       (folder / name).unlink(missing_ok=True)
@@ -121,7 +126,7 @@ def prepare_shakespeare(out: pathlib.Path, gpt2_dir: str = '') -> None:
     for name, part in (('train', text[:split]), ('val', text[split:])):
       ids = np.array(tokenizer.encode_ordinary(part), dtype=np.uint16)
       print(f'{name} has {len(ids):,} tokens')
-      ids.tofile(files[f'{name}.bin'])
+      files[f'{name}.bin'].write(ids)
 
 
 def _download(url: str, path: pathlib.Path) -> None:

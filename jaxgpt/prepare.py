@@ -84,8 +84,8 @@ def write_char_set(path: pathlib.Path, out: pathlib.Path) -> None:
     for chunk in text_chunks(path, 'writing'):
       ids = np.searchsorted(code_points, _code_points(chunk)).astype(np.uint16)
       to_train = min(max(split - written, 0), len(ids))
-      ids[:to_train].tofile(files['train.bin'])
-      ids[to_train:].tofile(files['val.bin'])
+      files['train.bin'].write(ids[:to_train])  # not tofile: its error on a full disk loses the reason
+      files['val.bin'].write(ids[to_train:])
       written += len(ids)
     meta = {'vocab_size': len(vocab), 'itos': vocab}
     files['meta.json'].write(json.dumps(meta, ensure_ascii=False).encode('utf-8'))
