@@ -61,8 +61,8 @@ def replacing(folder: pathlib.Path, names: Sequence[str], stale: Sequence[str] =
   """Files opened to write folder/<name> for each name: temporary files in
   folder, moved into place (os.replace, in the order named) only when the
   block ends without error, and removed when it raises (Ctrl-C too). A
-  reader's memmap keeps the old file it opened, and no reader sees a half
-  written one. stale: files removed as the new ones move in (those of the
+  reader's memmap keeps the old file it opened, and no reader sees a
+  half-written one. stale: files removed as the new ones move in (those of the
   data set being replaced that are not written again)."""
   if folder.exists() and not folder.is_dir():
     raise DataError(f'{folder} is a file, where a data set is a folder: move the file away, or choose another name')
