@@ -1,6 +1,6 @@
 """Your own text as a character-level data set:
 
-  python -m jaxgpt.prepare char PATH --name NAME
+  python -m jaxgpt.prepare char PATH --name NAME [--overwrite]
   python train.py --config=configs/shakespeare_char.py --config.dataset=NAME
 
 Writes data/NAME/train.bin and val.bin (uint16 ids: the first 90% of the
@@ -8,6 +8,10 @@ characters, then the last 10%) and meta.json (the vocabulary: the file's
 characters, sorted), as nanoGPT's shakespeare_char/prepare.py does for tiny
 Shakespeare. The file is read twice in chunks, once for the vocabulary and
 once to write the ids, so it may be larger than memory.
+
+An existing data/NAME is replaced only with --overwrite, and then whole: the
+new files move in when complete, so a training reading the old ones goes on
+reading them, and an interrupted preparation leaves the old data set.
 """
 
 import argparse
@@ -20,14 +24,14 @@ from typing import Iterator
 import numpy as np
 from rich import progress
 
-from jaxgpt.config import JaxGPTError
-from jaxgpt.data import DataError, data_dir
+from jaxgpt.config import JaxGPTError, check_dataset_name
+from jaxgpt.data import DataError, data_dir, refuse_to_replace, replacing
 
 CHUNK_BYTES = 1 << 24  # 16 MB of the file at a time
 MAX_VOCAB = 65_535  # ids are uint16, as in nanoGPT's token files
 
 
-def _chunks(path: pathlib.Path, description: str) -> Iterator[str]:
+def text_chunks(path: pathlib.Path, description: str) -> Iterator[str]:
   """The text of path, CHUNK_BYTES at a time (a character cut by a chunk's end
   waits for the next), with a progress bar on a terminal."""
   decoder = codecs.getincrementaldecoder('utf-8')()
@@ -49,17 +53,18 @@ def _chunks(path: pathlib.Path, description: str) -> Iterator[str]:
         if not raw:
           return
   except OSError as e:
-    raise DataError(f'cannot read {path}: {e.strerror}') from None
+    raise DataError(f'cannot read {path} ({e.strerror}): give the path of a UTF-8 text file') from None
 
 
 def _code_points(text: str) -> np.ndarray:
   return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
 
 
-def prepare_char(path: pathlib.Path, name: str) -> pathlib.Path:
-  """Writes data/<name> from the UTF-8 text file at path; returns the folder."""
+def write_char_set(path: pathlib.Path, out: pathlib.Path) -> None:
+  """Writes out/train.bin, val.bin and meta.json from the UTF-8 text file at
+  path, replacing those there."""
   chars, length = set(), 0
-  for chunk in _chunks(path, 'reading'):
+  for chunk in text_chunks(path, 'reading'):
     chars.update(chunk)
     length += len(chunk)
   if length == 0:
@@ -72,21 +77,29 @@ def prepare_char(path: pathlib.Path, name: str) -> pathlib.Path:
   print(f'vocab size: {len(vocab):,}')
   code_points = _code_points(''.join(vocab))  # sorted, so an id is a position in it
 
-  out = data_dir(name)
-  out.mkdir(parents=True, exist_ok=True)
   split = int(length * 0.9)
   written = 0
-  with (out / 'train.bin').open('wb') as train, (out / 'val.bin').open('wb') as val:
-    for chunk in _chunks(path, 'writing'):
+  # train.bin moves in last: ensure_prepared takes it for a whole data set
+  with replacing(out, ('val.bin', 'meta.json', 'train.bin'), stale=('meta.pkl',)) as files:
+    for chunk in text_chunks(path, 'writing'):
       ids = np.searchsorted(code_points, _code_points(chunk)).astype(np.uint16)
       to_train = min(max(split - written, 0), len(ids))
-      ids[:to_train].tofile(train)
-      ids[to_train:].tofile(val)
+      files['train.bin'].write(ids[:to_train])  # not tofile: its error on a full disk loses the reason
+      files['val.bin'].write(ids[to_train:])
       written += len(ids)
+    meta = {'vocab_size': len(vocab), 'itos': vocab}
+    files['meta.json'].write(json.dumps(meta, ensure_ascii=False).encode('utf-8'))
   print(f'train has {split:,} tokens')
   print(f'val has {length - split:,} tokens')
-  meta = {'vocab_size': len(vocab), 'itos': vocab}
-  (out / 'meta.json').write_text(json.dumps(meta, ensure_ascii=False), encoding='utf-8')
+
+
+def prepare_char(path: pathlib.Path, name: str, overwrite: bool = False) -> pathlib.Path:
+  """Writes data/<name> from the UTF-8 text file at path; returns the folder.
+  An existing data set there is replaced only with overwrite."""
+  out = data_dir(name)
+  if not overwrite:
+    refuse_to_replace(out, 'pass --overwrite to replace it, or another --name')
+  write_char_set(path, out)
   return out
 
 
@@ -97,12 +110,17 @@ def main(argv: list[str]) -> int:
   char = kinds.add_parser('char', help='characters as tokens')
   char.add_argument('path', type=pathlib.Path, help='a UTF-8 text file')
   char.add_argument('--name', required=True, help='the data set: written to data/NAME, trained with --config.dataset=NAME')
+  char.add_argument('--overwrite', action='store_true', help='replace data/NAME if it holds a data set')
   args = parser.parse_args(argv[1:])
   try:
-    out = prepare_char(args.path, args.name)
+    check_dataset_name(args.name, '--name')
+    out = prepare_char(args.path, args.name, args.overwrite)
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    print(f'interrupted: the data set in {data_dir(args.name)} is as it was', file=sys.stderr)
+    return 130
   print(f'wrote {out}: train with --config.dataset={args.name}')
   return 0
 

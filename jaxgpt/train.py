@@ -160,9 +160,11 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
 
   # every batch is drawn from (seed, stream, iteration, device): streams apart,
   # so that eval_iters does not change the training batches
-  train_batches = parallel.Batches(data.BatchSampler(folder / 'train.bin', c.block_size, c.batch_size),
+  train_batches = parallel.Batches(data.BatchSampler(folder / 'train.bin', c.block_size, c.batch_size,
+                                                     data.vocab_size(vocab)),
                                    mesh, c.seed, stream=0)
-  eval_batches = {split: parallel.Batches(data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size),
+  eval_batches = {split: parallel.Batches(data.BatchSampler(folder / f'{split}.bin', c.block_size, c.batch_size,
+                                                            data.vocab_size(vocab)),
                                           mesh, c.seed, stream=stream)
                   for stream, split in ((1, 'train'), (2, 'val'))}
   iter_num, best_val_loss = (meta['iter_num'], meta['best_val_loss']) if c.init_from == 'resume' else (0, math.inf)

@@ -48,6 +48,26 @@ def folder(tmp_path_factory, shakespeare):
   (root / 'data' / 'corrupt_meta' / 'meta.json').write_text('{"vocab_size": 3, "itos": ["a"]}')
   vocab = json.loads((char / 'meta.json').read_text())['itos']
   (root / 'data' / 'other_vocab' / 'meta.json').write_text(json.dumps({'vocab_size': 65, 'itos': vocab[::-1]}))
+  small, meta = (np.arange(100) % 65).astype(np.uint16).tobytes(), (char / 'meta.json').read_bytes()
+  for name, changes in {  # a small sound character set, one file changed: bytes, 'folder' or None (absent)
+      'empty_train': {'train.bin': b''}, 'empty_val': {'val.bin': b''}, 'odd_train': {'train.bin': small[:-1]},
+      'folder_train': {'train.bin': 'folder'}, 'no_val': {'val.bin': None}, 'folder_meta': {'meta.json': 'folder'},
+      'strings_meta': {'meta.json': json.dumps({'vocab_size': 2, 'itos': ['ab', 'c']}).encode()},
+      'twice_meta': {'meta.json': json.dumps({'vocab_size': 2, 'itos': ['a', 'a']}).encode()},
+      'beyond_vocab': {'train.bin': small + np.uint16(65).tobytes()},
+      'beyond_val': {'val.bin': np.uint16(70).tobytes() + small},
+      'beyond_gpt2': {'meta.json': None, 'train.bin': small + np.uint16(50257).tobytes()},
+      'code_meta': {'meta.json': None, 'meta.pkl': b'cposix\nsystem\n(Vtouch pwned\ntR.'},
+  }.items():
+    (root / 'data' / name).mkdir()
+    for file, content in ({'train.bin': small, 'val.bin': small, 'meta.json': meta} | changes).items():
+      if content == 'folder':
+        (root / 'data' / name / file).mkdir()
+      elif content is not None:
+        (root / 'data' / name / file).write_bytes(content)
+  (root / 'data' / 'notes.txt').write_text('a file where a data set would go')
+  (root / 'latin1.txt').write_bytes('caf\u00e9 au lait'.encode('latin-1'))
+  (root / 'many_chars.txt').write_text(''.join(chr(c) for c in range(0x10000, 0x20000)), encoding='utf-8')
   (root / 'empty.txt').write_text('')
   (root / 'a_file').write_text('not a folder')
   with pytest.MonkeyPatch.context() as patch:
@@ -91,6 +111,27 @@ DATA_CASES = {
                                   'holds 10 tokens, fewer than block_size + 1 = 17'),
     'pickled vocabulary': (train('--config.dataset=pickled'), 'meta.pkl is corrupt'),
     'corrupt vocabulary': (train('--config.dataset=corrupt_meta'), 'meta.json is corrupt'),
+    'empty train.bin': (train('--config.dataset=empty_train'), 'data/empty_train/train.bin is empty: prepare the data set again'),
+    'empty val.bin': (train('--config.dataset=empty_val'), 'data/empty_val/val.bin is empty: prepare the data set again'),
+    'odd-length train.bin': (train('--config.dataset=odd_train'),
+                             'data/odd_train/train.bin holds 199 bytes, an odd number, so it is not uint16 token ids'),
+    'train.bin a folder': (train('--config.dataset=folder_train'),
+                           'data/folder_train/train.bin is a folder, not a token file: remove it and prepare the data set again'),
+    'val.bin missing': (train('--config.dataset=no_val'), 'data/no_val/val.bin not found: prepare the data set first'),
+    'meta.json a folder': (train('--config.dataset=folder_meta'),
+                           'cannot read data/folder_meta/meta.json (Is a directory): prepare the data set again'),
+    'vocabulary not single characters': (train('--config.dataset=strings_meta'),
+                                         'data/strings_meta/meta.json is corrupt (ValueError: itos is not a list of single characters)'),
+    'vocabulary with a character twice': (train('--config.dataset=twice_meta'),
+                                          'data/twice_meta/meta.json is corrupt (ValueError: itos holds a character twice)'),
+    'token id beyond the vocabulary': (train('--config.dataset=beyond_vocab'),
+                                       'data/beyond_vocab/train.bin holds token id 65, but its vocabulary has 65 tokens'),
+    'val token id beyond the vocabulary': (train('--config.dataset=beyond_val'),
+                                           'data/beyond_val/val.bin holds token id 70, but its vocabulary has 65 tokens'),
+    'token id beyond GPT-2': (train('--config.dataset=beyond_gpt2'),
+                              'data/beyond_gpt2/train.bin holds token id 50,257, but its vocabulary has 50,257 tokens'),
+    'meta.pkl that names code': (train('--config.dataset=code_meta'),
+                                 'data/code_meta/meta.pkl is not plain data (it names posix.system'),
 }
 
 CHECKPOINT_CASES = {
@@ -112,6 +153,31 @@ SAMPLE_CASES = {
 
 TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoint import and export, ...
     'empty text': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'empty']), 'is empty: a data set needs text'),
+    'prepare over a data set': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'shakespeare_char']),
+                                'data/shakespeare_char already holds a data set (train.bin, val.bin, meta.json): '
+                                'pass --overwrite to replace it, or another --name'),
+    "prepare over nanoGPT's data set": ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'code_meta']),
+                                        'data/code_meta already holds a data set (train.bin, val.bin, meta.pkl)'),
+    'prepare, empty name': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', '']),
+                            "--name='' is not a data set name: give the name of a folder in data/"),
+    'prepare, name outside data/': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', '../escaped']),
+                                    "--name='../escaped' is not a data set name"),
+    'prepare, name ..': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', '..']), "--name='..' is not a data set name"),
+    'prepare, name with a backslash': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'a\\b']),
+                                       "--name='a\\\\b' is not a data set name"),
+    'prepare into a file': ((prepare.main, ['prepare', 'char', CONFIG, '--name', 'notes.txt']),
+                            'data/notes.txt is a file, where a data set is a folder: move the file away, or choose another name'),
+    'prepare a missing file': ((prepare.main, ['prepare', 'char', 'nope.txt', '--name', 'nope']),
+                               'cannot read nope.txt (No such file or directory): give the path of a UTF-8 text file'),
+    'prepare a folder': ((prepare.main, ['prepare', 'char', 'configs', '--name', 'configs']),
+                         'cannot read configs (Is a directory): give the path of a UTF-8 text file'),
+    'prepare latin-1 text': ((prepare.main, ['prepare', 'char', 'latin1.txt', '--name', 'latin']),
+                             'latin1.txt is not UTF-8 text (invalid continuation byte at byte 3): convert it first'),
+    'prepare too many characters': ((prepare.main, ['prepare', 'char', 'many_chars.txt', '--name', 'many']),
+                                    'has 65,536 distinct characters, more than the 65,535 that uint16 token ids can number'),
+    'data command over a data set': ((data.main, ['jaxgpt.data', 'shakespeare_char']),
+                                     'data/shakespeare_char already holds a data set (train.bin, val.bin, meta.json): '
+                                     'pass --overwrite to prepare it again'),
 }
 
 SIZE_CASES = {  # sizes that cannot run, refused before anything is allocated or written

@@ -1,7 +1,9 @@
 """Data: tiny Shakespeare prepared as nanoGPT's prepare.py does, and batches."""
 
+import io
 import json
 import os
+import pathlib
 import pickle
 import shutil
 import urllib.request
@@ -9,8 +11,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from jaxgpt import data
+from conftest import make_workdir
+from jaxgpt import data, gpt2
 from jaxgpt.data import BatchSampler, DataError
+from test_prepare import file_size_limit
 
 # nanoGPT's shakespeare_char vocabulary: the sorted characters of input.txt
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -72,6 +76,10 @@ def test_no_meta_means_gpt2_tokens(tmp_path):
     '{"vocab_size": 3, "itos": ["a", "b"]}',  # sizes disagree
     '{"itos": ["a", "b"]}',  # no vocab_size
     '["a", "b"]',  # not an object
+    '{"vocab_size": 2, "itos": "ab"}',  # a string, not a list
+    '{"vocab_size": 2, "itos": ["ab", "c"]}',  # not single characters
+    '{"vocab_size": 2, "itos": ["a", 1]}',
+    '{"vocab_size": 2, "itos": ["a", "a"]}',  # a character twice: which id would it encode to?
 ])
 def test_corrupt_meta_json(tmp_path, content):
   (tmp_path / 'meta.json').write_text(content)
@@ -111,7 +119,7 @@ def counting_tokens(tmp_path):
 
 
 def test_batch_targets_are_inputs_shifted_by_one(counting_tokens):
-  x, y = BatchSampler(counting_tokens, block_size=8, batch_size=4)(np.random.default_rng(0), steps=3)
+  x, y = BatchSampler(counting_tokens, block_size=8, batch_size=4, vocab_size=1000)(np.random.default_rng(0), steps=3)
   assert x.shape == y.shape == (3, 4, 8)
   assert x.dtype == y.dtype == np.int32
   np.testing.assert_array_equal(y, x + 1)
@@ -121,7 +129,7 @@ def test_batch_targets_are_inputs_shifted_by_one(counting_tokens):
 
 def test_batches_cover_every_start(counting_tokens):
   # starts are uniform on [0, len - block_size), as nanoGPT's torch.randint(len(data) - block_size)
-  x, _ = BatchSampler(counting_tokens, block_size=8, batch_size=1000)(np.random.default_rng(0), steps=20)
+  x, _ = BatchSampler(counting_tokens, block_size=8, batch_size=1000, vocab_size=1000)(np.random.default_rng(0), steps=20)
   starts = np.unique(x[..., 0])
   assert starts.min() == 0 and starts.max() == 1000 - 8 - 1
   assert len(starts) == 1000 - 8
@@ -129,7 +137,7 @@ def test_batches_cover_every_start(counting_tokens):
 
 def test_same_seed_same_batches(counting_tokens):
   def draw(seed):
-    sample, rng = BatchSampler(counting_tokens, block_size=8, batch_size=4), np.random.default_rng(seed)
+    sample, rng = BatchSampler(counting_tokens, block_size=8, batch_size=4, vocab_size=1000), np.random.default_rng(seed)
     return [sample(rng, 2) for _ in range(3)]
 
   first, again, other = draw(1337), draw(1337), draw(1338)
@@ -142,10 +150,10 @@ def test_same_seed_same_batches(counting_tokens):
 def test_short_token_file(tmp_path):
   path = tmp_path / 'val.bin'
   np.zeros(8, np.uint16).tofile(path)
-  BatchSampler(path, block_size=7, batch_size=2)  # 8 = block_size + 1 is enough
+  BatchSampler(path, block_size=7, batch_size=2, vocab_size=1)  # 8 = block_size + 1 is enough
   with pytest.raises(DataError, match=f'{path} holds 8 tokens, fewer than block_size \\+ 1 = 9: '
                                       'lower --config.block_size'):
-    BatchSampler(path, block_size=8, batch_size=2)
+    BatchSampler(path, block_size=8, batch_size=2, vocab_size=1)
 
 
 def test_missing_dataset(tmp_path, monkeypatch, capsys):
@@ -198,3 +206,143 @@ def test_data_module_command(shakespeare, tmp_path, monkeypatch, capsys):
   shutil.copy(shakespeare, tmp_path / 'data' / 'shakespeare_char' / 'input.txt')
   assert data.main(['jaxgpt.data', 'shakespeare_char']) == 0
   assert (tmp_path / 'data' / 'shakespeare_char' / 'val.bin').stat().st_size == 2 * 111_540
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'', 'is empty: prepare the data set again'),
+    (b'\0' * 41, 'holds 41 bytes, an odd number, so it is not uint16 token ids (2 bytes each): it was cut short or is '
+                  'not a token file; prepare the data set again'),
+    (None, 'is a folder, not a token file: remove it and prepare the data set again'),
+])
+def test_token_file_that_cannot_be_read(tmp_path, content, message):
+  path = tmp_path / 'train.bin'
+  if content is None:
+    path.mkdir()
+  else:
+    path.write_bytes(content)
+  with pytest.raises(DataError) as e:
+    BatchSampler(path, block_size=8, batch_size=2, vocab_size=65)
+  assert str(e.value) == f'{path} {message}'
+
+
+@pytest.mark.parametrize('vocab', [list('abc'), None])
+def test_token_ids_beyond_the_vocabulary(tmp_path, vocab):
+  """An id the vocabulary does not have (it indexes past the embedding
+  table: the loss turns NaN) is refused when the file is opened. GPT-2
+  tokens go up to 50256, whatever the padded table's size."""
+  limit = data.vocab_size(vocab)
+  assert limit == (3 if vocab else 50257)
+  path = tmp_path / 'val.bin'
+  ids = np.arange(100, dtype=np.uint16) % limit
+  ids.tofile(path)
+  BatchSampler(path, block_size=8, batch_size=2, vocab_size=limit)  # every id in range
+  ids[50] = limit
+  ids.tofile(tmp_path / 'bad.bin')
+  with pytest.raises(DataError) as e:
+    BatchSampler(tmp_path / 'bad.bin', block_size=8, batch_size=2, vocab_size=limit)
+  assert str(e.value) == (f'{tmp_path / "bad.bin"} holds token id {limit:,}, but its vocabulary has {limit:,} tokens '
+                          f'(ids 0 to {limit - 1:,}): the token files and the vocabulary (meta.json, or GPT-2\'s '
+                          'without one) come from different preparations; prepare the data set again')
+
+
+def test_token_ids_checked_afresh_when_the_file_is_replaced(tmp_path):
+  path = tmp_path / 'train.bin'
+  np.zeros(100, np.uint16).tofile(path)
+  BatchSampler(path, block_size=8, batch_size=2, vocab_size=3)
+  np.full(100, 7, np.uint16).tofile(tmp_path / 'new.bin')
+  os.replace(tmp_path / 'new.bin', path)
+  with pytest.raises(DataError, match='holds token id 7'):
+    BatchSampler(path, block_size=8, batch_size=2, vocab_size=3)
+
+
+def test_two_trainings_preparing_at_once(shakespeare, tmp_path, monkeypatch):
+  """A second training that starts while the first prepares the data set
+  never sees it half made: it prepares it too, each process writing its
+  own files and moving them in whole; the first's, moved in after, are the same."""
+  monkeypatch.chdir(tmp_path)
+  folder = make_workdir(tmp_path, shakespeare) / 'data' / 'shakespeare_char'
+  dumps, second = json.dumps, {}
+
+  def second_training_starts(*args, **kwargs):  # while the first writes meta.json, after the ids
+    monkeypatch.setattr(json, 'dumps', dumps)
+    assert data.ensure_prepared('shakespeare_char') == pathlib.Path('data/shakespeare_char')
+    second['vocab'] = data.load_vocab(folder)
+    second['train'] = np.memmap(folder / 'train.bin', dtype=np.uint16, mode='r')
+    return dumps(*args, **kwargs)
+
+  monkeypatch.setattr(json, 'dumps', second_training_starts)
+  data.ensure_prepared('shakespeare_char')
+  assert ''.join(second['vocab']) == CHARS
+  np.testing.assert_array_equal(second['train'], np.fromfile(folder / 'train.bin', dtype=np.uint16))
+  assert sorted(p.name for p in folder.iterdir()) == ['input.txt', 'meta.json', 'train.bin', 'val.bin']
+
+
+def test_interrupted_preparation_leaves_the_old_data_set(prepared, tmp_path, monkeypatch):
+  """Ctrl-C after the ids are written, before the vocabulary: the files are
+  the old data set's, all of them, and no temporary file is left."""
+  folder = tmp_path / 'shakespeare_char'
+  shutil.copytree(prepared, folder)
+  before = {p.name: p.read_bytes() for p in folder.iterdir()}
+  (folder / 'input.txt').write_text('a new text\n' * 1000)
+
+  def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(json, 'dumps', interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    data.prepare_shakespeare_char(folder)
+  monkeypatch.undo()
+  before['input.txt'] = (folder / 'input.txt').read_bytes()
+  assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_data_command_replaces_a_data_set_only_with_overwrite(shakespeare, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  folder = make_workdir(tmp_path, shakespeare) / 'data' / 'shakespeare_char'
+  assert data.main(['jaxgpt.data', 'shakespeare_char']) == 0
+  reading = np.memmap(folder / 'train.bin', dtype=np.uint16, mode='r')  # a training reading it
+  old = np.array(reading)
+  before = {p.name: p.read_bytes() for p in folder.iterdir()}
+  capsys.readouterr()
+  assert data.main(['jaxgpt.data', 'shakespeare_char']) == 1
+  assert capsys.readouterr().err.splitlines() == [
+      'error: data/shakespeare_char already holds a data set (train.bin, val.bin, meta.json): pass --overwrite to '
+      'prepare it again']
+  assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+  (folder / 'input.txt').write_text('ab\n' * 1000)
+  assert data.main(['jaxgpt.data', 'shakespeare_char', '--overwrite']) == 0
+  np.testing.assert_array_equal(reading, old)  # the old file, whole, under the old memmap
+  assert data.load_vocab(folder) == ['\n', 'a', 'b']
+  assert np.fromfile(folder / 'train.bin', dtype=np.uint16)[:3].tolist() == [1, 2, 0]
+
+
+def test_gpt2_tokens_over_a_character_set_drop_its_vocabulary(tmp_path, monkeypatch):
+  """data/shakespeare prepared again in GPT-2 tokens over a character set:
+  its meta.json would make the GPT-2 ids read as characters."""
+  class Bytes:  # a stand-in for GPT-2's tokenizer: a token per byte
+    def encode_ordinary(self, text):
+      return list(text.encode('utf-8'))
+
+  monkeypatch.setattr(gpt2, 'tokenizer', lambda gpt2_dir: Bytes())
+  monkeypatch.chdir(tmp_path)
+  folder = tmp_path / 'data' / 'shakespeare'
+  folder.mkdir(parents=True)
+  (folder / 'input.txt').write_text('to be or not to be\n' * 100)
+  (folder / 'meta.json').write_text(json.dumps({'vocab_size': 2, 'itos': ['a', 'b']}))
+  data.prepare('shakespeare', overwrite=True)
+  assert sorted(p.name for p in folder.iterdir()) == ['input.txt', 'train.bin', 'val.bin']
+  assert data.load_vocab(folder) is None
+  assert bytes(np.fromfile(folder / 'train.bin', dtype=np.uint16).astype(np.uint8)[:5]) == b'to be'
+
+
+def test_download_is_whole_or_absent(tmp_path, monkeypatch):
+  """A download that cannot be written whole (the disk fills) leaves no
+  input.txt: a partial one would be prepared as if it were the text."""
+  monkeypatch.setattr(urllib.request, 'urlopen', lambda url, timeout: io.BytesIO(b'First Citizen:\n' * 10_000))
+  monkeypatch.chdir(tmp_path)
+  with file_size_limit(100_000), pytest.raises(DataError) as e:
+    data.ensure_prepared('shakespeare_char')
+  assert str(e.value).startswith('cannot write to data/shakespeare_char (File too large): ')
+  assert list((tmp_path / 'data' / 'shakespeare_char').iterdir()) == []
+  data.ensure_prepared('shakespeare_char')  # no limit: the download, then the data set
+  assert (tmp_path / 'data' / 'shakespeare_char' / 'input.txt').stat().st_size == 150_000

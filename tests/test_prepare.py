@@ -2,7 +2,11 @@
 read in chunks; the same files as shakespeare_char's preparation; clean
 errors that write nothing; and train.py on the result."""
 
+import contextlib
+import errno
 import json
+import pathlib
+import resource
 import shutil
 import subprocess
 import sys
@@ -76,3 +80,106 @@ def test_progress_on_a_terminal(shakespeare, tmp_path):
   assert status == 0, text
   assert 'reading' in text and 'writing' in text and '1.1/1.1 MB' in text, text
   assert 'wrote data/tty: train with --config.dataset=tty' in text
+
+
+def prepare_text(folder, name, text, *flags):
+  """python -m jaxgpt.prepare char on text, in folder; the exit status."""
+  (folder / f'{name}.txt').write_text(text, encoding='utf-8')
+  return prepare.main(['prepare', 'char', f'{name}.txt', '--name', name, *flags])
+
+
+def files_of(folder):
+  return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize('existing', ['train.bin', 'val.bin', 'meta.json', 'meta.pkl'])
+def test_an_existing_data_set_is_not_replaced(tmp_path, monkeypatch, capsys, existing):
+  """Any file of a data set (nanoGPT's meta.pkl too) keeps it from being replaced without --overwrite."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'data' / 'mine').mkdir(parents=True)
+  (tmp_path / 'data' / 'mine' / existing).write_bytes(b'\0\0')
+  before = files_of(tmp_path / 'data' / 'mine')
+  assert prepare_text(tmp_path, 'mine', 'to be or not to be\n') == 1
+  assert capsys.readouterr().err.splitlines() == [
+      f'error: data/mine already holds a data set ({existing}): pass --overwrite to replace it, or another --name']
+  assert files_of(tmp_path / 'data' / 'mine') == before
+
+
+def test_overwrite_leaves_a_readers_memmap_on_the_old_tokens(tmp_path, monkeypatch, capsys):
+  """A training reading the data set while it is replaced goes on reading
+  the old tokens (the old file, whole), where it died of a Bus error when
+  the file was truncated and written again under its memmap."""
+  monkeypatch.chdir(tmp_path)
+  assert prepare_text(tmp_path, 'mine', 'abcd' * 1000) == 0
+  folder = tmp_path / 'data' / 'mine'
+  (folder / 'meta.pkl').write_bytes(b'stale')  # nanoGPT's, of the data set replaced
+  reading = np.memmap(folder / 'train.bin', dtype=np.uint16, mode='r')
+  old = np.array(reading)
+  assert prepare_text(tmp_path, 'mine', 'xy' * 3000, '--overwrite') == 0
+  np.testing.assert_array_equal(reading, old)
+  new, meta = read_set(folder)
+  assert meta['itos'] == ['x', 'y'] and len(new['train']) == 5400
+  assert sorted(p.name for p in folder.iterdir()) == ['meta.json', 'train.bin', 'val.bin']  # no temporary file, no stale meta.pkl
+
+
+def test_overwrite_interrupted_leaves_the_old_data_set(tmp_path, monkeypatch, capsys):
+  """Ctrl-C midway through writing the ids: the old data set, whole, and no temporary file."""
+  monkeypatch.chdir(tmp_path)
+  assert prepare_text(tmp_path, 'mine', 'abcd' * 1000) == 0
+  before = files_of(tmp_path / 'data' / 'mine')
+  monkeypatch.setattr(prepare, 'CHUNK_BYTES', 1000)
+  code_points = prepare._code_points
+  calls = []
+
+  def interrupted_midway(text):
+    calls.append(text)
+    if len(calls) == 5:  # the vocabulary, then the chunks: the 4th chunk being written
+      raise KeyboardInterrupt
+    return code_points(text)
+
+  monkeypatch.setattr(prepare, '_code_points', interrupted_midway)
+  capsys.readouterr()
+  assert prepare_text(tmp_path, 'mine', 'xy' * 3000, '--overwrite') == 130
+  assert capsys.readouterr().err == 'interrupted: the data set in data/mine is as it was\n'
+  assert files_of(tmp_path / 'data' / 'mine') == before
+
+
+def test_disk_full_midway_leaves_the_old_data_set(tmp_path, monkeypatch, capsys):
+  """A write that fails midway (a file size limit, as a full disk would):
+  one line, the old data set whole, no temporary file."""
+  monkeypatch.chdir(tmp_path)
+  assert prepare_text(tmp_path, 'mine', 'abcd' * 1000) == 0
+  before = files_of(tmp_path / 'data' / 'mine')
+  (tmp_path / 'big.txt').write_text('xy' * 100_000, encoding='utf-8')
+  capsys.readouterr()
+  with file_size_limit(100_000):  # train.bin would be 360,000 bytes
+    status = prepare.main(['prepare', 'char', 'big.txt', '--name', 'mine', '--overwrite'])
+  assert status == 1
+  assert capsys.readouterr().err.splitlines() == [
+      'error: cannot write to data/mine (File too large): free some space or fix its permissions, then run again; '
+      'its files are as they were']
+  assert files_of(tmp_path / 'data' / 'mine') == before
+
+
+@contextlib.contextmanager
+def file_size_limit(size):
+  """Writes past size bytes fail with EFBIG (Python ignores SIGXFSZ)."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_data_folder_not_writable(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+
+  def permission_denied(self, *args, **kwargs):
+    raise PermissionError(errno.EACCES, 'Permission denied', str(self))
+
+  monkeypatch.setattr(pathlib.Path, 'mkdir', permission_denied)
+  assert prepare_text(tmp_path, 'mine', 'abc') == 1
+  assert capsys.readouterr().err.splitlines() == [
+      'error: cannot write to data/mine (Permission denied): free some space or fix its permissions, then run again; '
+      'its files are as they were']
