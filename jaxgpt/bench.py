@@ -244,6 +244,9 @@ def main(argv: list[str]) -> int:
                       help="peak RSS of train.py and of nanoGPT's loop, in child processes, per RECIPE")
   parser.add_argument('--iters', type=int, default=20, help='iterations of each --memory run')
   args, overrides = parser.parse_known_args(argv[1:])
+  for flag in ('steps', 'iters'):
+    if getattr(args, flag) < 1:
+      parser.error(f'--{flag}={getattr(args, flag)} must be >= 1')
   try:
     if args.memory:
       # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag

@@ -15,6 +15,7 @@ while a training saves; a checkpoint rotated away while being read is chosen
 again from what is there.
 """
 
+import contextlib
 import fcntl
 import os
 import pathlib
@@ -22,6 +23,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from jaxgpt.config import JaxGPTError
@@ -56,6 +58,16 @@ def lock(directory: pathlib.Path) -> int:
   return fd
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 class Checkpoints:
 
   def __init__(self, out_dir: str, *, create: bool = True, read_only: bool = False, locked: bool = True):
@@ -77,10 +89,11 @@ class Checkpoints:
         # sorted by val loss, descending: BestN keeps the last n, the lowest
         checkpoint_managers.BestN(get_metric_fn=lambda m: m['val_loss'], reverse=True, n=1),
     ])
-    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        preservation_policy=keep_latest_and_best,
-        best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
-        read_only=read_only, create=not read_only))
+    with _quiet_absl():  # orbax's notes on a read-only manager would precede a reader's output
+      self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+          preservation_policy=keep_latest_and_best,
+          best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
+          read_only=read_only, create=not read_only))
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
     """Starts writing; the arrays are copied off the device before this returns,

@@ -12,6 +12,7 @@ stopped; the exit status is the first failure's.
 """
 
 import argparse
+import os
 import signal
 import socket
 import subprocess
@@ -67,6 +68,8 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(argv[1:])
   if args.nproc < 1:
     parser.error(f'--nproc={args.nproc} must be >= 1')
+  if not os.path.isfile(args.script):  # else each process would say so
+    parser.error(f'{args.script} is not a file: give the path of train.py')
   return launch(args.nproc, args.script, args.args)
 
 

@@ -15,7 +15,7 @@ import pytest
 from orbax import checkpoint as ocp
 
 from conftest import REPO_ROOT
-from jaxgpt import checkpoint, cli, data, launch, prepare, sample
+from jaxgpt import bench, checkpoint, cli, data, launch, prepare, sample
 
 # ml_collections loads config files through a deprecated importlib call
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
@@ -229,6 +229,16 @@ def test_launcher_usage_errors(folder, monkeypatch, capsys):
   with pytest.raises(SystemExit) as e:
     launch.main(['launch', 'train.py'])
   assert e.value.code == 2 and 'the following arguments are required: --nproc' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    launch.main(['launch', '--nproc=2', 'trian.py'])
+  assert e.value.code == 2 and 'trian.py is not a file: give the path of train.py' in capsys.readouterr().err
+
+
+def test_bench_usage_errors(capsys):
+  for flag in ('--steps=0', '--iters=-1'):
+    with pytest.raises(SystemExit) as e:
+      bench.main(['bench', flag])
+    assert e.value.code == 2 and f'{flag} must be >= 1' in capsys.readouterr().err
 
 
 def test_the_table_is_long_enough():
