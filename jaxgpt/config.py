@@ -6,8 +6,8 @@
 ConfigDict, or nanoGPT's own `key = value` lines, applied over base_config()
 as nanoGPT's configurator does; anything wrong in it is one `ConfigError`
 naming the file (and its line). `validate` turns a bad value into one
-`ConfigError` that names the key and the fix, and `model_config` freezes the model-shape keys into the typed
-`GPTConfig` the model is built from.
+`ConfigError` that names the key and the fix, and `model_config` freezes the
+model-shape keys into the typed `GPTConfig` the model is built from.
 """
 
 import dataclasses
@@ -148,6 +148,7 @@ def run_config_file(path: str) -> dict:
 
 
 def get_config_values(path: str, get_config) -> dict:
+  """The keys and values of the ConfigDict the file's get_config() returns."""
   try:
     config = get_config()
   except Exception as e:

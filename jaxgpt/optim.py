@@ -25,7 +25,7 @@ def lr_schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
   def warmup(it):
     return lr * (it + 1) / (warmup_iters + 1)
 
-  if c.lr_decay_iters <= c.warmup_iters:  # nanoGPT: every it >= warmup_iters is past lr_decay_iters
+  if c.lr_decay_iters <= c.warmup_iters:  # nanoGPT: past lr_decay_iters as soon as warmup ends (equal: see validate)
     return optax.join_schedules([warmup, optax.constant_schedule(c.min_lr)], boundaries=[c.warmup_iters])
   # lr * ((1 - alpha) * coeff + alpha) is nanoGPT's min_lr + coeff * (lr - min_lr), for any alpha
   cosine = optax.cosine_decay_schedule(
