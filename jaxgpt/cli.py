@@ -1,18 +1,25 @@
-"""Command line of train.py: ml_collections config flags, nanoGPT's spelling too.
+"""Command line of train.py: a config file, then ml_collections' overrides of
+its keys; nanoGPT's spelling and nanoGPT's own config files too.
 
   python train.py --config=configs/shakespeare_char.py --config.batch_size=12
   python train.py configs/shakespeare_char.py --batch_size=12      # nanoGPT's
+  python train.py ../nanoGPT/config/train_shakespeare_char.py --device=cpu
+
+The file is read by config.load_config_file (a get_config(), or nanoGPT's
+`key = value` lines); the overrides by ml_collections' DEFINE_config_dict.
 
 A user mistake ends with one `error:` line naming the problem and the fix.
 """
 
+import re
 import sys
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jaxgpt.config import ConfigError, JaxGPTError, base_config, validate
+from jaxgpt.config import (ConfigError, JaxGPTError, a_type, base_config, example_value, load_config_file,
+                           validate)
 
 
 def translate_nanogpt_argv(argv: list[str]) -> list[str]:
@@ -38,27 +45,47 @@ def unknown_key_message(e: Exception, valid: ml_collections.ConfigDict) -> str:
   return f'unknown config key {key!r}{hint}: valid keys are {", ".join(valid)}'
 
 
+def config_file_arg(argv: list[str]) -> tuple[str | None, list[str]]:
+  """The --config=FILE of argv, and argv without it (its --config.key=value overrides)."""
+  flag_values = flags.FlagValues()
+  flags.DEFINE_multi_string('config', [], 'the config file', flag_values=flag_values)
+  try:
+    rest = flag_values(argv, known_only=True)
+  except flags.Error as e:  # --config with no value
+    raise ConfigError(f'{e}: pass --config=configs/shakespeare_char.py (or another recipe)') from None
+  if len(flag_values.config) > 1:
+    raise ConfigError(f'several config files ({", ".join(flag_values.config)}): pass one, and other keys as '
+                      '--config.key=value')
+  return (flag_values.config or [None])[0], rest
+
+
+def override_type_message(e: flags.Error) -> str:
+  """absl's 'flag --config.KEY=VALUE: <parser error>' as a line saying what KEY takes."""
+  match = re.match(r'flag --config\.(\w+)=(.*?): ', str(e))
+  if not match or match[1] not in base_config():
+    return f'{e}: overrides are --config.key=value'
+  key, value = match[1], match[2]
+  example = example_value(key, value)
+  return f'--config.{key}={value} is not {a_type(type(example))}: pass e.g. --config.{key}={example}'
+
+
 def parse_config(argv: list[str]):
   """The run config from the command line; ConfigError for anything wrong."""
-  argv = translate_nanogpt_argv(argv)
+  path, argv = config_file_arg(translate_nanogpt_argv(argv))
+  if path is None:
+    raise ConfigError('no config file: pass --config=configs/shakespeare_char.py (or another recipe)')
+  config = load_config_file(path)
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'a configs/*.py file with get_config()',
-                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
   try:
+    # defining the flag already applies the overrides in argv
+    config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=True, sys_argv=argv)
     rest = flag_values(argv)
-    config = flag_values.config
-    if config is not None:
-      config.keys()  # a file that failed to load raises OSError on first use
   except flags.Error as e:
-    raise ConfigError(f'{e}: check the value\'s type against the config file') from None
+    raise ConfigError(override_type_message(e)) from None
   except (AttributeError, KeyError) as e:  # an override of a key the config does not have
     raise ConfigError(unknown_key_message(e, base_config())) from None
-  except OSError as e:  # the config file could not be loaded
-    raise ConfigError(str(e).splitlines()[-1].strip() + ': pass --config=configs/<recipe>.py') from None
   if len(rest) > 1:
     raise ConfigError(f'unexpected arguments {rest[1:]}: overrides are --config.key=value')
-  if config is None:
-    raise ConfigError('no config file: pass --config=configs/shakespeare_char.py (or another recipe)')
   validate(config)
   return config
 

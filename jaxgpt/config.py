@@ -2,12 +2,22 @@
 
 `base_config()` holds every key of nanoGPT's train.py with its default (GPT-2
 124M on OpenWebText); the recipes in configs/ override only what differs.
-`validate` turns a bad value into one `ConfigError` that names the key and the
-fix, and `model_config` freezes the model-shape keys into the typed
-`GPTConfig` the model is built from.
+`load_config_file` reads a config file: a get_config() returning the
+ConfigDict, or nanoGPT's own `key = value` lines, applied over base_config()
+as nanoGPT's configurator does; anything wrong in it is one `ConfigError`
+naming the file (and its line). `validate` turns a bad value into one
+`ConfigError` that names the key and the fix, and `model_config` freezes the
+model-shape keys into the typed `GPTConfig` the model is built from.
 """
 
 import dataclasses
+import difflib
+import inspect
+import math
+import pathlib
+import re
+import reprlib
+import traceback
 
 import ml_collections
 
@@ -93,18 +103,135 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """The config a file gives: its get_config()'s, or, in a nanoGPT config file
+  (no get_config, `key = value` lines), its top-level names that are config
+  keys, over base_config() as nanoGPT's configurator applies them. Anything
+  wrong with the file is one ConfigError naming it."""
+  namespace = run_config_file(path)
+  if callable(namespace.get('get_config')):
+    values = get_config_values(path, namespace['get_config'])
+  else:
+    values = {name: value for name, value in namespace.items()  # what a nanoGPT config file sets
+              if not name.startswith('_') and not inspect.ismodule(value) and not callable(value)}
+    if not values:
+      raise ConfigError(f'{path} defines no get_config() and sets no config key: define get_config() returning '
+                        'jaxgpt.config.base_config() with your changes, or set keys at the top level as '
+                        "nanoGPT's config files do (batch_size = 12)")
+  return with_file_values(path, values)
+
+
+def run_config_file(path: str) -> dict:
+  """The names the file at path defines, executed as nanoGPT's configurator
+  does (compile and exec, no import, nothing left in sys.modules)."""
+  file = pathlib.Path(path)
+  if not file.exists():
+    raise ConfigError(f'config file {path} not found: pass an existing one, e.g. --config=configs/shakespeare_char.py')
+  if file.is_dir():
+    raise ConfigError(f'{path} is a folder: pass a config file, e.g. --config=configs/shakespeare_char.py')
+  if file.suffix != '.py':
+    raise ConfigError(f'{path} is not a .py file: a config file is Python, e.g. --config=configs/shakespeare_char.py')
+  try:
+    code = compile(file.read_bytes(), path, 'exec')
+  except OSError as e:
+    raise ConfigError(f'cannot read config file {path} ({e.strerror}): check its permissions') from None
+  except SyntaxError as e:
+    # Python's own rendering of the line and its caret, below the one line
+    source_and_caret = ''.join(traceback.format_exception_only(e)[1:-1]).rstrip()
+    where = f'{path}, line {e.lineno}' if e.lineno else path
+    raise ConfigError(f'{where}: {e.msg}\n{source_and_caret}'.rstrip()) from None
+  namespace = {'__name__': '__config__', '__file__': path}
+  try:
+    exec(code, namespace)
+  except Exception as e:
+    raise ConfigError(f'{line_of(path, e)}: {type(e).__name__}: {one_line(e)}: fix the config file') from None
+  return namespace
+
+
+def get_config_values(path: str, get_config) -> dict:
+  """The keys and values of the ConfigDict the file's get_config() returns."""
+  try:
+    config = get_config()
+  except Exception as e:
+    # ml_collections refuses a value of another type set into base_config()
+    field = re.match(r"Could not override field '(\w+)'", str(e)) if isinstance(e, TypeError) else None
+    if field and field[1] in base_config():
+      raise ConfigError(f'{line_of(path, e)}: {takes(field[1])}') from None
+    raise ConfigError(f'{line_of(path, e)}: get_config() raised {type(e).__name__}: {one_line(e)}: '
+                      'fix the config file') from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'{path}: get_config() returned {a_type(type(config))}, not an ml_collections.ConfigDict: '
+                      'return jaxgpt.config.base_config() with your changes')
+  return dict(config.items())
+
+
+def line_of(path: str, e: Exception) -> str:
+  """Where in the config file at path e was raised: the innermost of its lines on the traceback."""
+  frames = [frame for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
+  return f'{path}, line {frames[-1].lineno} ({frames[-1].line})' if frames else path
+
+
+def one_line(value) -> str:
+  return ' '.join(str(value).split())
+
+
+def a_type(t: type) -> str:
+  return {int: 'an int', float: 'a float', str: 'a string', type(None): 'None'}.get(t, f'a {t.__name__}')
+
+
+def example_value(key: str, value) -> object:
+  """A value key takes, for a message about value: value's whole number
+  (5e3: 5000) if key takes an int, else key's default."""
+  default = base_config()[key]
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return default
+  return int(number) if type(default) is int and number.is_integer() else default
+
+
+def takes(key: str, value=None) -> str:
+  example = example_value(key, value)
+  return f'{key} takes {a_type(type(example))}, e.g. {key} = {example!r}'
+
+
+def with_file_values(path: str, values: dict) -> ml_collections.ConfigDict:
+  """base_config() with the values a config file gives: keys it has, each of
+  its type (an int may stand for a float)."""
+  c = base_config()
+  for key, value in values.items():
+    if key not in c:
+      raise ConfigError(f'{path} sets {key}, which is not a config key{close_key(key, c)}')
+    if not (type(value) is type(c[key]) or (type(c[key]) is float and type(value) is int)):
+      shown = one_line(reprlib.repr(value))  # short, on one line
+      raise ConfigError(f'{path}: {key} = {shown} is {a_type(type(value))}: {takes(key, value)}')
+    c[key] = value
+  return c
+
+
+def close_key(key: str, c: ml_collections.ConfigDict) -> str:
+  close = difflib.get_close_matches(key, c.keys(), n=1)
+  return f' (did you mean {close[0]}?)' if close else f': valid keys are {", ".join(sorted(c.keys()))}'
+
+
 _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
-             'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd')
-_NON_NEGATIVE = ('max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'min_lr')
+             'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'num_processes')
+_NON_NEGATIVE = ('max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters', 'min_lr')
 _CHOICES = {
     'init_from': ('scratch', 'resume') + GPT2_MODELS,
     'device': ('cpu', 'gpu', 'cuda'),
     'dtype': ('float32', 'bfloat16'),
 }
+# numpy's generators refuse a negative seed, and jax keeps a seed's low 32 bits
+# only (seed 2**32 would draw what seed 0 draws)
+_SEEDS = range(2**32)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad key and how to fix it."""
+  for key, default in base_config().items():
+    if isinstance(default, float) and not math.isfinite(c[key]):
+      raise ConfigError(f'{key}={c[key]} is not a finite number: pass e.g. --config.{key}={default}')
   for key in _POSITIVE:
     if c[key] < 1:
       raise ConfigError(f'{key}={c[key]} must be >= 1: pass --config.{key}=<a positive integer>')
@@ -121,14 +248,33 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'dropout={c.dropout} must be in [0, 1)')
   if not c.learning_rate > 0:
     raise ConfigError(f'learning_rate={c.learning_rate} must be > 0')
-  if c.decay_lr and c.min_lr > c.learning_rate:
-    raise ConfigError(f'min_lr={c.min_lr} must not exceed learning_rate={c.learning_rate}')
   for key in ('beta1', 'beta2'):
     if not 0.0 <= c[key] < 1.0:
       raise ConfigError(f'{key}={c[key]} must be in [0, 1)')
-  if c.decay_lr and c.lr_decay_iters <= c.warmup_iters:
-    raise ConfigError(f'lr_decay_iters={c.lr_decay_iters} must be greater than warmup_iters={c.warmup_iters} '
-                      '(or pass --config.decay_lr=False for a constant learning rate)')
+  # nanoGPT's get_lr divides by lr_decay_iters - warmup_iters at iteration
+  # warmup_iters; a smaller lr_decay_iters it takes as "no cosine" (the warmup, then min_lr)
+  if c.decay_lr and c.lr_decay_iters == c.warmup_iters and c.max_iters >= c.warmup_iters:
+    raise ConfigError(f'lr_decay_iters={c.lr_decay_iters} equals warmup_iters: nanoGPT\'s schedule divides by zero '
+                      f'at iteration {c.warmup_iters}: pass a larger --config.lr_decay_iters (where the cosine ends, '
+                      'usually max_iters), or --config.decay_lr=False for a constant learning rate')
+  if c.seed not in _SEEDS:
+    raise ConfigError(f'seed={c.seed} must be in [0, 2**32): pass e.g. --config.seed=1337')
+  if not c.out_dir:
+    raise ConfigError("out_dir='' would write checkpoints into the current folder: pass a folder, "
+                      'e.g. --config.out_dir=out')
+  check_dataset_name(c.dataset, '--config.dataset')
+  validate_processes(c)
+
+
+def validate_processes(c: ml_collections.ConfigDict) -> None:
+  """The multi-process keys, before jax.distributed is asked to join anything."""
+  if not 0 <= c.process_id < c.num_processes:
+    raise ConfigError(f'process_id={c.process_id} must be in [0, {c.num_processes}) with num_processes='
+                      f'{c.num_processes}: number the processes 0 to num_processes - 1')
+  host, _, port = c.coordinator_address.rpartition(':')
+  if c.num_processes > 1 and c.coordinator_address and not (host and port.isdigit() and 0 < int(port) < 2**16):
+    raise ConfigError(f'coordinator_address={c.coordinator_address!r} is not HOST:PORT: pass process 0\'s '
+                      'address and a free port, e.g. --config.coordinator_address=10.0.0.1:1234')
 
 
 def check_dataset_name(name: str, flag: str) -> None:

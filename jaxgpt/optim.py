@@ -8,6 +8,10 @@ import optax
 def lr_schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
   """nanoGPT's get_lr: lr * (it + 1) / (warmup_iters + 1) while warming up,
   then cosine from learning_rate down to min_lr at lr_decay_iters, then min_lr.
+  As nanoGPT: with lr_decay_iters before the end of warmup there is no cosine
+  (the warmup, then min_lr), and a min_lr above learning_rate makes the cosine
+  rise. (lr_decay_iters == warmup_iters, where nanoGPT divides by zero at
+  warmup_iters, is refused by config.validate when the run gets there.)
 
   Not optax.warmup_cosine_decay_schedule: that one warms up from 0 to lr at
   warmup_iters, one step behind nanoGPT's.
@@ -21,6 +25,9 @@ def lr_schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
   def warmup(it):
     return lr * (it + 1) / (warmup_iters + 1)
 
+  if c.lr_decay_iters <= c.warmup_iters:  # nanoGPT: past lr_decay_iters as soon as warmup ends (equal: see validate)
+    return optax.join_schedules([warmup, optax.constant_schedule(c.min_lr)], boundaries=[c.warmup_iters])
+  # lr * ((1 - alpha) * coeff + alpha) is nanoGPT's min_lr + coeff * (lr - min_lr), for any alpha
   cosine = optax.cosine_decay_schedule(
       init_value=c.learning_rate,
       decay_steps=c.lr_decay_iters - c.warmup_iters,

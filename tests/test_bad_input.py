@@ -32,6 +32,8 @@ def folder(tmp_path_factory, shakespeare):
   root = tmp_path_factory.mktemp('bad-input')
   (root / 'configs').mkdir()
   shutil.copy(REPO_ROOT / CONFIG, root / 'configs')
+  for name, text in BAD_CONFIG_FILES.items():
+    (root / 'configs' / name).write_text(text)
   char = root / 'data' / 'shakespeare_char'
   char.mkdir(parents=True)
   shutil.copy(shakespeare, char / 'input.txt')
@@ -91,19 +93,96 @@ def sample_(*args):
   return sample.main, ['sample.py', '--out_dir=out', '--num_samples=1', '--max_new_tokens=2', *args]
 
 
+def config_file(name):
+  return cli.main, ['train.py', f'configs/{name}', *TINY]  # nanoGPT's spelling
+
+
+BAD_CONFIG_FILES = {  # in the folder's configs/
+    'syntax.py': 'n_layer = 2\nbatch_size = = 12\n',
+    'raises.py': 'n_layer = 2\nn_head = n_heads\n',
+    'empty.py': '',
+    'get_config_raises.py': 'def get_config():\n  raise ValueError("no such recipe")\n',
+    'get_config_dict.py': 'def get_config():\n  return {"batch_size": 12}\n',
+    'get_config_none.py': 'def get_config():\n  config = {}\n',
+    'get_config_type.py': ('from jaxgpt.config import base_config\n\ndef get_config():\n  config = base_config()\n'
+                           "  config.batch_size = '12'\n  return config\n"),
+    'get_config_unknown.py': ('from ml_collections import ConfigDict\n\ndef get_config():\n'
+                              '  return ConfigDict({"n_layr": 2})\n'),
+    'unknown_key.py': 'batchsize = 12\n',
+    'str_for_int.py': "batch_size = '12'\n",
+    'float_for_int.py': 'batch_size = 12.5\n',
+    'str_for_float.py': "learning_rate = 'fast'\n",
+    'int_for_bool.py': 'compile = 0\n',
+    'dataset_outside.py': "dataset = '../data'\n",
+}
+
 # One dict per family; CASES joins them.
 CONFIG_CASES = {
     'unknown key': (train('--config.batchsize=12'), "unknown config key 'batchsize'"),
-    'wrong type': (train('--config.batch_size=abc'), "flag --config.batch_size=abc: invalid literal for int()"),
+    'wrong type': (train('--config.batch_size=abc'),
+                   '--config.batch_size=abc is not an int: pass e.g. --config.batch_size=12'),
+    'int as a float': (train('--config.max_iters=1e3'),
+                       '--config.max_iters=1e3 is not an int: pass e.g. --config.max_iters=1000'),
+    'not a bool': (train('--config.compile=maybe'),
+                   '--config.compile=maybe is not a bool: pass e.g. --config.compile=True'),
+    'not a number': (train('--config.learning_rate=fast'), '--config.learning_rate=fast is not a float'),
     'heads do not divide': (train('--config.n_embd=33'), 'n_embd=33 is not divisible by n_head=2'),
     'dropout out of range': (train('--config.dropout=1.5'), 'dropout=1.5 must be in [0, 1)'),
     'learning rate 0': (train('--config.learning_rate=0'), 'learning_rate=0.0 must be > 0'),
-    'decay before warmup ends': (train('--config.warmup_iters=5', '--config.lr_decay_iters=4'),
-                                 'lr_decay_iters=4 must be greater than warmup_iters=5'),
+    'learning rate nan': (train('--config.learning_rate=nan'), 'learning_rate=nan is not a finite number: pass e.g. '
+                                                               '--config.learning_rate=0.0006'),
+    'min_lr inf': (train('--config.min_lr=inf'), 'min_lr=inf is not a finite number'),
+    'grad_clip nan': (train('--config.grad_clip=nan'), 'grad_clip=nan is not a finite number'),
+    'decay window of no length': (train('--config.warmup_iters=1', '--config.lr_decay_iters=1'),
+                                  "lr_decay_iters=1 equals warmup_iters: nanoGPT's schedule divides by zero at "
+                                  'iteration 1'),
+    'negative decay': (train('--config.lr_decay_iters=-1'), 'lr_decay_iters=-1 must be >= 0'),
     'unknown dtype': (train('--config.dtype=float16'), "dtype='float16' is not supported"),
+    'negative seed': (train('--config.seed=-1'), 'seed=-1 must be in [0, 2**32): pass e.g. --config.seed=1337'),
+    'seed past 32 bits': (train('--config.seed=4294967296'), 'seed=4294967296 must be in [0, 2**32)'),
+    'empty out_dir': (train('--config.out_dir='), "out_dir='' would write checkpoints into the current folder"),
+    'empty dataset': (train('--config.dataset='), "--config.dataset='' is not a data set name"),
+    'dataset outside data': (train('--config.dataset=../data'), "--config.dataset='../data' is not a data set name"),
+    'process_id outside': (train('--config.num_processes=2', '--config.process_id=2'),
+                           'process_id=2 must be in [0, 2) with num_processes=2'),
+    'no processes': (train('--config.num_processes=0'), 'num_processes=0 must be >= 1'),
+    'coordinator not HOST:PORT': (train('--config.num_processes=2', '--config.coordinator_address=localhost'),
+                                  "coordinator_address='localhost' is not HOST:PORT"),
     'missing config file': ((cli.main, ['train.py', '--config=configs/nope.py']),
-                            "No such file or directory: 'configs/nope.py'"),
+                            'config file configs/nope.py not found: pass an existing one'),
+    'config file a folder': ((cli.main, ['train.py', '--config=configs']), 'configs is a folder: pass a config file'),
+    'config file not python': ((cli.main, ['train.py', '--config=empty.txt']), 'empty.txt is not a .py file'),
+    'config flag without a file': ((cli.main, ['train.py', '--config']), 'Missing value for flag --config'),
+    'two config files': ((cli.main, ['train.py', 'configs/empty.py', f'--config={CONFIG}']),
+                         'several config files (configs/empty.py, configs/shakespeare_char.py): pass one'),
+    'config file syntax error': (config_file('syntax.py'), 'configs/syntax.py, line 2: invalid syntax\n'
+                                                          '    batch_size = = 12\n                 ^\n'),
+    'config file raises': (config_file('raises.py'), "configs/raises.py, line 2 (n_head = n_heads): NameError: name "
+                                                     "'n_heads' is not defined: fix the config file"),
+    'config file sets nothing': (config_file('empty.py'), 'configs/empty.py defines no get_config() and sets no '
+                                                          'config key'),
+    'get_config raises': (config_file('get_config_raises.py'), 'get_config() raised ValueError: no such recipe'),
+    'get_config returns a dict': (config_file('get_config_dict.py'), 'get_config() returned a dict, not an '
+                                  'ml_collections.ConfigDict: return jaxgpt.config.base_config() with your changes'),
+    'get_config returns None': (config_file('get_config_none.py'), 'get_config() returned None'),
+    'get_config sets a str': (config_file('get_config_type.py'), "configs/get_config_type.py, line 5 "
+                              "(config.batch_size = '12'): batch_size takes an int, e.g. batch_size = 12"),
+    'get_config unknown key': (config_file('get_config_unknown.py'), 'configs/get_config_unknown.py sets n_layr, '
+                               'which is not a config key (did you mean n_layer?)'),
+    'config file unknown key': (config_file('unknown_key.py'), 'configs/unknown_key.py sets batchsize, which is not '
+                                'a config key (did you mean batch_size?)'),
+    'config file str for int': (config_file('str_for_int.py'), "configs/str_for_int.py: batch_size = '12' is a string: "
+                                'batch_size takes an int, e.g. batch_size = 12'),
+    'config file float for int': (config_file('float_for_int.py'),
+                                  'batch_size = 12.5 is a float: batch_size takes an int'),
+    'config file str for float': (config_file('str_for_float.py'), "learning_rate = 'fast' is a string: learning_rate "
+                                  'takes a float'),
+    'config file int for bool': (config_file('int_for_bool.py'), 'compile = 0 is an int: compile takes a bool'),
+    'config file dataset outside data': (config_file('dataset_outside.py'),
+                                         "--config.dataset='../data' is not a data set name"),
 }
+# the lines of each error, where not one: Python's own rendering of the file's line and a caret
+ERROR_LINES = {'config file syntax error': 3}
 
 DATA_CASES = {
     'missing data set': (train('--config.dataset=nope'), 'data/nope/train.bin not found: prepare the data set first'),
@@ -217,7 +296,7 @@ def test_bad_input_is_one_error_line_and_changes_nothing(folder, name, monkeypat
   assert main(argv) == 1
   out, err = capsys.readouterr()
   assert err.startswith('error: ') and message in err, err
-  assert len(err.splitlines()) == 1, err
+  assert len(err.splitlines()) == ERROR_LINES.get(name, 1), err
   assert snapshot(folder) == before
 
 

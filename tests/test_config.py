@@ -1,14 +1,13 @@
-"""Run configs: the recipes in configs/, both command-line spellings, and bad values."""
+"""Run configs: the recipes in configs/, nanoGPT's own config files, both
+command-line spellings, bad files and bad values."""
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import FIXTURES, REPO_ROOT
 from jaxgpt.cli import parse_config
 from jaxgpt.config import ConfigError, base_config, model_config, validate
 
-# ml_collections loads config files with the deprecated importlib load_module()
-pytestmark = pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
-
+NANOGPT_CONFIGS = FIXTURES / 'nanogpt_config'  # nanoGPT's config/*.py as they are (commit 3adf61e, MIT licence)
 RECIPES = sorted(p.name for p in (REPO_ROOT / 'configs').glob('*.py'))
 
 
@@ -115,15 +114,33 @@ def test_override_types():
 
 @pytest.mark.parametrize('override, message', [
     ('--config.foo=1', "unknown config key 'foo'"),
-    ('--config.batch_size=abc', "flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+    ('--config.batch_size=abc', '--config.batch_size=abc is not an int: pass e.g. --config.batch_size=12'),
+    ('--config.max_iters=1e3', '--config.max_iters=1e3 is not an int: pass e.g. --config.max_iters=1000'),
+    ('--config.learning_rate=fast', '--config.learning_rate=fast is not a float: pass e.g. --config.learning_rate=0.0006'),
+    ('--config.compile=maybe', '--config.compile=maybe is not a bool: pass e.g. --config.compile=True'),
     ('--config.n_embd=130', 'n_embd=130 is not divisible by n_head=4'),
     ('--config.block_size=0', 'block_size=0 must be >= 1'),
     ('--config.dropout=1.5', 'dropout=1.5 must be in [0, 1)'),
     ('--config.device=tpu', "device='tpu' is not supported: choose one of cpu, gpu, cuda"),
     ('--config.dtype=float16', "dtype='float16' is not supported: choose one of float32, bfloat16"),
     ('--config.max_iters=-1', 'max_iters=-1 must be >= 0'),
-    ('--config.min_lr=0.01', 'min_lr=0.01 must not exceed learning_rate=0.001'),
-    ('--config.warmup_iters=5000', 'lr_decay_iters=2000 must be greater than warmup_iters=5000'),
+    ('--config.warmup_iters=2000', "lr_decay_iters=2000 equals warmup_iters: nanoGPT's schedule divides by zero at "
+                                   'iteration 2000: pass a larger --config.lr_decay_iters'),
+    ('--config.lr_decay_iters=-1', 'lr_decay_iters=-1 must be >= 0'),
+    ('--config.learning_rate=nan', 'learning_rate=nan is not a finite number: pass e.g. --config.learning_rate=0.0006'),
+    ('--config.min_lr=inf', 'min_lr=inf is not a finite number: pass e.g. --config.min_lr=6e-05'),
+    ('--config.grad_clip=nan', 'grad_clip=nan is not a finite number'),
+    ('--config.weight_decay=-inf', 'weight_decay=-inf is not a finite number'),
+    ('--config.beta1=nan', 'beta1=nan is not a finite number'),
+    ('--config.dropout=nan', 'dropout=nan is not a finite number'),
+    ('--config.seed=-1', 'seed=-1 must be in [0, 2**32): pass e.g. --config.seed=1337'),
+    ('--config.seed=4294967296', 'seed=4294967296 must be in [0, 2**32)'),
+    ('--config.out_dir=', "out_dir='' would write checkpoints into the current folder: pass a folder, e.g. "
+                          '--config.out_dir=out'),
+    ('--config.dataset=', "--config.dataset='' is not a data set name"),
+    ('--config.dataset=../shakespeare_char', "--config.dataset='../shakespeare_char' is not a data set name"),
+    ('--config.process_id=1', 'process_id=1 must be in [0, 1) with num_processes=1'),
+    ('--config.num_processes=0', 'num_processes=0 must be >= 1'),
     ('--config.beta2=1.0', 'beta2=1.0 must be in [0, 1)'),
     ('--config.init_from=gpt3', "init_from='gpt3' is not supported: choose one of scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl"),
 ])
@@ -131,6 +148,44 @@ def test_bad_override(override, message):
   with pytest.raises(ConfigError) as e:
     parse_config(['train', '--config=configs/shakespeare_char.py', override])
   assert message in str(e.value)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['--config.num_processes=2', '--config.process_id=2'], 'process_id=2 must be in [0, 2) with num_processes=2'),
+    (['--config.num_processes=2', '--config.process_id=-1'], 'process_id=-1 must be in [0, 2)'),
+    (['--config.num_processes=2', '--config.coordinator_address=localhost'],
+     "coordinator_address='localhost' is not HOST:PORT: pass process 0's address and a free port, e.g. "
+     '--config.coordinator_address=10.0.0.1:1234'),
+    (['--config.num_processes=2', '--config.coordinator_address=localhost:http'], 'is not HOST:PORT'),
+    (['--config.num_processes=2', '--config.coordinator_address=:1234'], 'is not HOST:PORT'),
+    (['--config.num_processes=2', '--config.coordinator_address=localhost:70000'], 'is not HOST:PORT'),
+])
+def test_bad_processes(overrides, message):
+  with pytest.raises(ConfigError) as e:
+    parse_config(['train', '--config=configs/shakespeare_char.py', *overrides])
+  assert message in str(e.value)
+
+
+@pytest.mark.parametrize('overrides', [
+    ['--config.num_processes=2', '--config.process_id=1', '--config.coordinator_address=10.0.0.1:1234'],
+    ['--config.num_processes=2', '--config.coordinator_address=[::1]:1234'],
+    ['--config.num_processes=2'],  # the address from JAX_COORDINATOR_ADDRESS (parallel.initialize)
+    ['--config.coordinator_address=not checked with one process'],
+    ['--config.seed=0'], ['--config.seed=4294967295'],
+    ['--config.min_lr=0.01'],  # above learning_rate: nanoGPT's cosine rises to it
+    ['--config.warmup_iters=5000'],  # past lr_decay_iters=2000: nanoGPT warms up, then holds min_lr
+    ['--config.warmup_iters=2000', '--config.max_iters=1999'],  # equal, but the run never gets to 2000
+    ['--config.warmup_iters=2000', '--config.decay_lr=False'],
+    ['--config.learning_rate=1'],  # an int for a float
+])
+def test_values_nanogpt_takes(overrides):
+  parse_config(['train', '--config=configs/shakespeare_char.py', *overrides])
+
+
+def test_issues_short_run_with_a_recipes_warmup():
+  # nanoGPT's short runs: --max_iters=30 --lr_decay_iters=30, the recipe's warmup of 100
+  c = parse_config(['train', 'configs/shakespeare_char_gpu.py', '--max_iters=30', '--lr_decay_iters=30'])
+  assert (c.warmup_iters, c.lr_decay_iters, c.max_iters) == (100, 30, 30)
 
 
 def test_unknown_key_lists_valid_keys():
@@ -165,17 +220,141 @@ def test_stray_argument():
 
 
 def test_missing_config_file():
-  with pytest.raises(ConfigError) as e:
+  with pytest.raises(ConfigError, match='^config file configs/nope.py not found: pass an existing one, '
+                                        r'e\.g\. --config=configs/shakespeare_char\.py$'):
     parse_config(['train', '--config=configs/nope.py'])
-  assert "No such file or directory: 'configs/nope.py'" in str(e.value)
 
 
 def test_missing_config_file_with_override():
-  with pytest.raises(ConfigError) as e:
+  with pytest.raises(ConfigError, match='^config file configs/nope.py not found'):
     parse_config(['train', 'configs/nope.py', '--batch_size=12'])
-  assert "No such file or directory: 'configs/nope.py'" in str(e.value)
 
 
 def test_no_config_at_all():
   with pytest.raises(ConfigError, match='no config file: pass --config=configs/shakespeare_char.py'):
     parse_config(['train'])
+
+
+def test_config_file_not_python(tmp_path):
+  (tmp_path / 'config.json').write_text('{}')
+  with pytest.raises(ConfigError, match=r'config\.json is not a \.py file: a config file is Python'):
+    parse_config(['train', f'--config={tmp_path / "config.json"}'])
+  with pytest.raises(ConfigError, match=f'^{tmp_path} is a folder: pass a config file'):
+    parse_config(['train', f'--config={tmp_path}'])
+
+
+def test_config_file_with_a_syntax_error(tmp_path):
+  path = tmp_path / 'bad.py'
+  path.write_text('n_layer = 4\nbatch_size = = 12\n')
+  with pytest.raises(ConfigError) as e:
+    parse_config(['train', str(path)])
+  # as Python shows it: the file's own line, and a caret under the error
+  assert str(e.value).splitlines() == [f'{path}, line 2: invalid syntax',
+                                       '    batch_size = = 12',
+                                       '                 ^']
+
+
+GET_CONFIG = 'from jaxgpt.config import base_config\n\ndef get_config():\n  config = base_config()\n'
+
+
+@pytest.mark.parametrize('text, message', [
+    ('n_layer = 4\nn_head = n_heads\n',
+     "{path}, line 2 (n_head = n_heads): NameError: name 'n_heads' is not defined: fix the config file"),
+    ('import nope\n', "{path}, line 1 (import nope): ModuleNotFoundError: No module named 'nope': fix the config file"),
+    ('import os\n# batch_size = 12\n',
+     '{path} defines no get_config() and sets no config key: define get_config() returning '
+     "jaxgpt.config.base_config() with your changes, or set keys at the top level as nanoGPT's config files do"),
+    ('def get_confg():\n  return None\n', '{path} defines no get_config() and sets no config key'),
+    ('def get_config():\n  raise ValueError("no such recipe")\n',
+     '{path}, line 2 (raise ValueError("no such recipe")): get_config() raised ValueError: no such recipe: '
+     'fix the config file'),
+    ('def get_config():\n  return {"batch_size": 12}\n',
+     '{path}: get_config() returned a dict, not an ml_collections.ConfigDict: return jaxgpt.config.base_config() '
+     'with your changes'),
+    ('def get_config():\n  config = {}\n', '{path}: get_config() returned None, not an ml_collections.ConfigDict'),
+    # ml_collections' type-safe ConfigDict refuses inside get_config()
+    (GET_CONFIG + "  config.batch_size = '12'\n  return config\n",
+     "{path}, line 5 (config.batch_size = '12'): batch_size takes an int, e.g. batch_size = 12"),
+    (GET_CONFIG + '  config.compile = 1\n  return config\n',
+     '{path}, line 5 (config.compile = 1): compile takes a bool, e.g. compile = True'),
+    ('from ml_collections import ConfigDict\ndef get_config():\n  return ConfigDict({"n_layr": 2})\n',
+     '{path} sets n_layr, which is not a config key (did you mean n_layer?)'),
+    ('from ml_collections import ConfigDict\ndef get_config():\n  return ConfigDict({"batch_size": 1.5})\n',
+     '{path}: batch_size = 1.5 is a float: batch_size takes an int, e.g. batch_size = 12'),
+    # nanoGPT's way: top-level names
+    ('batchsize = 12\n', '{path} sets batchsize, which is not a config key (did you mean batch_size?)'),
+    ('zzz = 12\n', '{path} sets zzz, which is not a config key: valid keys are always_save_checkpoint, batch_size,'),
+    ("batch_size = '12'\n", "{path}: batch_size = '12' is a string: batch_size takes an int, e.g. batch_size = 12"),
+    ('batch_size = 12.5\n', '{path}: batch_size = 12.5 is a float: batch_size takes an int, e.g. batch_size = 12'),
+    ('max_iters = 5e3\n', '{path}: max_iters = 5000.0 is a float: max_iters takes an int, e.g. max_iters = 5000'),
+    ('batch_size = True\n', '{path}: batch_size = True is a bool: batch_size takes an int'),
+    ('compile = 0\n', '{path}: compile = 0 is an int: compile takes a bool, e.g. compile = True'),
+    ("learning_rate = 'fast'\n",
+     "{path}: learning_rate = 'fast' is a string: learning_rate takes a float, e.g. learning_rate = 0.0006"),
+    ('learning_rate = None\n', '{path}: learning_rate = None is None: learning_rate takes a float'),
+    ('dataset = ["a", "b"]\n', "{path}: dataset = ['a', 'b'] is a list: dataset takes a string"),
+    ("dataset = '../elsewhere'\n", "--config.dataset='../elsewhere' is not a data set name"),
+])
+def test_bad_config_file(tmp_path, text, message):
+  path = tmp_path / 'recipe.py'
+  path.write_text(text)
+  with pytest.raises(ConfigError) as e:
+    parse_config(['train', f'--config={path}'])
+  assert message.format(path=path) in str(e.value)
+  assert '\n' not in str(e.value)
+
+
+def test_nanogpt_style_file_is_applied_over_the_defaults(tmp_path):
+  path = tmp_path / 'recipe.py'
+  path.write_text('import math\n_private = 3\n\ndef helper():\n  return 2\n\n'
+                  'n_layer = helper()\nlearning_rate = 1  # an int for a float\nwandb_run_name = f"run-{math.pi:.2f}"\n')
+  c = parse_config(['train', str(path), '--n_layer=3'])
+  expected = base_config()
+  expected.update(n_layer=3, learning_rate=1.0, wandb_run_name='run-3.14')
+  assert c.to_dict() == expected.to_dict()
+  assert type(c.learning_rate) is float
+
+
+# nanoGPT's config files, and what nanoGPT's train.py would run with them:
+# its defaults (base_config's) but for what each file sets
+NANOGPT_CONFIG_CHANGES = {
+    'eval_gpt2.py': dict(batch_size=8, eval_iters=500, eval_only=True, init_from='gpt2'),
+    'eval_gpt2_medium.py': dict(batch_size=8, eval_iters=500, eval_only=True, init_from='gpt2-medium'),
+    'eval_gpt2_large.py': dict(batch_size=8, eval_iters=500, eval_only=True, init_from='gpt2-large'),
+    'eval_gpt2_xl.py': dict(batch_size=8, eval_iters=500, eval_only=True, init_from='gpt2-xl'),
+    'train_gpt2.py': dict(wandb_log=True, wandb_run_name='gpt2-124M', eval_interval=1000, log_interval=10),
+}
+
+
+def test_nanogpt_configs_found():
+  assert {p.name for p in NANOGPT_CONFIGS.glob('*.py')} == set(NANOGPT_CONFIG_CHANGES) | {
+      'train_shakespeare_char.py', 'finetune_shakespeare.py'}
+
+
+@pytest.mark.parametrize('name', NANOGPT_CONFIG_CHANGES)
+def test_nanogpt_config_file(name):
+  c = parse_config(['train', str(NANOGPT_CONFIGS / name)])
+  changed = {key: value for key, value in c.items() if value != base_config()[key]}
+  assert changed == NANOGPT_CONFIG_CHANGES[name]
+
+
+def test_nanogpt_train_shakespeare_char_is_the_gpu_recipe():
+  nanogpt = parse_config(['train', str(NANOGPT_CONFIGS / 'train_shakespeare_char.py')])
+  assert nanogpt.to_dict() == parse_config(['train', 'configs/shakespeare_char_gpu.py']).to_dict()
+
+
+def test_nanogpt_seed_command_as_typed():
+  # nanoGPT README's CPU run, word for word but for the path to its config file
+  argv = ['train.py', str(NANOGPT_CONFIGS / 'train_shakespeare_char.py'), '--device=cpu', '--compile=False',
+          '--eval_iters=20', '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4', '--n_head=4',
+          '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0']
+  c = parse_config(argv)
+  recipe = parse_config(['train', 'configs/shakespeare_char.py', '--compile=False', '--log_interval=1'])
+  assert c.to_dict() == recipe.to_dict() | {'remat': True}  # the CPU recipe turns remat off
+
+
+def test_nanogpt_finetune_shakespeare_is_the_recipe():
+  nanogpt = parse_config(['train', str(NANOGPT_CONFIGS / 'finetune_shakespeare.py')])
+  recipe = parse_config(['train', 'configs/finetune_shakespeare.py'])
+  assert nanogpt.wandb_run_name.startswith('ft-')  # 'ft-' + str(time.time())
+  assert {**nanogpt.to_dict(), 'wandb_run_name': ''} == {**recipe.to_dict(), 'wandb_run_name': ''}

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import TINY, flat_params
-from jaxgpt.config import base_config
+from jaxgpt.config import ConfigError, base_config, validate
 from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer
 from jaxgpt.step import init_model
 
@@ -57,6 +57,50 @@ def test_schedule_of_the_tiny_trace(tiny_trace):
   c = config(warmup_iters=5, lr_decay_iters=30)
   lrs = [float(lr_schedule(c)(i)) for i in range(len(tiny_trace['lr']))]
   np.testing.assert_allclose(lrs, tiny_trace['lr'], rtol=1e-6)
+
+
+# nanoGPT's combinations: warmup shorter, longer than and equal to the decay
+# window (lr_decay_iters < warmup_iters: warm up, then hold min_lr), min_lr
+# below, at and above learning_rate (above: the cosine rises), and runs that
+# stop before, at and after both.
+SWEEP = [dict(warmup_iters=warmup, lr_decay_iters=decay, max_iters=max_iters, min_lr=min_lr)
+         for warmup in (0, 1, 10, 100) for decay in (0, 1, 10, 30, 100, 150) for max_iters in (0, 10, 30, 120)
+         for min_lr in (0.0, 1e-4, 3e-3)]
+
+
+@pytest.mark.parametrize('case', SWEEP, ids=lambda case: '-'.join(f'{v:g}' for v in case.values()))
+def test_schedule_is_nanogpt_get_lr_over_a_sweep(case):
+  c = config(**case)
+  try:  # the learning rates nanoGPT's run would use, iterations 0..max_iters
+    expected = [nanogpt_get_lr(it, 1e-3, case['warmup_iters'], case['lr_decay_iters'], case['min_lr'])
+                for it in range(case['max_iters'] + 1)]
+  except ZeroDivisionError:  # nanoGPT divides by zero: refused before the run
+    with pytest.raises(ConfigError, match='equals warmup_iters'):
+      validate(c)
+    return
+  validate(c)
+  lrs = lr_schedule(c)(jnp.arange(case['max_iters'] + 1))
+  # float32 rounds the cosine's terms, of the size of max(lr, min_lr), at ~6e-8 of them: near
+  # its end, where it falls to a min_lr of 0, that is more than 1e-6 of the value
+  atol = 1e-6 * max(1e-3, case['min_lr'])
+  np.testing.assert_allclose(np.broadcast_to(lrs, len(expected)), expected, rtol=1e-6, atol=atol)
+
+
+def test_decay_ending_before_warmup_holds_min_lr():
+  # the short run of the issue: --max_iters=30 --lr_decay_iters=30 with a recipe's warmup of 100
+  c = config(max_iters=30, lr_decay_iters=30, warmup_iters=100)
+  validate(c)
+  schedule = lr_schedule(c)
+  assert float(schedule(29)) == pytest.approx(1e-3 * 30 / 101, rel=1e-6)  # still warming up
+  assert float(schedule(100)) == pytest.approx(1e-4, rel=1e-6)  # then min_lr, no cosine
+  assert float(schedule(1000)) == pytest.approx(1e-4, rel=1e-6)
+
+
+def test_min_lr_above_learning_rate_rises():
+  schedule = lr_schedule(config(min_lr=2e-3))  # nanoGPT's formula, from lr up to min_lr
+  assert float(schedule(100)) == pytest.approx(1e-3, rel=1e-6)
+  assert float(schedule(2550)) == pytest.approx(1.5e-3, rel=1e-6)
+  assert float(schedule(5000)) == pytest.approx(2e-3, rel=1e-6)
 
 
 def test_constant_lr_without_decay():

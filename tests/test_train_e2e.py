@@ -267,7 +267,7 @@ def test_a_second_writer_on_a_training_out_dir_is_one_error_line(workdir):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--config.batch_size=abc'], "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+    (['--config.batch_size=abc'], 'error: --config.batch_size=abc is not an int: pass e.g. --config.batch_size=12'),
     (['--config.n_embd=130'], 'error: n_embd=130 is not divisible by n_head=4'),
     (['--config.dropout=1.5'], 'error: dropout=1.5 must be in [0, 1)'),
 ])
