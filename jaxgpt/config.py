@@ -215,7 +215,8 @@ def close_key(key: str, c: ml_collections.ConfigDict) -> str:
 
 
 _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
-             'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'num_processes')
+             'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'num_processes',
+             'coordinator_timeout')
 _NON_NEGATIVE = ('max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters', 'min_lr')
 _CHOICES = {
     'init_from': ('scratch', 'resume') + GPT2_MODELS,
