@@ -97,6 +97,7 @@ def overridden_keys(argv: list[str]) -> frozenset[str]:
 
 
 def main(argv: list[str]) -> int:
+  config = None
   try:
     config = parse_config(argv)
     from jaxgpt import train  # after parsing: a bad flag answers before jax starts
@@ -104,7 +105,12 @@ def main(argv: list[str]) -> int:
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  except KeyboardInterrupt:
-    print('interrupted: continue from the last checkpoint with --config.init_from=resume', file=sys.stderr)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+    from jaxgpt.checkpoint import holds_checkpoints
+    if config is not None and holds_checkpoints(config.out_dir):
+      print(f'interrupted: continue from the last checkpoint in {config.out_dir} with --config.init_from=resume',
+            file=sys.stderr)
+    else:
+      print('interrupted, before any checkpoint was saved', file=sys.stderr)
     return 130
   return 0

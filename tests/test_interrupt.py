@@ -90,3 +90,23 @@ def test_sigterm_during_an_evaluation_abandons_it_and_saves(workdir):
                          '--config.init_from=resume'))
   assert resumed.returncode == 0, resumed.stderr
   assert losses_from(resumed.stdout, 0) == losses_from(uninterrupted.stdout, 0)
+
+
+@pytest.mark.parametrize('checkpoint, message', [
+    (False, 'interrupted, before any checkpoint was saved'),
+    (True, 'interrupted: continue from the last checkpoint in out with --config.init_from=resume'),
+])
+def test_a_ctrl_c_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys, checkpoint, message):
+  """Ctrl-C while the data set is prepared or the step compiles (before the
+  stop handler is installed): exit 130, one line, and no word of a
+  checkpoint that does not exist."""
+  from jaxgpt import cli, train
+  monkeypatch.chdir(tmp_path)
+  if checkpoint:
+    (tmp_path / 'out' / '10').mkdir(parents=True)
+
+  def interrupted(*args):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(train, 'run', interrupted)
+  assert cli.main(['train.py', f'--config={CONFIG}', '--config.out_dir=out']) == 130
+  assert capsys.readouterr().err.splitlines() == [message]
