@@ -1,6 +1,9 @@
 """nanoGPT's ckpt.pt in and out, against nanoGPT's own model (jaxgpt/nanogpt_torch.py)."""
 
 import dataclasses
+import os
+import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -14,7 +17,7 @@ from flax import nnx
 from conftest import REPO_ROOT
 from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
-from jaxgpt.config import GPTConfig, base_config
+from jaxgpt.config import GPTConfig, JaxGPTError, base_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
 from test_optim import nanogpt_get_lr
@@ -49,14 +52,34 @@ def save_jaxgpt_checkpoint(out_dir, params, step=10, val_loss=2.0):
   checkpoints.close()
 
 
-def nanogpt_checkpoint(path, prefix=''):
+# a character vocabulary of CONFIG.vocab_size, as nanoGPT's prepare.py sorts it
+VOCAB = sorted(chr(c) for c in range(ord('0'), ord('0') + CONFIG.vocab_size))
+DATASET = 'tiny_char'
+
+
+def write_meta_pkl(folder, vocab=VOCAB):
+  """folder/meta.pkl as nanoGPT's data/shakespeare_char/prepare.py writes it."""
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / 'meta.pkl', 'wb') as f:
+    pickle.dump({'vocab_size': len(vocab), 'itos': dict(enumerate(vocab)),
+                 'stoi': {ch: i for i, ch in enumerate(vocab)}}, f)
+  return folder / 'meta.pkl'
+
+
+def nanogpt_checkpoint(path, prefix='', dataset=DATASET, vocab=VOCAB):
+  """A nanoGPT checkpoint at path, with its data set's meta.pkl where nanoGPT
+  keeps it: in data/ of the checkout its out_dir is in (path's folder's
+  parent); vocab=None writes none."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if vocab is not None:
+    write_meta_pkl(path.parent.parent / 'data' / dataset, vocab)
   torch.manual_seed(0)
   model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**{
       k: getattr(CONFIG, k) for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias')}))
   model_args = {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}
   torch.save({'model': {prefix + k: v for k, v in model.state_dict().items()}, 'model_args': model_args,
               'iter_num': 7, 'best_val_loss': torch.tensor(2.5),
-              'config': {'learning_rate': 1e-3, 'dataset': 'no_such_dataset', 'device': 'cuda'}}, path)
+              'config': {'learning_rate': 1e-3, 'dataset': dataset, 'device': 'cuda'}}, path)
   return model
 
 
@@ -92,19 +115,20 @@ def test_export_loads_into_nanogpt_with_equal_logits(tmp_path):
 
 @pytest.mark.parametrize('prefix', ['', '_orig_mod.'])  # torch.compile'd models save with the prefix
 def test_import_gives_nanogpt_logits(tmp_path, prefix):
-  model = nanogpt_checkpoint(tmp_path / 'ckpt.pt', prefix)
-  assert ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out')) == 7
+  model = nanogpt_checkpoint(tmp_path / 'out-nanogpt' / 'ckpt.pt', prefix)
+  assert ckpt_pt.import_ckpt(str(tmp_path / 'out-nanogpt' / 'ckpt.pt'), str(tmp_path / 'out')) == 7
   checkpoints = Checkpoints(str(tmp_path / 'out'), read_only=True)
   meta = checkpoints.meta(7)
   assert meta['iter_num'] == 7 and meta['best_val_loss'] == 2.5
   assert meta['config']['learning_rate'] == 1e-3 and meta['config']['device'] == 'cpu'
+  assert meta['vocab'] == VOCAB
   params = checkpoints.params(7, init_model(CONFIG, seed=0)[2])
   np.testing.assert_allclose(jax_logits(params), torch_logits(model), atol=LOGITS_TOL, rtol=0)
 
 
 def test_round_trip_keeps_every_weight(tmp_path):
-  model = nanogpt_checkpoint(tmp_path / 'in.pt')
-  ckpt_pt.import_ckpt(str(tmp_path / 'in.pt'), str(tmp_path / 'out'))
+  model = nanogpt_checkpoint(tmp_path / 'in' / 'in.pt')
+  ckpt_pt.import_ckpt(str(tmp_path / 'in' / 'in.pt'), str(tmp_path / 'out'))
   ckpt_pt.export_ckpt(str(tmp_path / 'out'), str(tmp_path / 'back.pt'))
   back = torch.load(tmp_path / 'back.pt', map_location='cpu', weights_only=True)['model']
   for name, tensor in model.state_dict().items():
@@ -135,10 +159,12 @@ def test_bad_files_are_one_error_line(tmp_path):
 
 def test_module_runs_from_the_repository(tmp_path):
   # the documented command line, end to end
-  nanogpt_checkpoint(tmp_path / 'ckpt.pt')
-  proc = run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "out"}', cwd=REPO_ROOT)
+  ckpt = tmp_path / 'out-nanogpt' / 'ckpt.pt'
+  nanogpt_checkpoint(ckpt)
+  proc = run_cli('import', str(ckpt), f'--out_dir={tmp_path / "out"}', cwd=REPO_ROOT)
   assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.startswith(f'imported {tmp_path / "ckpt.pt"} (iteration 7)')
+  assert proc.stdout.splitlines() == [f'found vocab_size = 65 (inside {tmp_path / "data" / DATASET})',
+                                      f'imported {ckpt} (iteration 7) into {tmp_path / "out"}']
 
 
 @pytest.mark.parametrize('prefix', ['', '_orig_mod.'])
@@ -146,18 +172,19 @@ def test_import_continues_nanogpt_adamw(tmp_path, prefix):
   # nanoGPT trains 3 steps and saves (weights + AdamW moments); its 4th step
   # and jaxgpt's first step after import must give the same weights
   settings = dict(learning_rate=1e-3, decay_lr=False, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0)
-  model = nanogpt_checkpoint(tmp_path / 'unused.pt')
+  model = nanogpt_checkpoint(tmp_path / 'unused.pt', vocab=None)
+  write_meta_pkl(tmp_path / 'meta')
   optimizer = nanogpt_torch.configure_optimizers(model, settings['weight_decay'], settings['learning_rate'], (0.9, 0.99))
   batches = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (4, 4, CONFIG.block_size + 1))
   for batch in batches[:3]:
     torch_step(model, optimizer, batch, settings['grad_clip'])
   torch.save({'model': {prefix + k: v for k, v in model.state_dict().items()}, 'optimizer': optimizer.state_dict(),
-              'iter_num': 3, 'best_val_loss': 3.0, 'config': settings | {'dataset': 'no_such_dataset'},
+              'iter_num': 3, 'best_val_loss': 3.0, 'config': settings | {'dataset': DATASET},
               'model_args': {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}}, tmp_path / 'ckpt.pt')
   torch_step(model, optimizer, batches[3], settings['grad_clip'])
   expected = {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
-  ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out'))
+  ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out'), meta=str(tmp_path / 'meta' / 'meta.pkl'))
   checkpoints = Checkpoints(str(tmp_path / 'out'), read_only=True)
   c = base_config()
   c.update(settings)
@@ -235,9 +262,103 @@ def test_export_then_import_keeps_the_adamw_state(jaxgpt_run, tmp_path):
   # the documented command lines, jaxgpt -> ckpt.pt -> jaxgpt
   out_dir, c, _ = jaxgpt_run
   assert run_cli('export', str(tmp_path / 'ckpt.pt'), f'--out_dir={out_dir}', cwd=REPO_ROOT).returncode == 0
-  assert run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "back"}', cwd=REPO_ROOT).returncode == 0
+  meta = write_meta_pkl(tmp_path / 'meta')
+  assert run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "back"}', f'--meta={meta}',
+                 cwd=REPO_ROOT).returncode == 0
   _, original = restore(out_dir, c)
   _, back = restore(tmp_path / 'back', c)
   # every leaf: AdamW's mu, nu and count, and the schedule's count
   for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(back), strict=True):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-7, rtol=0)
+
+
+def imported_vocab(out_dir) -> list[str] | None:
+  checkpoints = Checkpoints(str(out_dir), read_only=True)
+  return checkpoints.meta(checkpoints.latest_step())['vocab']
+
+
+def test_import_finds_the_vocabulary_in_the_order_documented(tmp_path, monkeypatch):
+  # a fresh checkout: the data set was prepared by nanoGPT only, in its own checkout
+  ckpt = tmp_path / 'nanoGPT' / 'out-shakespeare-char' / 'ckpt.pt'
+  nanogpt_checkpoint(ckpt)
+  here = tmp_path / 'jaxgpt'
+  here.mkdir()
+  monkeypatch.chdir(here)
+  ckpt_pt.import_ckpt(str(ckpt), 'from-checkout')
+  assert imported_vocab(here / 'from-checkout') == VOCAB
+  # data/<dataset>/ here comes before the checkout's (jaxgpt's meta.json, or a meta.pkl)
+  write_meta_pkl(here / 'data' / DATASET, VOCAB[::-1])
+  ckpt_pt.import_ckpt(str(ckpt), 'from-here')
+  assert imported_vocab(here / 'from-here') == VOCAB[::-1]
+  # --meta comes first
+  meta = write_meta_pkl(tmp_path / 'elsewhere', VOCAB[1:] + VOCAB[:1])
+  ckpt_pt.import_ckpt(str(ckpt), 'from-meta', meta=str(meta))
+  assert imported_vocab(here / 'from-meta') == VOCAB[1:] + VOCAB[:1]
+
+
+def test_char_model_without_vocabulary_is_refused_and_nothing_written(tmp_path, monkeypatch):
+  nanogpt_checkpoint(tmp_path / 'run' / 'ckpt.pt', vocab=None)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(JaxGPTError) as e:
+    ckpt_pt.import_ckpt(str(tmp_path / 'run' / 'ckpt.pt'), 'out')
+  assert str(e.value).endswith(f'pass --meta=.../data/{DATASET}/meta.pkl, the vocabulary nanoGPT\'s prepare.py wrote')
+  assert not (tmp_path / 'out').exists()
+  write_meta_pkl(tmp_path / 'data' / DATASET, VOCAB[:10])  # another data set's: nanoGPT pads no vocabulary
+  with pytest.raises(JaxGPTError, match=f'has 10 characters but the model vocab_size=65'):
+    ckpt_pt.import_ckpt(str(tmp_path / 'run' / 'ckpt.pt'), 'out')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_gpt2_vocabulary_needs_no_meta(tmp_path, monkeypatch):
+  config = dataclasses.replace(CONFIG, vocab_size=50304)
+  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**{k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS}))
+  torch.save({'model': model.state_dict(), 'model_args': {k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS},
+              'iter_num': 1, 'config': {'dataset': 'openwebtext'}}, tmp_path / 'ckpt.pt')
+  monkeypatch.chdir(tmp_path)
+  assert ckpt_pt.import_ckpt('ckpt.pt', 'out') == 1
+  assert imported_vocab(tmp_path / 'out') is None  # sampling then uses GPT-2's tokenizer
+
+
+def test_import_refuses_a_checkpoint_that_names_code_without_running_it(tmp_path, monkeypatch):
+  ran = tmp_path / 'the-code-ran'
+
+  class Payload:
+    def __reduce__(self):
+      return open, (str(ran), 'w')  # creates the file, if unpickling ever runs it
+
+  torch.save({'model': Payload(), 'model_args': {}}, tmp_path / 'ckpt.pt')
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(JaxGPTError, match=r'ckpt.pt names code \(io.open\), not only tensors and plain data: refused unread, none of it ran'):
+    ckpt_pt.import_ckpt('ckpt.pt', 'out')
+  assert not ran.exists() and not (tmp_path / 'out').exists()
+
+
+def test_export_never_replaces_a_file_unless_told(jaxgpt_run, tmp_path):
+  out_dir, _, _ = jaxgpt_run
+  target = tmp_path / 'ckpt.pt'
+  target.write_bytes(b'the nanoGPT run of last week')
+  with pytest.raises(JaxGPTError, match='ckpt.pt exists: export to another path, or pass --overwrite to replace it'):
+    ckpt_pt.export_ckpt(str(out_dir), str(target))
+  assert target.read_bytes() == b'the nanoGPT run of last week'
+  assert ckpt_pt.export_ckpt(str(out_dir), str(target), overwrite=True) == 3
+  assert torch.load(target, weights_only=True)['iter_num'] == 3
+  assert os.listdir(tmp_path) == ['ckpt.pt']  # no temporary file left beside it
+
+
+def test_interrupted_export_leaves_the_target_as_it_was(jaxgpt_run, tmp_path, monkeypatch):
+  out_dir, _, _ = jaxgpt_run
+  target = tmp_path / 'ckpt.pt'
+  target.write_bytes(b'the nanoGPT run of last week')
+
+  def save_half_then_interrupt(obj, f):
+    f.write(b'half a checkpoint')
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(torch, 'save', save_half_then_interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    ckpt_pt.export_ckpt(str(out_dir), str(target), overwrite=True)
+  assert target.read_bytes() == b'the nanoGPT run of last week'
+  assert os.listdir(tmp_path) == ['ckpt.pt']
+  with pytest.raises(KeyboardInterrupt):  # a new file: none at all
+    ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'new.pt'))
+  assert os.listdir(tmp_path) == ['ckpt.pt']
