@@ -123,7 +123,7 @@ def model_config(ckpt: dict, path: pathlib.Path) -> GPTConfig:
 def nanogpt_checkouts(path: pathlib.Path):
   """The folders a nanoGPT checkout holding path may be: path's folder and
   each above it (nanoGPT's out_dir is relative to where its train.py ran)."""
-  folder = path.absolute().parent
+  folder = pathlib.Path(os.path.abspath(path)).parent  # abspath: ../nanoGPT/out climbs to nanoGPT, not ..
   return [folder, *folder.parents]
 
 
@@ -147,7 +147,7 @@ def find_vocab(path: pathlib.Path, dataset: str | None, vocab_size: int,
       if vocab is not None:
         return checked_vocab(vocab, folder, vocab_size), folder
     raise JaxGPTError(f'{path} is a character-level model (vocab_size={vocab_size}) and no data/{dataset}/meta.pkl '
-                      f'was found here or in a folder above {path.absolute().parent}: pass '
+                      f'was found here or in a folder above {nanogpt_checkouts(path)[0]}: pass '
                       f"--meta=.../data/{dataset}/meta.pkl, the vocabulary nanoGPT's prepare.py wrote")
   raise JaxGPTError(f'{path} is a character-level model (vocab_size={vocab_size}) and names no data set: pass '
                     "--meta=.../meta.pkl, the vocabulary nanoGPT's prepare.py wrote for its data set")

@@ -1,9 +1,12 @@
 """nanoGPT's ckpt.pt in and out, against nanoGPT's own model (jaxgpt/nanogpt_torch.py)."""
 
 import dataclasses
+import math
 import os
 import pathlib
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import REPO_ROOT
+from conftest import FIXTURES, REPO_ROOT, make_workdir
 from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig, JaxGPTError, base_config
@@ -362,3 +365,98 @@ def test_interrupted_export_leaves_the_target_as_it_was(jaxgpt_run, tmp_path, mo
   with pytest.raises(KeyboardInterrupt):  # a new file: none at all
     ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'new.pt'))
   assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+# nanoGPT's own model.py: in $JAXGPT_NANOGPT_DIR (a nanoGPT checkout), else <repo>/../shared/reference/nanogpt
+NANOGPT_MODEL = pathlib.Path(os.environ.get('JAXGPT_NANOGPT_DIR') or REPO_ROOT.parent / 'shared' / 'reference' / 'nanogpt') / 'model.py'
+NANOGPT_SCRIPTS = ('train.py', 'sample.py', 'configurator.py', 'data/shakespeare_char/prepare.py')
+# one tiny run's settings, spelled for nanoGPT (--key=value) and jaxgpt (--config.key=value)
+ROUND_TRIP = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, gradient_accumulation_steps=1,
+                  dropout=0.0, learning_rate=1e-2, warmup_iters=2, lr_decay_iters=40, min_lr=1e-3,
+                  eval_interval=10, eval_iters=50, log_interval=1, always_save_checkpoint=True)
+
+
+def nanogpt_checkout(folder: pathlib.Path, corpus: pathlib.Path) -> pathlib.Path:
+  """A nanoGPT checkout: its scripts (tests/fixtures/nanogpt), its model.py
+  (../shared/reference) and tiny Shakespeare prepared by its own prepare.py."""
+  for name in NANOGPT_SCRIPTS:
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / 'nanogpt' / name, folder / name)
+  shutil.copy(NANOGPT_MODEL, folder / 'model.py')
+  shutil.copy(corpus, folder / 'data' / 'shakespeare_char' / 'input.txt')  # prepare.py downloads it only when absent
+  run(['data/shakespeare_char/prepare.py'], folder)
+  return folder
+
+
+def run(args, cwd) -> str:
+  """python args in cwd (this checkout's jaxgpt importable); its stdout. Exit 0 asserted."""
+  proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                        env=os.environ | {'PYTHONPATH': str(REPO_ROOT), 'HF_HUB_OFFLINE': '1'})
+  assert proc.returncode == 0, f'{args}\n{proc.stdout}\n{proc.stderr}'
+  return proc.stdout
+
+
+def evaluations(log: str) -> dict[int, float]:
+  """{iteration: val loss} of the 'step N: train loss X, val loss Y' lines, as both print them."""
+  return {int(m[1]): float(m[2]) for m in re.finditer(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)$', log, re.M)}
+
+
+def iterations(log: str) -> list[int]:
+  return [int(m[1]) for m in re.finditer(r'^iter (\d+): loss ([\d.]+)', log, re.M)]
+
+
+def samples(stdout: str) -> list[str]:
+  """The samples sample.py printed, each followed by a line of dashes."""
+  return stdout.split('\n---------------\n')[:-1]
+
+
+def test_nanogpt_round_trip(tmp_path, shakespeare):
+  """nanoGPT's ckpt.pt -> import -> sample.py, resume -> export -> nanoGPT's
+  sample.py and train.py --init_from=resume, from a fresh jaxgpt checkout
+  beside a nanoGPT one, each side's own scripts in subprocesses."""
+  if not NANOGPT_MODEL.is_file():
+    pytest.skip(f"nanoGPT's model.py not found at {NANOGPT_MODEL}: set JAXGPT_NANOGPT_DIR to a nanoGPT checkout")
+  pytest.importorskip('tiktoken', reason="nanoGPT's sample.py imports tiktoken")
+  pytest.importorskip('requests', reason="nanoGPT's prepare.py imports requests")
+  nano = nanogpt_checkout(tmp_path / 'nanoGPT', shakespeare)
+  vocab = [meta['itos'][i] for meta in [pickle.loads((nano / 'data' / 'shakespeare_char' / 'meta.pkl').read_bytes())]
+           for i in range(meta['vocab_size'])]
+  nanogpt_flags = [f'--{k}={v}' for k, v in ROUND_TRIP.items()] + ['--device=cpu', '--compile=False', '--dtype=float32']
+  jaxgpt_flags = [f'--config.{k}={v}' for k, v in ROUND_TRIP.items()]
+  nano_log = run(['train.py', '--dataset=shakespeare_char', '--out_dir=out', '--max_iters=20', *nanogpt_flags], nano)
+  assert iterations(nano_log) == list(range(21))
+
+  # a fresh jaxgpt checkout: no data set prepared, nothing in out
+  here = make_workdir(tmp_path / 'jaxgpt', shakespeare)
+  imported = run(['-m', 'jaxgpt.ckpt_pt', 'import', '../nanoGPT/out/ckpt.pt', '--out_dir=out'], here)
+  assert imported.splitlines() == [f'found vocab_size = 65 (inside {nano / "data" / "shakespeare_char"})',
+                                   'imported ../nanoGPT/out/ckpt.pt (iteration 20) into out']
+  text = samples(run([REPO_ROOT / 'sample.py', '--out_dir=out', '--start=ROMEO:', '--num_samples=2',
+                      '--max_new_tokens=30'], here))
+  assert len(text) == 2 and all(t.startswith('ROMEO:') and len(t) == 36 and set(t) <= set(vocab) for t in text)
+
+  resumed = run([REPO_ROOT / 'train.py', f'--config={REPO_ROOT / "configs" / "shakespeare_char.py"}', *jaxgpt_flags,
+                 '--config.init_from=resume', '--config.out_dir=out', '--config.max_iters=30'], here)
+  assert iterations(resumed) == list(range(20, 31))  # continues at nanoGPT's iteration
+  nano_val, jax_val = evaluations(nano_log), evaluations(resumed)
+  assert sorted(jax_val) == [20, 30]
+  # the same weights evaluated on other random batches (50 of 4 x 16 tokens): near, and well below
+  # the untrained model's ln(65) = 4.17
+  assert abs(jax_val[20] - nano_val[20]) < 0.2 and nano_val[20] < 3.5, (nano_val, jax_val)
+
+  (nano / 'out-jaxgpt').mkdir()
+  exported = run(['-m', 'jaxgpt.ckpt_pt', 'export', '--out_dir=out', '--checkpoint=latest',
+                  '../nanoGPT/out-jaxgpt/ckpt.pt'], here)
+  assert exported.splitlines() == ['exported step 30 of out to ../nanoGPT/out-jaxgpt/ckpt.pt']
+  settings, text = run(['sample.py', '--out_dir=out-jaxgpt', '--device=cpu', '--dtype=float32', '--start=ROMEO:',
+                        '--num_samples=2', '--max_new_tokens=30'], nano).split('Loading meta from data/shakespeare_char/meta.pkl...\n')
+  text = samples(text)
+  assert len(text) == 2 and all(t.startswith('ROMEO:') and len(t) == 36 and set(t) <= set(vocab) for t in text)
+  nano_resumed = run(['train.py', '--dataset=shakespeare_char', '--out_dir=out-jaxgpt', '--init_from=resume',
+                      '--max_iters=40', *nanogpt_flags], nano)
+  assert iterations(nano_resumed) == list(range(30, 41))
+  back_val = evaluations(nano_resumed)
+  assert sorted(back_val) == [30, 40]
+  assert abs(back_val[30] - jax_val[30]) < 0.2, (jax_val, back_val)
+  assert all(math.isfinite(float(loss)) for log in (nano_log, resumed, nano_resumed)
+             for loss in re.findall(r'loss ([\d.naif]+)', log))
