@@ -70,6 +70,9 @@ def read_nanogpt_ckpt(path: pathlib.Path) -> dict:
                       "nanoGPT's train.py wrote in its out_dir")
   if path.is_dir():
     raise JaxGPTError(f'{path} is a folder: pass the checkpoint file in it, e.g. {path / "ckpt.pt"}')
+  if path.stat().st_size == 0:
+    raise JaxGPTError(f'{path} is empty, not a nanoGPT checkpoint: was the training that wrote it stopped? '
+                      'Pass another ckpt.pt')
   torch = _torch()
   try:
     with warnings.catch_warnings():
@@ -195,7 +198,7 @@ def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
   try:
     params = nanogpt.from_nanogpt(weights, like)
   except ValueError as e:
-    raise JaxGPTError(f'{path}: {e}') from None
+    raise JaxGPTError(f"{path}: {e}: its weights and model_args disagree, so it is damaged or not nanoGPT's") from None
   vocab, source = find_vocab(ckpt_path, dataset, config.vocab_size, meta)
   try:
     step = int(ckpt.get('iter_num', 0))
