@@ -1,33 +1,53 @@
 """nanoGPT's ckpt.pt in and out (needs torch: pip install -e '.[torch]').
 
-  python -m jaxgpt.ckpt_pt import out-shakespeare-char/ckpt.pt --out_dir=out-imported
-  python -m jaxgpt.ckpt_pt export --out_dir=out-shakespeare-char ckpt.pt
+  python -m jaxgpt.ckpt_pt import out-shakespeare-char/ckpt.pt --out_dir=out-imported [--meta=PATH/meta.pkl]
+  python -m jaxgpt.ckpt_pt export --out_dir=out-shakespeare-char ckpt.pt [--overwrite]
 
 Import makes a jaxgpt checkpoint of a nanoGPT one: its weights, iteration,
-best val loss, model shape, training settings and AdamW moments; the
-vocabulary is read from data/<dataset>/meta.json when the data set is there.
+best val loss, model shape, training settings, AdamW moments and, for a
+character-level model, its vocabulary. nanoGPT keeps that in
+data/<dataset>/meta.pkl, beside its train.py; import reads it (as plain data:
+no class, no code) from --meta, else from data/<dataset>/ here, else from the
+nanoGPT checkout the ckpt.pt sits in (the first data/<dataset>/ in a folder
+above it). A character-level model whose vocabulary is found nowhere is
+refused: without it sampling and resuming cannot read or write text. Import
+writes into a new or empty --out_dir only.
+
 Export writes what nanoGPT's sample.py and train.py read: `model` (the
 state_dict), `optimizer` (the AdamW state_dict that configure_optimizers'
 optimizer loads), `model_args`, `iter_num`, `best_val_loss`, `config`; so
-either side's `init_from=resume` continues the other's run. The file is read
-with torch.load(weights_only=True): no pickle code runs.
+either side's `init_from=resume` continues the other's run. It never replaces
+an existing file unless told to (--overwrite), and writes a temporary file
+beside the target, renamed onto it when whole: an interrupted export leaves no
+half file. A ckpt.pt is read with torch.load(weights_only=True): a file that
+names code is refused and none of it runs.
 """
 
 import argparse
 import dataclasses
+import os
+import pathlib
+import pickle
+import re
 import sys
+import warnings
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 
 from jaxgpt import data, nanogpt
-from jaxgpt.checkpoint import Checkpoints
+from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
 from jaxgpt.config import GPTConfig, JaxGPTError, base_config, validate
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.step import init_model
 
 MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+# GPT-2's tokens, as they are and padded to a multiple of 64: no meta.pkl, the tokenizer is GPT-2's
+GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)
+# nanoGPT's settings of the machine it ran on, not of the run: this machine's defaults stay
+MACHINE_KEYS = ('device', 'dtype', 'compile', 'out_dir', 'init_from', 'wandb_log')
 # the order nanoGPT's modules declare their parameters in (named_parameters order)
 _DECLARED = ('wte', 'wpe', 'h', 'ln_f', 'ln_1', 'attn', 'ln_2', 'mlp',
              'c_attn', 'c_fc', 'c_proj', 'weight', 'bias')
@@ -42,44 +62,157 @@ def _torch():
   return torch
 
 
-def import_ckpt(path: str, out_dir: str) -> int:
-  """Writes nanoGPT's checkpoint at `path` as a jaxgpt checkpoint in out_dir;
-  returns its step."""
+def read_nanogpt_ckpt(path: pathlib.Path) -> dict:
+  """nanoGPT's checkpoint at path, read with torch.load(weights_only=True),
+  holding at least a `model` state_dict of tensors and its `model_args`."""
+  if not path.exists():
+    raise JaxGPTError(f'{path} is not a readable nanoGPT checkpoint (no such file): pass the ckpt.pt '
+                      "nanoGPT's train.py wrote in its out_dir")
+  if path.is_dir():
+    raise JaxGPTError(f'{path} is a folder: pass the checkpoint file in it, e.g. {path / "ckpt.pt"}')
+  if path.stat().st_size == 0:
+    raise JaxGPTError(f'{path} is empty, not a nanoGPT checkpoint: was the training that wrote it stopped? '
+                      'Pass another ckpt.pt')
   torch = _torch()
   try:
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    model_args, state_dict = ckpt['model_args'], ckpt['model']
-  except Exception as e:  # torch.load raises many kinds: OSError, UnpicklingError, RuntimeError, ...
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # torch warns of a file's pickle protocol before refusing it: the error says all
+      ckpt = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    code = re.search(r'GLOBAL ([\w.]+)', str(e))
+    if code:
+      raise JaxGPTError(f'{path} names code ({code[1]}), not only tensors and plain data: refused unread, none of '
+                        "it ran; nanoGPT's train.py saves no code, so this file is not its ckpt.pt") from None
+    raise JaxGPTError(f'{path} is not a readable nanoGPT checkpoint (not a file of torch.save): pass the ckpt.pt '
+                      "nanoGPT's train.py wrote in its out_dir") from None
+  except Exception as e:  # torch.load raises many kinds: OSError, EOFError, RuntimeError, ...
     message = str(e).splitlines()[0][:200] if str(e) else ''
     raise JaxGPTError(f'{path} is not a readable nanoGPT checkpoint ({type(e).__name__}: {message})') from None
+  for key, kind in (('model', dict), ('model_args', dict)):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get(key), kind):
+      raise JaxGPTError(f"{path} has no '{key}': not a nanoGPT ckpt.pt (its train.py saves model, optimizer, "
+                        'model_args, iter_num, best_val_loss and config)')
+  missing = [k for k in MODEL_ARGS if k not in ckpt['model_args']]
+  if missing:
+    raise JaxGPTError(f"{path}'s model_args lack {', '.join(missing)}: not a nanoGPT ckpt.pt")
+  if not all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()):
+    raise JaxGPTError(f"{path}'s model holds values that are not tensors: not a nanoGPT state_dict")
+  return ckpt
+
+
+def run_config(ckpt: dict, path: pathlib.Path, out_dir: str) -> ml_collections.ConfigDict:
+  """jaxgpt's run config of nanoGPT's checkpoint: its training settings and
+  model shape; this machine's device, dtype and compile."""
   c = base_config()
-  for key, value in ckpt.get('config', {}).items():
-    if key in c and key not in ('device', 'dtype', 'compile', 'out_dir', 'init_from', 'wandb_log'):
-      c[key] = type(c[key])(value)
-  c.update({k: model_args[k] for k in MODEL_ARGS if k != 'vocab_size'})
-  c.out_dir = out_dir
-  validate(c)
-  config = GPTConfig(**{k: model_args[k] for k in MODEL_ARGS})
+  try:
+    for key, value in ckpt.get('config', {}).items():
+      if key in c and key not in MACHINE_KEYS:
+        c[key] = type(c[key])(value)
+    c.update({k: ckpt['model_args'][k] for k in MODEL_ARGS if k != 'vocab_size'})
+    c.out_dir = out_dir
+    validate(c)
+  except (AttributeError, TypeError, ValueError, JaxGPTError) as e:
+    raise JaxGPTError(f'{path} holds settings jaxgpt cannot run ({str(e).splitlines()[0]})') from None
+  return c
+
+
+def model_config(ckpt: dict, path: pathlib.Path) -> GPTConfig:
+  vocab_size = ckpt['model_args']['vocab_size']
+  if not isinstance(vocab_size, int) or vocab_size < 1:
+    raise JaxGPTError(f"{path}'s model_args has vocab_size={vocab_size!r}: not a nanoGPT ckpt.pt")
+  return GPTConfig(**{k: ckpt['model_args'][k] for k in MODEL_ARGS})
+
+
+def nanogpt_checkouts(path: pathlib.Path):
+  """The folders a nanoGPT checkout holding path may be: path's folder and
+  each above it (nanoGPT's out_dir is relative to where its train.py ran)."""
+  folder = pathlib.Path(os.path.abspath(path)).parent  # abspath: ../nanoGPT/out climbs to nanoGPT, not ..
+  return [folder, *folder.parents]
+
+
+def find_vocab(path: pathlib.Path, dataset: str | None, vocab_size: int,
+               meta: str | None) -> tuple[list[str] | None, pathlib.Path | None]:
+  """(vocabulary, where it was read) of the checkpoint at path: from meta (a
+  meta.pkl or meta.json), else data/<dataset>/ here, else in the nanoGPT
+  checkout path sits in. (None, None) for GPT-2's tokens."""
+  if meta is not None:
+    meta_path = pathlib.Path(meta)
+    if not meta_path.is_file():
+      raise JaxGPTError(f'--meta={meta} is not a file: pass the meta.pkl (or meta.json) of the data set the '
+                        'checkpoint was trained on')
+    return checked_vocab(data.read_vocab(meta_path), meta_path, vocab_size), meta_path
+  if vocab_size in GPT2_VOCAB_SIZES:
+    return None, None
+  if dataset is not None:
+    for root in (pathlib.Path('.'), *nanogpt_checkouts(path)):
+      folder = root / data.data_dir(dataset)
+      vocab = data.load_vocab(folder)
+      if vocab is not None:
+        return checked_vocab(vocab, folder, vocab_size), folder
+    raise JaxGPTError(f'{path} is a character-level model (vocab_size={vocab_size}) and no data/{dataset}/meta.pkl '
+                      f'was found here or in a folder above {nanogpt_checkouts(path)[0]}: pass '
+                      f"--meta=.../data/{dataset}/meta.pkl, the vocabulary nanoGPT's prepare.py wrote")
+  raise JaxGPTError(f'{path} is a character-level model (vocab_size={vocab_size}) and names no data set: pass '
+                    "--meta=.../meta.pkl, the vocabulary nanoGPT's prepare.py wrote for its data set")
+
+
+def checked_vocab(vocab: list[str], source: pathlib.Path, vocab_size: int) -> list[str]:
+  # nanoGPT pads no character vocabulary: its vocab_size is the meta.pkl's
+  if len(vocab) != vocab_size:
+    raise JaxGPTError(f'{source} has {len(vocab)} characters but the model vocab_size={vocab_size}: pass '
+                      '--meta=.../meta.pkl of the data set the checkpoint was trained on')
+  return vocab
+
+
+def check_import_dir(out_dir: str) -> None:
+  """Import writes into a new or empty folder only: nothing there is replaced."""
+  if not out_dir:
+    raise JaxGPTError('--out_dir is empty: name the folder to import into, e.g. --out_dir=out-imported')
+  directory = pathlib.Path(out_dir)
+  if directory.exists() and not directory.is_dir():
+    raise JaxGPTError(f'--out_dir={out_dir} is a file: import into a new or empty folder')
+  if holds_checkpoints(out_dir):
+    raise JaxGPTError(f'{out_dir} already holds checkpoints: import into an empty --out_dir')
+
+
+def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
+  """Writes nanoGPT's checkpoint at `path` as a jaxgpt checkpoint in out_dir,
+  with the vocabulary (see find_vocab); returns its step. Everything is
+  checked before anything is written."""
+  check_import_dir(out_dir)
+  ckpt_path = pathlib.Path(path)
+  ckpt = read_nanogpt_ckpt(ckpt_path)
+  c = run_config(ckpt, ckpt_path, out_dir)
+  config = model_config(ckpt, ckpt_path)
+  # (run_config checked the name: a folder of data/)
+  dataset = ckpt['config'].get('dataset') if isinstance(ckpt.get('config'), dict) else None
   # the causal-mask buffer of nanoGPT's non-flash attention is not a weight;
   # torch.compile'd models save their names with an _orig_mod. prefix
-  weights = {k.removeprefix('_orig_mod.'): v.float().numpy() for k, v in state_dict.items()
+  weights = {k.removeprefix('_orig_mod.'): v.float().numpy() for k, v in ckpt['model'].items()
              if not k.endswith('.attn.bias')}
   _, _, like = init_model(config, seed=0)
   try:
     params = nanogpt.from_nanogpt(weights, like)
   except ValueError as e:
-    raise JaxGPTError(f'{path}: {e}') from None
-  folder = data.data_dir(c.dataset)
-  vocab = data.load_vocab(folder) if folder.is_dir() else None
-  if vocab is not None and len(vocab) != config.vocab_size:
-    raise JaxGPTError(f'{folder / "meta.json"} has {len(vocab)} characters but the model {config.vocab_size}: '
-                      'prepare the data set the checkpoint was trained on')
-  step = int(ckpt.get('iter_num', 0))
-  best_val_loss = float(ckpt.get('best_val_loss', float('inf')))
+    raise JaxGPTError(f"{path}: {e}: its weights and model_args disagree, so it is damaged or not nanoGPT's") from None
+  vocab, source = find_vocab(ckpt_path, dataset, config.vocab_size, meta)
+  try:
+    step = int(ckpt.get('iter_num', 0))
+    best_val_loss = float(ckpt.get('best_val_loss', float('inf')))  # nanoGPT saves a 0-d tensor
+  except (TypeError, ValueError, RuntimeError) as e:
+    raise JaxGPTError(f"{path}'s iter_num or best_val_loss is not a number ({e}): not a nanoGPT ckpt.pt") from None
+  try:
+    opt_state = adamw_state(make_optimizer(c).init(params), ckpt.get('optimizer'), weights, step, like)
+  except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+    raise JaxGPTError(f"{path}'s optimizer state does not match its model ({type(e).__name__}: {e}): "
+                      'not a ckpt.pt of nanoGPT\'s train.py') from None
+  try:
+    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise JaxGPTError(f'cannot create --out_dir={out_dir} ({e.strerror}): pass a folder you can write to') from None
+  if source is not None:
+    print(f'found vocab_size = {len(vocab)} (inside {source})')
   checkpoints = Checkpoints(out_dir)
-  if checkpoints.manager.latest_step() is not None:
-    raise JaxGPTError(f'{out_dir} already holds checkpoints: import into an empty --out_dir')
-  opt_state = adamw_state(make_optimizer(c).init(params), ckpt.get('optimizer'), weights, step, like)
   checkpoints.save(step, params, opt_state, {
       'iter_num': step, 'val_loss': best_val_loss, 'best_val_loss': best_val_loss,
       'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab})
@@ -142,9 +275,44 @@ def torch_adamw_state(opt_state, state_dict: dict, c, iter_num: int) -> dict:
   return optimizer.state_dict()
 
 
-def export_ckpt(out_dir: str, path: str, which: str = 'best') -> int:
-  """Writes out_dir's best (or latest) checkpoint as nanoGPT's ckpt.pt; returns its step."""
+def check_export_path(path: pathlib.Path, overwrite: bool) -> None:
+  """Export writes a new file in an existing folder; an existing file only when told to."""
+  if path.is_dir():
+    raise JaxGPTError(f'{path} is a folder: name the file to write, e.g. {path / "ckpt.pt"}')
+  if path.exists() and not overwrite:
+    raise JaxGPTError(f'{path} exists: export to another path, or pass --overwrite to replace it')
+  if not path.parent.is_dir():
+    raise JaxGPTError(f'cannot write {path}: the folder {path.parent} does not exist; create it '
+                      f'(mkdir -p {path.parent}) or export to another path')
+
+
+def save_atomically(checkpoint: dict, path: pathlib.Path) -> None:
+  """torch.save into a temporary file beside path, renamed onto path when
+  whole: an export stopped at any point (a full disk, Ctrl-C) leaves path as
+  it was, never half written."""
   torch = _torch()
+  partial = path.with_name(f'.{path.name}.{os.getpid()}.partial')
+  try:
+    with open(partial, 'wb') as f:  # created as a plain write would (0666 less the umask)
+      torch.save(checkpoint, f)
+      f.flush()
+      os.fsync(f.fileno())  # on disk before the rename makes it path
+    os.replace(partial, path)
+  except BaseException as e:
+    partial.unlink(missing_ok=True)
+    if isinstance(e, OSError):
+      raise JaxGPTError(f'could not write {path} ({e.strerror or e}): free some space or export to another path; '
+                        'nothing was written') from None
+    raise
+
+
+def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = False) -> int:
+  """Writes out_dir's best (or latest) checkpoint as nanoGPT's ckpt.pt at
+  path; returns its step. An existing file at path is replaced only with
+  overwrite."""
+  torch = _torch()
+  ckpt_path = pathlib.Path(path)
+  check_export_path(ckpt_path, overwrite)
   checkpoints = Checkpoints(out_dir, read_only=True)
   step = checkpoints.best_step() if which == 'best' else checkpoints.latest_step()
   meta = checkpoints.meta(step)
@@ -155,14 +323,14 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best') -> int:
   params, opt_state = checkpoints.state(step, like, make_optimizer(c).init(like))
   state_dict = {name: torch.from_numpy(np.array(array)) for name, array in nanogpt.to_nanogpt(params).items()}
   state_dict['lm_head.weight'] = state_dict['transformer.wte.weight']  # tied: the same tensor, as nanoGPT saves it
-  torch.save({
+  save_atomically({
       'model': state_dict,
       'optimizer': torch_adamw_state(opt_state, state_dict, c, meta['iter_num']),
       'model_args': {k: meta['model_args'][k] for k in MODEL_ARGS},
       'iter_num': meta['iter_num'],
       'best_val_loss': meta['best_val_loss'],
       'config': meta['config'],
-  }, path)
+  }, ckpt_path)
   return step
 
 
@@ -172,17 +340,20 @@ def main(argv: list[str]) -> int:
   importer = commands.add_parser('import', help='nanoGPT ckpt.pt -> jaxgpt checkpoint in --out_dir')
   importer.add_argument('ckpt_pt')
   importer.add_argument('--out_dir', required=True)
+  importer.add_argument('--meta', help="the vocabulary: nanoGPT's data/<dataset>/meta.pkl (or a meta.json); "
+                        'default: looked for in data/<dataset>/ here, then in the nanoGPT checkout of ckpt_pt')
   exporter = commands.add_parser('export', help='jaxgpt checkpoint in --out_dir -> nanoGPT ckpt.pt')
   exporter.add_argument('ckpt_pt')
   exporter.add_argument('--out_dir', required=True)
   exporter.add_argument('--checkpoint', choices=('best', 'latest'), default='best')
+  exporter.add_argument('--overwrite', action='store_true', help='replace ckpt_pt if it exists')
   args = parser.parse_args(argv[1:])
   try:
     if args.command == 'import':
-      step = import_ckpt(args.ckpt_pt, args.out_dir)
+      step = import_ckpt(args.ckpt_pt, args.out_dir, args.meta)
       print(f'imported {args.ckpt_pt} (iteration {step}) into {args.out_dir}')
     else:
-      step = export_ckpt(args.out_dir, args.ckpt_pt, args.checkpoint)
+      step = export_ckpt(args.out_dir, args.ckpt_pt, args.checkpoint, args.overwrite)
       print(f'exported step {step} of {args.out_dir} to {args.ckpt_pt}')
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)

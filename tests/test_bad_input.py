@@ -8,6 +8,7 @@ trained tiny run in `out`."""
 import errno
 import json
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from orbax import checkpoint as ocp
 
 from conftest import REPO_ROOT
-from jaxgpt import bench, checkpoint, cli, data, launch, prepare, sample
+from jaxgpt import bench, checkpoint, ckpt_pt, cli, data, launch, prepare, sample
 
 # ml_collections loads config files through a deprecated importlib call
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
@@ -75,6 +76,7 @@ def folder(tmp_path_factory, shakespeare):
   with pytest.MonkeyPatch.context() as patch:
     patch.chdir(root)
     assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.out_dir=out']) == 0
+    write_nanogpt_files(root / 'nanogpt')
   shutil.copytree(root / 'out', root / 'busy')
   busy = checkpoint.lock(root / 'busy')  # as a training writing into it holds it
   yield root
@@ -230,6 +232,48 @@ SAMPLE_CASES = {
     'sample without checkpoints': (sample_('--out_dir=data'), 'no checkpoint in'),
 }
 
+def write_nanogpt_files(folder):
+  """folder/ckpt.pt (the run in `out`, exported for nanoGPT), ckpt.pt's spoilt
+  in one way each, a corrupt jaxgpt checkpoint and a meta.pkl of 3 characters."""
+  import torch  # the ckpt_pt cases need it; the others not
+  folder.mkdir()
+  assert ckpt_pt.main(['ckpt_pt', 'export', '--out_dir=out', str(folder / 'ckpt.pt')]) == 0
+  ckpt = torch.load(folder / 'ckpt.pt', weights_only=True)
+  spoilt = {
+      'no_model_args': {k: v for k, v in ckpt.items() if k != 'model_args'},
+      'no_model': {k: v for k, v in ckpt.items() if k != 'model'},
+      'other_shape': ckpt | {'model_args': ckpt['model_args'] | {'block_size': 32}},
+      'no_tensors': ckpt | {'model': {'transformer.wte.weight': 'weights'}},
+      'other_dataset': ckpt | {'config': ckpt['config'] | {'dataset': 'nope'}},
+      'dataset_outside': ckpt | {'config': ckpt['config'] | {'dataset': '../../etc'}},
+      'bad_settings': ckpt | {'config': ckpt['config'] | {'learning_rate': -1.0}},
+      'other_optimizer': ckpt | {'optimizer': ckpt['optimizer'] | {'state': {0: ckpt['optimizer']['state'][0]}}},
+  }
+  for name, contents in spoilt.items():
+    torch.save(contents, folder / f'{name}.pt')
+  torch.save({'model': Payload(), 'model_args': {}}, folder / 'code.pt')
+  shutil.copytree('out', folder / 'corrupt_out')
+  for meta in (folder / 'corrupt_out').glob('*/meta/metadata'):
+    meta.write_text('{not json')
+  with open(folder / 'meta.pkl', 'wb') as f:
+    pickle.dump({'vocab_size': 3, 'itos': {0: 'a', 1: 'b', 2: 'c'}, 'stoi': {'a': 0, 'b': 1, 'c': 2}}, f)
+
+
+class Payload:
+  """Pickled as a call of print: code torch.load(weights_only=True) must refuse."""
+
+  def __reduce__(self):
+    return print, ('this ran',)
+
+
+def import_(*args):
+  return ckpt_pt.main, ['ckpt_pt', 'import', *args]
+
+
+def export(*args):
+  return ckpt_pt.main, ['ckpt_pt', 'export', *args]
+
+
 TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoint import and export, ...
     'empty text': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'empty']), 'is empty: a data set needs text'),
     'prepare over a data set': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'shakespeare_char']),
@@ -257,6 +301,46 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
     'data command over a data set': ((data.main, ['jaxgpt.data', 'shakespeare_char']),
                                      'data/shakespeare_char already holds a data set (train.bin, val.bin, meta.json): '
                                      'pass --overwrite to prepare it again'),
+    'import a missing file': (import_('nope.pt', '--out_dir=imported'), 'nope.pt is not a readable nanoGPT checkpoint (no such file)'),
+    'import a folder': (import_('out', '--out_dir=imported'), 'out is a folder: pass the checkpoint file in it, e.g. out/ckpt.pt'),
+    'import an empty file': (import_('empty.txt', '--out_dir=imported'), 'empty.txt is empty, not a nanoGPT checkpoint'),
+    'import a text file': (import_('a_file', '--out_dir=imported'), 'a_file is not a readable nanoGPT checkpoint (not a file of torch.save)'),
+    'import a pickle that names code': (import_('nanogpt/code.pt', '--out_dir=imported'),
+                                        'nanogpt/code.pt names code (print), not only tensors and plain data: refused unread'),
+    'import without model_args': (import_('nanogpt/no_model_args.pt', '--out_dir=imported'),
+                                  "nanogpt/no_model_args.pt has no 'model_args': not a nanoGPT ckpt.pt"),
+    'import without model': (import_('nanogpt/no_model.pt', '--out_dir=imported'), "nanogpt/no_model.pt has no 'model'"),
+    'import shapes that disagree': (import_('nanogpt/other_shape.pt', '--out_dir=imported'),
+                                    "transformer.wpe.weight: shape (16, 32) does not match the model's (32, 32)"),
+    'import a model of no tensors': (import_('nanogpt/no_tensors.pt', '--out_dir=imported'), 'holds values that are not tensors'),
+    'import settings that cannot run': (import_('nanogpt/bad_settings.pt', '--out_dir=imported'),
+                                        'holds settings jaxgpt cannot run (learning_rate=-1.0 must be > 0)'),
+    'import an optimizer of another model': (import_('nanogpt/other_optimizer.pt', '--out_dir=imported'),
+                                             "optimizer state does not match its model"),
+    'import a data set outside data/': (import_('nanogpt/dataset_outside.pt', '--out_dir=imported'),
+                                        "holds settings jaxgpt cannot run (--config.dataset='../../etc' is not a data set name"),
+    'import without a vocabulary': (import_('nanogpt/other_dataset.pt', '--out_dir=imported'),
+                                    'is a character-level model (vocab_size=65) and no data/nope/meta.pkl was found here '
+                                    'or in a folder above'),
+    'import a vocabulary of another size': (import_('nanogpt/ckpt.pt', '--out_dir=imported', '--meta=nanogpt/meta.pkl'),
+                                            'nanogpt/meta.pkl has 3 characters but the model vocab_size=65: pass --meta='),
+    'import --meta missing': (import_('nanogpt/ckpt.pt', '--out_dir=imported', '--meta=nope/meta.pkl'),
+                              '--meta=nope/meta.pkl is not a file: pass the meta.pkl'),
+    'import --meta a folder': (import_('nanogpt/ckpt.pt', '--out_dir=imported', '--meta=data/shakespeare_char'),
+                               '--meta=data/shakespeare_char is not a file'),
+    'import into checkpoints': (import_('nanogpt/ckpt.pt', '--out_dir=out'), 'out already holds checkpoints: import into an empty --out_dir'),
+    'import into a file': (import_('nanogpt/ckpt.pt', '--out_dir=a_file'), '--out_dir=a_file is a file: import into a new or empty folder'),
+    'import into a folder that cannot be made': (import_('nanogpt/ckpt.pt', '--out_dir=a_file/imported'),
+                                                 'cannot create --out_dir=a_file/imported (Not a directory)'),
+    'import into an empty out_dir': (import_('nanogpt/ckpt.pt', '--out_dir='), '--out_dir is empty: name the folder to import into'),
+    'export over a file': (export('--out_dir=out', 'nanogpt/ckpt.pt'),
+                           'nanogpt/ckpt.pt exists: export to another path, or pass --overwrite to replace it'),
+    'export into a missing folder': (export('--out_dir=out', 'nope/ckpt.pt'),
+                                     'cannot write nope/ckpt.pt: the folder nope does not exist; create it (mkdir -p nope)'),
+    'export onto a folder': (export('--out_dir=out', 'nanogpt', '--overwrite'), 'nanogpt is a folder: name the file to write, e.g. nanogpt/ckpt.pt'),
+    'export from a missing out_dir': (export('--out_dir=nope', 'exported.pt'), 'nope does not exist'),
+    'export from a folder without checkpoints': (export('--out_dir=data', 'exported.pt'), 'no checkpoint in'),
+    'export a corrupt checkpoint': (export('--out_dir=nanogpt/corrupt_out', 'exported.pt'), 'is corrupt or from another model'),
 }
 
 SIZE_CASES = {  # sizes that cannot run, refused before anything is allocated or written

@@ -1,6 +1,12 @@
 """nanoGPT's ckpt.pt in and out, against nanoGPT's own model (jaxgpt/nanogpt_torch.py)."""
 
 import dataclasses
+import math
+import os
+import pathlib
+import pickle
+import re
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +17,10 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import REPO_ROOT
+from conftest import FIXTURES, REPO_ROOT, make_workdir
 from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
-from jaxgpt.config import GPTConfig, base_config
+from jaxgpt.config import GPTConfig, JaxGPTError, base_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
 from test_optim import nanogpt_get_lr
@@ -49,14 +55,34 @@ def save_jaxgpt_checkpoint(out_dir, params, step=10, val_loss=2.0):
   checkpoints.close()
 
 
-def nanogpt_checkpoint(path, prefix=''):
+# a character vocabulary of CONFIG.vocab_size, as nanoGPT's prepare.py sorts it
+VOCAB = sorted(chr(c) for c in range(ord('0'), ord('0') + CONFIG.vocab_size))
+DATASET = 'tiny_char'
+
+
+def write_meta_pkl(folder, vocab=VOCAB):
+  """folder/meta.pkl as nanoGPT's data/shakespeare_char/prepare.py writes it."""
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / 'meta.pkl', 'wb') as f:
+    pickle.dump({'vocab_size': len(vocab), 'itos': dict(enumerate(vocab)),
+                 'stoi': {ch: i for i, ch in enumerate(vocab)}}, f)
+  return folder / 'meta.pkl'
+
+
+def nanogpt_checkpoint(path, prefix='', dataset=DATASET, vocab=VOCAB):
+  """A nanoGPT checkpoint at path, with its data set's meta.pkl where nanoGPT
+  keeps it: in data/ of the checkout its out_dir is in (path's folder's
+  parent); vocab=None writes none."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if vocab is not None:
+    write_meta_pkl(path.parent.parent / 'data' / dataset, vocab)
   torch.manual_seed(0)
   model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**{
       k: getattr(CONFIG, k) for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias')}))
   model_args = {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}
   torch.save({'model': {prefix + k: v for k, v in model.state_dict().items()}, 'model_args': model_args,
               'iter_num': 7, 'best_val_loss': torch.tensor(2.5),
-              'config': {'learning_rate': 1e-3, 'dataset': 'no_such_dataset', 'device': 'cuda'}}, path)
+              'config': {'learning_rate': 1e-3, 'dataset': dataset, 'device': 'cuda'}}, path)
   return model
 
 
@@ -92,19 +118,20 @@ def test_export_loads_into_nanogpt_with_equal_logits(tmp_path):
 
 @pytest.mark.parametrize('prefix', ['', '_orig_mod.'])  # torch.compile'd models save with the prefix
 def test_import_gives_nanogpt_logits(tmp_path, prefix):
-  model = nanogpt_checkpoint(tmp_path / 'ckpt.pt', prefix)
-  assert ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out')) == 7
+  model = nanogpt_checkpoint(tmp_path / 'out-nanogpt' / 'ckpt.pt', prefix)
+  assert ckpt_pt.import_ckpt(str(tmp_path / 'out-nanogpt' / 'ckpt.pt'), str(tmp_path / 'out')) == 7
   checkpoints = Checkpoints(str(tmp_path / 'out'), read_only=True)
   meta = checkpoints.meta(7)
   assert meta['iter_num'] == 7 and meta['best_val_loss'] == 2.5
   assert meta['config']['learning_rate'] == 1e-3 and meta['config']['device'] == 'cpu'
+  assert meta['vocab'] == VOCAB
   params = checkpoints.params(7, init_model(CONFIG, seed=0)[2])
   np.testing.assert_allclose(jax_logits(params), torch_logits(model), atol=LOGITS_TOL, rtol=0)
 
 
 def test_round_trip_keeps_every_weight(tmp_path):
-  model = nanogpt_checkpoint(tmp_path / 'in.pt')
-  ckpt_pt.import_ckpt(str(tmp_path / 'in.pt'), str(tmp_path / 'out'))
+  model = nanogpt_checkpoint(tmp_path / 'in' / 'in.pt')
+  ckpt_pt.import_ckpt(str(tmp_path / 'in' / 'in.pt'), str(tmp_path / 'out'))
   ckpt_pt.export_ckpt(str(tmp_path / 'out'), str(tmp_path / 'back.pt'))
   back = torch.load(tmp_path / 'back.pt', map_location='cpu', weights_only=True)['model']
   for name, tensor in model.state_dict().items():
@@ -135,10 +162,12 @@ def test_bad_files_are_one_error_line(tmp_path):
 
 def test_module_runs_from_the_repository(tmp_path):
   # the documented command line, end to end
-  nanogpt_checkpoint(tmp_path / 'ckpt.pt')
-  proc = run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "out"}', cwd=REPO_ROOT)
+  ckpt = tmp_path / 'out-nanogpt' / 'ckpt.pt'
+  nanogpt_checkpoint(ckpt)
+  proc = run_cli('import', str(ckpt), f'--out_dir={tmp_path / "out"}', cwd=REPO_ROOT)
   assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.startswith(f'imported {tmp_path / "ckpt.pt"} (iteration 7)')
+  assert proc.stdout.splitlines() == [f'found vocab_size = 65 (inside {tmp_path / "data" / DATASET})',
+                                      f'imported {ckpt} (iteration 7) into {tmp_path / "out"}']
 
 
 @pytest.mark.parametrize('prefix', ['', '_orig_mod.'])
@@ -146,18 +175,19 @@ def test_import_continues_nanogpt_adamw(tmp_path, prefix):
   # nanoGPT trains 3 steps and saves (weights + AdamW moments); its 4th step
   # and jaxgpt's first step after import must give the same weights
   settings = dict(learning_rate=1e-3, decay_lr=False, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0)
-  model = nanogpt_checkpoint(tmp_path / 'unused.pt')
+  model = nanogpt_checkpoint(tmp_path / 'unused.pt', vocab=None)
+  write_meta_pkl(tmp_path / 'meta')
   optimizer = nanogpt_torch.configure_optimizers(model, settings['weight_decay'], settings['learning_rate'], (0.9, 0.99))
   batches = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (4, 4, CONFIG.block_size + 1))
   for batch in batches[:3]:
     torch_step(model, optimizer, batch, settings['grad_clip'])
   torch.save({'model': {prefix + k: v for k, v in model.state_dict().items()}, 'optimizer': optimizer.state_dict(),
-              'iter_num': 3, 'best_val_loss': 3.0, 'config': settings | {'dataset': 'no_such_dataset'},
+              'iter_num': 3, 'best_val_loss': 3.0, 'config': settings | {'dataset': DATASET},
               'model_args': {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}}, tmp_path / 'ckpt.pt')
   torch_step(model, optimizer, batches[3], settings['grad_clip'])
   expected = {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
-  ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out'))
+  ckpt_pt.import_ckpt(str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out'), meta=str(tmp_path / 'meta' / 'meta.pkl'))
   checkpoints = Checkpoints(str(tmp_path / 'out'), read_only=True)
   c = base_config()
   c.update(settings)
@@ -235,9 +265,198 @@ def test_export_then_import_keeps_the_adamw_state(jaxgpt_run, tmp_path):
   # the documented command lines, jaxgpt -> ckpt.pt -> jaxgpt
   out_dir, c, _ = jaxgpt_run
   assert run_cli('export', str(tmp_path / 'ckpt.pt'), f'--out_dir={out_dir}', cwd=REPO_ROOT).returncode == 0
-  assert run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "back"}', cwd=REPO_ROOT).returncode == 0
+  meta = write_meta_pkl(tmp_path / 'meta')
+  assert run_cli('import', str(tmp_path / 'ckpt.pt'), f'--out_dir={tmp_path / "back"}', f'--meta={meta}',
+                 cwd=REPO_ROOT).returncode == 0
   _, original = restore(out_dir, c)
   _, back = restore(tmp_path / 'back', c)
   # every leaf: AdamW's mu, nu and count, and the schedule's count
   for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(back), strict=True):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-7, rtol=0)
+
+
+def imported_vocab(out_dir) -> list[str] | None:
+  checkpoints = Checkpoints(str(out_dir), read_only=True)
+  return checkpoints.meta(checkpoints.latest_step())['vocab']
+
+
+def test_import_finds_the_vocabulary_in_the_order_documented(tmp_path, monkeypatch):
+  # a fresh checkout: the data set was prepared by nanoGPT only, in its own checkout
+  ckpt = tmp_path / 'nanoGPT' / 'out-shakespeare-char' / 'ckpt.pt'
+  nanogpt_checkpoint(ckpt)
+  here = tmp_path / 'jaxgpt'
+  here.mkdir()
+  monkeypatch.chdir(here)
+  ckpt_pt.import_ckpt(str(ckpt), 'from-checkout')
+  assert imported_vocab(here / 'from-checkout') == VOCAB
+  # data/<dataset>/ here comes before the checkout's (jaxgpt's meta.json, or a meta.pkl)
+  write_meta_pkl(here / 'data' / DATASET, VOCAB[::-1])
+  ckpt_pt.import_ckpt(str(ckpt), 'from-here')
+  assert imported_vocab(here / 'from-here') == VOCAB[::-1]
+  # --meta comes first
+  meta = write_meta_pkl(tmp_path / 'elsewhere', VOCAB[1:] + VOCAB[:1])
+  ckpt_pt.import_ckpt(str(ckpt), 'from-meta', meta=str(meta))
+  assert imported_vocab(here / 'from-meta') == VOCAB[1:] + VOCAB[:1]
+
+
+def test_char_model_without_vocabulary_is_refused_and_nothing_written(tmp_path, monkeypatch):
+  nanogpt_checkpoint(tmp_path / 'run' / 'ckpt.pt', vocab=None)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(JaxGPTError) as e:
+    ckpt_pt.import_ckpt(str(tmp_path / 'run' / 'ckpt.pt'), 'out')
+  assert str(e.value).endswith(f'pass --meta=.../data/{DATASET}/meta.pkl, the vocabulary nanoGPT\'s prepare.py wrote')
+  assert not (tmp_path / 'out').exists()
+  write_meta_pkl(tmp_path / 'data' / DATASET, VOCAB[:10])  # another data set's: nanoGPT pads no vocabulary
+  with pytest.raises(JaxGPTError, match=f'has 10 characters but the model vocab_size=65'):
+    ckpt_pt.import_ckpt(str(tmp_path / 'run' / 'ckpt.pt'), 'out')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_gpt2_vocabulary_needs_no_meta(tmp_path, monkeypatch):
+  config = dataclasses.replace(CONFIG, vocab_size=50304)
+  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**{k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS}))
+  torch.save({'model': model.state_dict(), 'model_args': {k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS},
+              'iter_num': 1, 'config': {'dataset': 'openwebtext'}}, tmp_path / 'ckpt.pt')
+  monkeypatch.chdir(tmp_path)
+  assert ckpt_pt.import_ckpt('ckpt.pt', 'out') == 1
+  assert imported_vocab(tmp_path / 'out') is None  # sampling then uses GPT-2's tokenizer
+
+
+def test_import_refuses_a_checkpoint_that_names_code_without_running_it(tmp_path, monkeypatch):
+  ran = tmp_path / 'the-code-ran'
+
+  class Payload:
+    def __reduce__(self):
+      return open, (str(ran), 'w')  # creates the file, if unpickling ever runs it
+
+  torch.save({'model': Payload(), 'model_args': {}}, tmp_path / 'ckpt.pt')
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(JaxGPTError, match=r'ckpt.pt names code \(io.open\), not only tensors and plain data: refused unread, none of it ran'):
+    ckpt_pt.import_ckpt('ckpt.pt', 'out')
+  assert not ran.exists() and not (tmp_path / 'out').exists()
+
+
+def test_export_never_replaces_a_file_unless_told(jaxgpt_run, tmp_path):
+  out_dir, _, _ = jaxgpt_run
+  target = tmp_path / 'ckpt.pt'
+  target.write_bytes(b'the nanoGPT run of last week')
+  with pytest.raises(JaxGPTError, match='ckpt.pt exists: export to another path, or pass --overwrite to replace it'):
+    ckpt_pt.export_ckpt(str(out_dir), str(target))
+  assert target.read_bytes() == b'the nanoGPT run of last week'
+  assert ckpt_pt.export_ckpt(str(out_dir), str(target), overwrite=True) == 3
+  assert torch.load(target, weights_only=True)['iter_num'] == 3
+  assert os.listdir(tmp_path) == ['ckpt.pt']  # no temporary file left beside it
+
+
+def test_interrupted_export_leaves_the_target_as_it_was(jaxgpt_run, tmp_path, monkeypatch):
+  out_dir, _, _ = jaxgpt_run
+  target = tmp_path / 'ckpt.pt'
+  target.write_bytes(b'the nanoGPT run of last week')
+
+  def save_half_then_interrupt(obj, f):
+    f.write(b'half a checkpoint')
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(torch, 'save', save_half_then_interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    ckpt_pt.export_ckpt(str(out_dir), str(target), overwrite=True)
+  assert target.read_bytes() == b'the nanoGPT run of last week'
+  assert os.listdir(tmp_path) == ['ckpt.pt']
+  with pytest.raises(KeyboardInterrupt):  # a new file: none at all
+    ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'new.pt'))
+  assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+# nanoGPT's own model.py: in $JAXGPT_NANOGPT_DIR (a nanoGPT checkout), else <repo>/../shared/reference/nanogpt
+NANOGPT_MODEL = pathlib.Path(os.environ.get('JAXGPT_NANOGPT_DIR') or REPO_ROOT.parent / 'shared' / 'reference' / 'nanogpt') / 'model.py'
+NANOGPT_SCRIPTS = ('train.py', 'sample.py', 'configurator.py', 'data/shakespeare_char/prepare.py')
+# one tiny run's settings, spelled for nanoGPT (--key=value) and jaxgpt (--config.key=value)
+ROUND_TRIP = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, gradient_accumulation_steps=1,
+                  dropout=0.0, learning_rate=1e-2, warmup_iters=2, lr_decay_iters=40, min_lr=1e-3,
+                  eval_interval=10, eval_iters=50, log_interval=1, always_save_checkpoint=True)
+
+
+def nanogpt_checkout(folder: pathlib.Path, corpus: pathlib.Path) -> pathlib.Path:
+  """A nanoGPT checkout: its scripts (tests/fixtures/nanogpt), its model.py
+  (../shared/reference) and tiny Shakespeare prepared by its own prepare.py."""
+  for name in NANOGPT_SCRIPTS:
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / 'nanogpt' / name, folder / name)
+  shutil.copy(NANOGPT_MODEL, folder / 'model.py')
+  shutil.copy(corpus, folder / 'data' / 'shakespeare_char' / 'input.txt')  # prepare.py downloads it only when absent
+  run(['data/shakespeare_char/prepare.py'], folder)
+  return folder
+
+
+def run(args, cwd) -> str:
+  """python args in cwd (this checkout's jaxgpt importable); its stdout. Exit 0 asserted."""
+  proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                        env=os.environ | {'PYTHONPATH': str(REPO_ROOT), 'HF_HUB_OFFLINE': '1'})
+  assert proc.returncode == 0, f'{args}\n{proc.stdout}\n{proc.stderr}'
+  return proc.stdout
+
+
+def evaluations(log: str) -> dict[int, float]:
+  """{iteration: val loss} of the 'step N: train loss X, val loss Y' lines, as both print them."""
+  return {int(m[1]): float(m[2]) for m in re.finditer(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)$', log, re.M)}
+
+
+def iterations(log: str) -> list[int]:
+  return [int(m[1]) for m in re.finditer(r'^iter (\d+): loss ([\d.]+)', log, re.M)]
+
+
+def samples(stdout: str) -> list[str]:
+  """The samples sample.py printed, each followed by a line of dashes."""
+  return stdout.split('\n---------------\n')[:-1]
+
+
+def test_nanogpt_round_trip(tmp_path, shakespeare):
+  """nanoGPT's ckpt.pt -> import -> sample.py, resume -> export -> nanoGPT's
+  sample.py and train.py --init_from=resume, from a fresh jaxgpt checkout
+  beside a nanoGPT one, each side's own scripts in subprocesses."""
+  if not NANOGPT_MODEL.is_file():
+    pytest.skip(f"nanoGPT's model.py not found at {NANOGPT_MODEL}: set JAXGPT_NANOGPT_DIR to a nanoGPT checkout")
+  pytest.importorskip('tiktoken', reason="nanoGPT's sample.py imports tiktoken")
+  pytest.importorskip('requests', reason="nanoGPT's prepare.py imports requests")
+  nano = nanogpt_checkout(tmp_path / 'nanoGPT', shakespeare)
+  vocab = [meta['itos'][i] for meta in [pickle.loads((nano / 'data' / 'shakespeare_char' / 'meta.pkl').read_bytes())]
+           for i in range(meta['vocab_size'])]
+  nanogpt_flags = [f'--{k}={v}' for k, v in ROUND_TRIP.items()] + ['--device=cpu', '--compile=False', '--dtype=float32']
+  jaxgpt_flags = [f'--config.{k}={v}' for k, v in ROUND_TRIP.items()]
+  nano_log = run(['train.py', '--dataset=shakespeare_char', '--out_dir=out', '--max_iters=20', *nanogpt_flags], nano)
+  assert iterations(nano_log) == list(range(21))
+
+  # a fresh jaxgpt checkout: no data set prepared, nothing in out
+  here = make_workdir(tmp_path / 'jaxgpt', shakespeare)
+  imported = run(['-m', 'jaxgpt.ckpt_pt', 'import', '../nanoGPT/out/ckpt.pt', '--out_dir=out'], here)
+  assert imported.splitlines() == [f'found vocab_size = 65 (inside {nano / "data" / "shakespeare_char"})',
+                                   'imported ../nanoGPT/out/ckpt.pt (iteration 20) into out']
+  text = samples(run([REPO_ROOT / 'sample.py', '--out_dir=out', '--start=ROMEO:', '--num_samples=2',
+                      '--max_new_tokens=30'], here))
+  assert len(text) == 2 and all(t.startswith('ROMEO:') and len(t) == 36 and set(t) <= set(vocab) for t in text)
+
+  resumed = run([REPO_ROOT / 'train.py', f'--config={REPO_ROOT / "configs" / "shakespeare_char.py"}', *jaxgpt_flags,
+                 '--config.init_from=resume', '--config.out_dir=out', '--config.max_iters=30'], here)
+  assert iterations(resumed) == list(range(20, 31))  # continues at nanoGPT's iteration
+  nano_val, jax_val = evaluations(nano_log), evaluations(resumed)
+  assert sorted(jax_val) == [20, 30]
+  # the same weights evaluated on other random batches (50 of 4 x 16 tokens): near, and well below
+  # the untrained model's ln(65) = 4.17
+  assert abs(jax_val[20] - nano_val[20]) < 0.2 and nano_val[20] < 3.5, (nano_val, jax_val)
+
+  (nano / 'out-jaxgpt').mkdir()
+  # the best: the evaluated state at 30 (the latest is the final state, before iteration 31)
+  exported = run(['-m', 'jaxgpt.ckpt_pt', 'export', '--out_dir=out', '../nanoGPT/out-jaxgpt/ckpt.pt'], here)
+  assert exported.splitlines() == ['exported step 30 of out to ../nanoGPT/out-jaxgpt/ckpt.pt']
+  settings, text = run(['sample.py', '--out_dir=out-jaxgpt', '--device=cpu', '--dtype=float32', '--start=ROMEO:',
+                        '--num_samples=2', '--max_new_tokens=30'], nano).split('Loading meta from data/shakespeare_char/meta.pkl...\n')
+  text = samples(text)
+  assert len(text) == 2 and all(t.startswith('ROMEO:') and len(t) == 36 and set(t) <= set(vocab) for t in text)
+  nano_resumed = run(['train.py', '--dataset=shakespeare_char', '--out_dir=out-jaxgpt', '--init_from=resume',
+                      '--max_iters=40', *nanogpt_flags], nano)
+  assert iterations(nano_resumed) == list(range(30, 41))
+  back_val = evaluations(nano_resumed)
+  assert sorted(back_val) == [30, 40]
+  assert abs(back_val[30] - jax_val[30]) < 0.2, (jax_val, back_val)
+  assert all(math.isfinite(float(loss)) for log in (nano_log, resumed, nano_resumed)
+             for loss in re.findall(r'loss ([\d.naif]+)', log))
