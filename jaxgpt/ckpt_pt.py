@@ -314,13 +314,14 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = 
   ckpt_path = pathlib.Path(path)
   check_export_path(ckpt_path, overwrite)
   checkpoints = Checkpoints(out_dir, read_only=True)
-  step = checkpoints.best_step() if which == 'best' else checkpoints.latest_step()
-  meta = checkpoints.meta(step)
-  config = GPTConfig(**meta['model_args'])
-  c = base_config()
-  c.update(meta['config'])
-  _, _, like = init_model(config, seed=0)
-  params, opt_state = checkpoints.state(step, like, make_optimizer(c).init(like))
+
+  def read(step: int):
+    meta = checkpoints.meta(step)
+    c = base_config()
+    c.update(meta['config'])
+    _, _, like = init_model(GPTConfig(**meta['model_args']), seed=0)
+    return step, meta, c, checkpoints.state(step, like, make_optimizer(c).init(like))
+  step, meta, c, (params, opt_state) = checkpoints.read(which, read)
   state_dict = {name: torch.from_numpy(np.array(array)) for name, array in nanogpt.to_nanogpt(params).items()}
   state_dict['lm_head.weight'] = state_dict['transformer.wte.weight']  # tied: the same tensor, as nanoGPT saves it
   save_atomically({
