@@ -7,10 +7,7 @@ import signal
 import sys
 
 if __name__ == '__main__':
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C, while jax loads
-  try:
-    from jaxgpt import sample  # a second or two
-  except KeyboardInterrupt:
-    print('stopped before sampling', file=sys.stderr)
-    sys.exit(130)
+  # Ctrl-C or SIGTERM while jax loads is held for sample.main's handler: one line, exit 130
+  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+  from jaxgpt import sample
   sys.exit(sample.main(sys.argv))

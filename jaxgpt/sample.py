@@ -182,6 +182,7 @@ def main(argv: list[str]) -> int:
   # a signal the shell told us to ignore (a background job's SIGINT) stays ignored
   handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
   previous_handlers = {s: signal.signal(s, stop_requested) for s in handled}
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held by sample.py while jax loaded
   try:
     c = parse_sample_config(argv)
     text = read_prompt(c.start)
