@@ -10,14 +10,15 @@ for the machine's memory, is answered with one `error:` line before the
 weights are read.
 """
 
+import contextlib
 import dataclasses
 import functools
-import math
 import pathlib
 import signal
 import sys
 import time
 import types
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -169,50 +170,59 @@ def print_samples(tokenizer, rows: np.ndarray) -> None:
     print(SEPARATOR)
 
 
-def main(argv: list[str]) -> int:
-  # Ctrl-C or SIGTERM: stop at the next token and print what was drawn (a
-  # second one stops at once); never in the middle of reading a checkpoint
+@contextlib.contextmanager
+def signals_noted() -> Iterator[list[str]]:
+  """Within: SIGINT and SIGTERM are noted in the list yielded (their names),
+  not raised, so that sampling stops between two tokens and never midway
+  through reading a checkpoint; a second one raises KeyboardInterrupt at once.
+  A signal the shell told this process to ignore (a background job's SIGINT)
+  stays ignored."""
   received = []
 
-  def stop_requested(signum: int, frame: types.FrameType | None) -> None:
+  def note(signum: int, frame: types.FrameType | None) -> None:
     if received:
       raise KeyboardInterrupt(signal.Signals(signum).name)
     received.append(signal.Signals(signum).name)
 
-  # a signal the shell told us to ignore (a background job's SIGINT) stays ignored
   handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
-  previous_handlers = {s: signal.signal(s, stop_requested) for s in handled}
+  previous_handlers = {s: signal.signal(s, note) for s in handled}
   signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held by sample.py while jax loaded
   try:
-    c = parse_sample_config(argv)
-    text = read_prompt(c.start)
-    logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
-    pin_device(c.device)
-    config, tokenizer, read_params, what = open_model(c)
-    prompt = tokenizer.encode(text)
-    check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
-    graphdef, like = abstract_params(config)
-    generate = Generator(graphdef, read_params(like), config, temperature=c.temperature, top_k=c.top_k)
-    if received:
-      raise KeyboardInterrupt(received[0])
-    tokens = np.array([prompt] * c.num_samples, np.int32)
-    t0 = time.time()
-    with jax.disable_jit(not c.compile):
-      for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache,
-                                    progress=sys.stdout.isatty()):
-        if received:
-          break
-    seconds = time.time() - t0
-    print_samples(tokenizer, tokens)
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt as e:
-    print(f'{str(e) or "SIGINT"}: stopped before sampling', file=sys.stderr)
-    return 130
+    yield received
   finally:
     for s, handler in previous_handlers.items():
       signal.signal(s, handler)
+
+
+def main(argv: list[str]) -> int:
+  with signals_noted() as received:
+    try:
+      c = parse_sample_config(argv)
+      text = read_prompt(c.start)
+      logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
+      pin_device(c.device)
+      config, tokenizer, read_params, what = open_model(c)
+      prompt = tokenizer.encode(text)
+      check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
+      graphdef, like = abstract_params(config)
+      generate = Generator(graphdef, read_params(like), config, temperature=c.temperature, top_k=c.top_k)
+      if received:
+        raise KeyboardInterrupt(received[0])
+      tokens = np.array([prompt] * c.num_samples, np.int32)
+      t0 = time.time()
+      with jax.disable_jit(not c.compile):
+        for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache,
+                                      progress=sys.stdout.isatty()):
+          if received:  # tokens holds every token drawn so far
+            break
+      seconds = time.time() - t0
+      print_samples(tokenizer, tokens)
+    except JaxGPTError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    except KeyboardInterrupt as e:
+      print(f'{str(e) or "SIGINT"}: stopped before sampling', file=sys.stderr)
+      return 130
   if received:
     print(f'{received[0]}: stopped after {tokens.shape[1] - len(prompt)} of {c.max_new_tokens} new tokens',
           file=sys.stderr)
