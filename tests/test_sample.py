@@ -340,7 +340,20 @@ def test_the_memory_estimate_of_a_small_generation_is_small(runs, monkeypatch, c
   assert capsys.readouterr().out == runs['first'].stdout
 
 
-def test_a_signal_while_sampling_prints_the_samples_so_far(runs, monkeypatch, capsys):
+@pytest.fixture
+def signals_fail_the_test():
+  """SIGINT and SIGTERM, when sample.main does not handle them, fail the test
+  (rather than end the test session); their handler, to compare with after main."""
+  def fail(signum, frame):
+    pytest.fail(f'{signal.Signals(signum).name} reached the test, not sample.main\'s handler')
+
+  previous = {s: signal.signal(s, fail) for s in (signal.SIGINT, signal.SIGTERM)}
+  yield fail
+  for s, handler in previous.items():
+    signal.signal(s, handler)
+
+
+def test_a_signal_while_sampling_prints_the_samples_so_far(runs, monkeypatch, capsys, signals_fail_the_test):
   """In process: SIGTERM arrives while the 6th token is drawn; the 6 tokens
   drawn are printed, as a finished sample would be."""
   real_track = generate_module.track
@@ -357,10 +370,11 @@ def test_a_signal_while_sampling_prints_the_samples_so_far(runs, monkeypatch, ca
   assert err.splitlines() == ['SIGTERM: stopped after 6 of 30 new tokens']
   finished = runs['first'].stdout.split(SEPARATOR)
   assert out.split(SEPARATOR) == [sample[:len('ROMEO:') + 6] for sample in finished[:2]] + ['']
-  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with main
+  assert signal.getsignal(signal.SIGTERM) is signals_fail_the_test  # main's handler is gone with it
 
 
-def test_a_signal_while_the_checkpoint_is_read_waits_for_it_then_stops(runs, monkeypatch, capsys):
+def test_a_signal_while_the_checkpoint_is_read_waits_for_it_then_stops(runs, monkeypatch, capsys,
+                                                                      signals_fail_the_test):
   real_params = Checkpoints.params
 
   def signal_then_read(self, step, like):
