@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -38,6 +38,8 @@ from jaxgpt.train import pin_device
 GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)  # GPT-2's own, and nanoGPT's padded to a multiple of 64
 SEEDS = 2 ** 32  # jax.random.key keeps the low 32 bits: a larger seed repeats a smaller one
 SEPARATOR = '---------------'
+# float32's positive finite range, as Python floats (a float32 compared with 1e39 would cast it: a warning)
+FLOAT32_RANGE = (float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max))
 
 
 def sample_config() -> ml_collections.ConfigDict:
@@ -78,8 +80,8 @@ def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
 def validate_sample_config(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad value and how to fix it."""
   # sampling divides float32 logits by it: nan, inf, or what float32 rounds to 0 or inf, draws nothing sensible
-  if not 0 < np.float32(c.temperature) < np.inf:
-    raise ConfigError(f'temperature={c.temperature} must be > 0 and finite as a float32 (1e-45 to 3e38): pass '
+  if not FLOAT32_RANGE[0] <= c.temperature <= FLOAT32_RANGE[1]:
+    raise ConfigError(f'temperature={c.temperature} must be > 0 and finite as a float32 (1.4e-45 to 3.4e38): pass '
                       'e.g. --temperature=0.8, or a small value like 0.1 for near-greedy sampling')
   for key in ('top_k', 'num_samples', 'max_new_tokens'):
     if c[key] < 1:
@@ -121,7 +123,7 @@ def read_prompt(start: str) -> str:
   return text
 
 
-def open_model(c: ml_collections.ConfigDict):
+def open_model(c: ml_collections.ConfigDict) -> tuple[GPTConfig, CharTokenizer | GPT2Tokenizer, Callable, str]:
   """(config, tokenizer, read_params, what) of the best or latest checkpoint in
   out_dir, or of GPT-2: everything but the weights, which read_params(like)
   reads; `what` names them for the closing line."""

@@ -119,8 +119,9 @@ SAMPLE_CASES = {
     'temperature nan': (sample_('--temperature=nan'), 'temperature=nan must be > 0 and finite as a float32'),
     'temperature inf': (sample_('--temperature=inf'), 'temperature=inf must be > 0 and finite as a float32'),
     'temperature negative': (sample_('--temperature=-1'), 'temperature=-1.0 must be > 0'),
+    'temperature past float32': (sample_('--temperature=1e39'), 'temperature=1e+39 must be > 0 and finite'),
     'temperature 0 as a float32': (sample_('--temperature=1e-50'), 'temperature=1e-50 must be > 0 and finite as '
-                                   'a float32 (1e-45 to 3e38): pass e.g. --temperature=0.8'),
+                                   'a float32 (1.4e-45 to 3.4e38): pass e.g. --temperature=0.8'),
     'top_k nan': (sample_('--top_k=nan'), "flag --config.top_k=nan: invalid literal for int() with base 10: 'nan'"),
     'top_k negative': (sample_('--top_k=-5'), 'top_k=-5 must be >= 1: pass --top_k=<a positive integer>'),
     'no samples': (sample_('--num_samples=0'), 'num_samples=0 must be >= 1: pass --num_samples=<a positive integer>'),
