@@ -6,9 +6,14 @@ the cache. Beyond block_size the context is cropped to the last block_size
 tokens as nanoGPT does, which moves every token's position, so each further
 token recomputes the whole window (`GPT.logits_at`), as nanoGPT does for
 every token. All model calls are jitted once per shape.
+
+`Generator.stream` hands out the tokens after each new one, so a caller
+stopped midway (Ctrl-C) keeps what was drawn; `generation_bytes` is what a
+generation holds beyond the weights, known before anything is allocated.
 """
 
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +27,9 @@ from jaxgpt.config import GPTConfig
 def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:
   """One token per row of logits (B, vocab): scaled by 1/temperature, cut to
   the top_k most likely, then drawn from the softmax."""
-  logits = logits / temperature
+  # the softmax is the same after subtracting the max; without it a tiny
+  # temperature makes every positive logit +inf, and the draw loses the argmax
+  logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
   if top_k is not None:
     kth_largest = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
     logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
@@ -49,6 +56,16 @@ class Generator:
     """prompt (B, T) token ids -> (B, T + max_new_tokens). The same seed gives
     the same tokens, with or without the cache. progress: a progress bar
     (rich) while it runs, gone when done."""
+    tokens = prompt
+    for tokens in self.stream(prompt, max_new_tokens, seed, use_cache=use_cache, progress=progress):
+      pass
+    return tokens
+
+  def stream(self, prompt: np.ndarray, max_new_tokens: int, seed: int, *,
+             use_cache: bool = True, progress: bool = False) -> Iterator[np.ndarray]:
+    """As __call__, yielding (B, T + n) after the n-th new token: views of one
+    buffer, each whole when handed out, so a caller interrupted midway holds
+    every token drawn before."""
     batch, length = prompt.shape
     tokens = np.zeros((batch, length + max_new_tokens), np.int32)
     tokens[:, :length] = prompt
@@ -67,4 +84,18 @@ class Generator:
         logits = self._window(self.params, window, length - start - 1)
       tokens[:, length] = np.asarray(self._sample(logits, jax.random.fold_in(key, i)))
       length += 1
-    return tokens
+      yield tokens[:, :length]
+
+
+def generation_bytes(config: GPTConfig, batch: int, length: int) -> int:
+  """The memory a Generator holds beyond the weights, generating `batch` rows
+  of `length` tokens (prompt included): the int32 token buffer, every layer's
+  keys and values, and one forward of a whole window (the largest call): a
+  layer's attention scores, the MLP's hidden layer and the logits."""
+  itemsize = jnp.dtype(config.dtype).itemsize
+  token_buffer = batch * length * 4
+  cache = config.n_layer * 2 * batch * config.block_size * config.n_embd * itemsize
+  scores = batch * config.n_head * config.block_size ** 2 * 4  # float32 softmax
+  mlp = batch * config.block_size * 4 * config.n_embd * 4
+  logits = batch * config.vocab_size * 4
+  return token_buffer + cache + scores + mlp + logits

@@ -3,13 +3,22 @@
   python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
 
 Flags are nanoGPT's (`--key=value`, or `--config.key=value`). Samples are
-printed one after another, each followed by a line of dashes.
+printed one after another, each followed by a line of dashes. Ctrl-C (or
+SIGTERM) while sampling prints the samples as far as they got, then exits
+with status 130. A bad flag, prompt or checkpoint, or a generation too large
+for the machine's memory, is answered with one `error:` line before the
+weights are read.
 """
 
+import contextlib
 import dataclasses
+import functools
 import pathlib
+import signal
 import sys
 import time
+import types
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -17,14 +26,20 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import gpt2
-from jaxgpt.checkpoint import Checkpoints
+from jaxgpt import data, gpt2, memory
+from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
-from jaxgpt.config import GPT2_MODELS, ConfigError, GPTConfig, JaxGPTError
-from jaxgpt.generate import Generator
+from jaxgpt.config import _CHOICES, GPT2_MODELS, ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.generate import Generator, generation_bytes
 from jaxgpt.step import abstract_params
 from jaxgpt.tokenizer import CharTokenizer, GPT2Tokenizer
 from jaxgpt.train import pin_device
+
+GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)  # GPT-2's own, and nanoGPT's padded to a multiple of 64
+SEEDS = 2 ** 32  # jax.random.key keeps the low 32 bits: a larger seed repeats a smaller one
+SEPARATOR = '---------------'
+# float32's positive finite range, as Python floats (a float32 compared with 1e39 would cast it: a warning)
+FLOAT32_RANGE = (float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max))
 
 
 def sample_config() -> ml_collections.ConfigDict:
@@ -58,36 +73,60 @@ def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
     raise ConfigError(f'{e}: check the flag\'s name and type') from None
   except (AttributeError, KeyError) as e:
     raise ConfigError(unknown_key_message(e, sample_config())) from None
-  c = flag_values.config
-  if c.temperature <= 0:
-    raise ConfigError(f'temperature={c.temperature} must be > 0 (use a small value like 0.1 for '
-                      'near-greedy sampling)')
-  if c.top_k < 1:
-    raise ConfigError(f'top_k={c.top_k} must be >= 1')
-  for key in ('num_samples', 'max_new_tokens'):
+  validate_sample_config(flag_values.config)
+  return flag_values.config
+
+
+def validate_sample_config(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad value and how to fix it."""
+  # sampling divides float32 logits by it: nan, inf, or what float32 rounds to 0 or inf, draws nothing sensible
+  if not FLOAT32_RANGE[0] <= c.temperature <= FLOAT32_RANGE[1]:
+    raise ConfigError(f'temperature={c.temperature} must be > 0 and finite as a float32 (1.4e-45 to 3.4e38): pass '
+                      'e.g. --temperature=0.8, or a small value like 0.1 for near-greedy sampling')
+  for key in ('top_k', 'num_samples', 'max_new_tokens'):
     if c[key] < 1:
-      raise ConfigError(f'{key}={c[key]} must be >= 1')
+      raise ConfigError(f'{key}={c[key]} must be >= 1: pass --{key}=<a positive integer>')
+  if not 0 <= c.seed < SEEDS:
+    raise ConfigError(f'seed={c.seed} must be in [0, {SEEDS - 1}]: pass e.g. --seed=1337')
   if c.init_from not in ('resume',) + GPT2_MODELS:
     raise ConfigError(f'init_from={c.init_from!r} is not supported: choose resume (the checkpoint in '
                       f'out_dir) or one of {", ".join(GPT2_MODELS)}')
+  if c.init_from == 'resume' and not c.out_dir:
+    raise ConfigError('out_dir is empty: pass --out_dir=<the folder a training run wrote its checkpoints to>')
   if c.checkpoint not in ('best', 'latest'):
     raise ConfigError(f'checkpoint={c.checkpoint!r}: choose best or latest')
-  return c
+  for key in ('device', 'dtype'):  # train.py's choices, and its words
+    if c[key] not in _CHOICES[key]:
+      raise ConfigError(f'{key}={c[key]!r} is not supported: choose one of {", ".join(_CHOICES[key])}')
 
 
 def read_prompt(start: str) -> str:
-  """The prompt: `start` itself, or the text of the file named by FILE:path."""
+  """The prompt: `start` itself, or the text of the file named by FILE:path; never empty."""
   if not start.startswith('FILE:'):
+    if not start:
+      raise ConfigError('--start is empty: the model needs a prompt to continue, e.g. --start="ROMEO:", '
+                        '--start="\\n" (the default) or --start=FILE:prompt.txt')
     return start
+  path = start.removeprefix('FILE:')
+  if not path:
+    raise ConfigError('--start=FILE: names no file: pass --start=FILE:<a text file holding the prompt>')
   try:
-    return pathlib.Path(start.removeprefix('FILE:')).read_text(encoding='utf-8')
-  except (OSError, UnicodeDecodeError) as e:
-    raise JaxGPTError(f'cannot read the prompt file {start.removeprefix("FILE:")}: {e}') from None
+    text = pathlib.Path(path).read_text(encoding='utf-8')
+  except OSError as e:
+    raise ConfigError(f'cannot read the prompt file {path} ({e.strerror}): pass '
+                      '--start=FILE:<a text file holding the prompt>') from None
+  except UnicodeDecodeError as e:
+    raise ConfigError(f'the prompt file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset '
+                      f'{e.start}): save it as UTF-8') from None
+  if not text:
+    raise ConfigError(f'the prompt file {path} is empty: write the prompt into it, or pass it as --start=TEXT')
+  return text
 
 
-def load_model(c: ml_collections.ConfigDict):
-  """(generator, tokenizer, what) of the best or latest checkpoint in out_dir,
-  or of GPT-2's weights; `what` names them for the closing line."""
+def open_model(c: ml_collections.ConfigDict) -> tuple[GPTConfig, CharTokenizer | GPT2Tokenizer, Callable, str]:
+  """(config, tokenizer, read_params, what) of the best or latest checkpoint in
+  out_dir, or of GPT-2: everything but the weights, which read_params(like)
+  reads; `what` names them for the closing line."""
   if c.init_from == 'resume':
     checkpoints = Checkpoints(c.out_dir, read_only=True)
     step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
@@ -95,37 +134,101 @@ def load_model(c: ml_collections.ConfigDict):
     config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
     if meta['vocab'] is not None:
       tokenizer = CharTokenizer(meta['vocab'])
-    else:  # trained on GPT-2 tokens
+    elif config.vocab_size in GPT2_VOCAB_SIZES:  # trained on GPT-2 tokens
       tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))
-    graphdef, like = abstract_params(config)
-    params, what = checkpoints.params(step, like), f'step {step} of {c.out_dir}'
-  else:
-    folder = gpt2.locate(c.init_from, c.gpt2_dir, (gpt2.CONFIG, gpt2.WEIGHTS, gpt2.TOKENIZER))
-    config = dataclasses.replace(gpt2.model_config(folder), dtype=c.dtype)
-    tokenizer = GPT2Tokenizer(folder)
-    graphdef, like = abstract_params(config)
-    params, what = gpt2.load_params(folder, config, like), c.init_from
-  generate = Generator(graphdef, params, config, temperature=c.temperature, top_k=c.top_k)
-  return generate, tokenizer, what
+    else:
+      raise no_vocabulary_error(checkpoints.directory / str(step), config.vocab_size, meta['config'])
+    return config, tokenizer, functools.partial(checkpoints.params, step), f'step {step} of {c.out_dir}'
+  folder = gpt2.locate(c.init_from, c.gpt2_dir, (gpt2.CONFIG, gpt2.WEIGHTS, gpt2.TOKENIZER))
+  config = dataclasses.replace(gpt2.model_config(folder), dtype=c.dtype)
+  return config, GPT2Tokenizer(folder), functools.partial(gpt2.load_params, folder, config), c.init_from
+
+
+def no_vocabulary_error(checkpoint: pathlib.Path, vocab_size: int, run_config: dict) -> CheckpointError:
+  """A checkpoint of a character model that lost its vocabulary: a nanoGPT
+  ckpt.pt imported before its data set was prepared."""
+  dataset = run_config.get('dataset', '<dataset>')
+  return CheckpointError(
+      f'checkpoint {checkpoint} carries no vocabulary, and its vocab_size {vocab_size} is not GPT-2\'s: '
+      f'put the data set\'s meta.pkl or meta.json in data/{dataset}/ and import the ckpt.pt again '
+      '(python -m jaxgpt.ckpt_pt import CKPT.pt --out_dir=NEW_OUT_DIR)')
+
+
+def check_memory(config: GPTConfig, num_samples: int, length: int) -> None:
+  """Raises OutOfMemoryError when the weights and a generation of num_samples
+  x length tokens would not fit in the memory available."""
+  needed = memory.num_params(config) * 4 + generation_bytes(config, num_samples, length)  # float32 weights
+  available = memory.available_bytes()
+  if available is None or needed <= available[0]:
+    return
+  raise memory.OutOfMemoryError(
+      f'not enough memory to sample {num_samples} x {length:,} tokens: ~{needed / memory.GB:.2f} GB needed, '
+      f'{available[0] / memory.GB:.2f} GB available ({available[1]}): lower --max_new_tokens or --num_samples')
+
+
+def print_samples(tokenizer, rows: np.ndarray) -> None:
+  for row in rows:
+    print(tokenizer.decode(row.tolist()))
+    print(SEPARATOR)
+
+
+@contextlib.contextmanager
+def signals_noted() -> Iterator[list[str]]:
+  """Within: SIGINT and SIGTERM are noted in the list yielded (their names),
+  not raised, so that sampling stops between two tokens and never midway
+  through reading a checkpoint; a second one raises KeyboardInterrupt at once.
+  A signal the shell told this process to ignore (a background job's SIGINT)
+  stays ignored."""
+  received = []
+
+  def note(signum: int, frame: types.FrameType | None) -> None:
+    if received:
+      raise KeyboardInterrupt(signal.Signals(signum).name)
+    received.append(signal.Signals(signum).name)
+
+  handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+  previous_handlers = {s: signal.signal(s, note) for s in handled}
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held by sample.py while jax loaded
+  try:
+    yield received
+  finally:
+    for s, handler in previous_handlers.items():
+      signal.signal(s, handler)
 
 
 def main(argv: list[str]) -> int:
-  try:
-    c = parse_sample_config(argv)
-    logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
-    pin_device(c.device)
-    generate, tokenizer, what = load_model(c)
-    prompt = np.array([tokenizer.encode(read_prompt(c.start))] * c.num_samples, np.int32)
-    t0 = time.time()
-    with jax.disable_jit(not c.compile):
-      tokens = generate(prompt, c.max_new_tokens, c.seed, use_cache=c.use_cache, progress=sys.stdout.isatty())
-    seconds = time.time() - t0
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  for row in tokens:
-    print(tokenizer.decode(row.tolist()))
-    print('---------------')
+  with signals_noted() as received:
+    try:
+      c = parse_sample_config(argv)
+      text = read_prompt(c.start)
+      logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
+      pin_device(c.device)
+      config, tokenizer, read_params, what = open_model(c)
+      prompt = tokenizer.encode(text)
+      check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
+      graphdef, like = abstract_params(config)
+      generate = Generator(graphdef, read_params(like), config, temperature=c.temperature, top_k=c.top_k)
+      if received:
+        raise KeyboardInterrupt(received[0])
+      tokens = np.array([prompt] * c.num_samples, np.int32)
+      t0 = time.time()
+      with jax.disable_jit(not c.compile):
+        for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache,
+                                      progress=sys.stdout.isatty()):
+          if received:  # tokens holds every token drawn so far
+            break
+      seconds = time.time() - t0
+      print_samples(tokenizer, tokens)
+    except JaxGPTError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    except KeyboardInterrupt as e:
+      print(f'{str(e) or "SIGINT"}: stopped before sampling', file=sys.stderr)
+      return 130
+  if received:
+    print(f'{received[0]}: stopped after {tokens.shape[1] - len(prompt)} of {c.max_new_tokens} new tokens',
+          file=sys.stderr)
+    return 130
   print(f'{c.num_samples * c.max_new_tokens / seconds:,.0f} tokens/s, compilation included ({what}, '
         f'{"with" if c.use_cache else "without"} the key/value cache)', file=sys.stderr)
   return 0

@@ -77,6 +77,8 @@ def folder(tmp_path_factory, shakespeare):
     patch.chdir(root)
     assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.out_dir=out']) == 0
     write_nanogpt_files(root / 'nanogpt')
+  for meta in shutil.copytree(root / 'out', root / 'out-no-vocab').glob('*/meta/metadata'):  # as a ckpt.pt
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {'vocab': None}))  # imported without its data set
   shutil.copytree(root / 'out', root / 'busy')
   busy = checkpoint.lock(root / 'busy')  # as a training writing into it holds it
   yield root
@@ -230,6 +232,45 @@ SAMPLE_CASES = {
     'temperature 0': (sample_('--temperature=0'), 'temperature=0.0 must be > 0'),
     'top_k 0': (sample_('--top_k=0'), 'top_k=0 must be >= 1'),
     'sample without checkpoints': (sample_('--out_dir=data'), 'no checkpoint in'),
+    'empty prompt': (sample_('--start='), '--start is empty: the model needs a prompt to continue, e.g. '
+                     '--start="ROMEO:"'),
+    'prompt file named empty': (sample_('--start=FILE:'), '--start=FILE: names no file: pass --start=FILE:<a text'),
+    'empty prompt file': (sample_('--start=FILE:empty.txt'), 'the prompt file empty.txt is empty: write the '
+                          'prompt into it, or pass it as --start=TEXT'),
+    'prompt file a folder': (sample_('--start=FILE:data'), 'cannot read the prompt file data (Is a directory): '
+                             'pass --start=FILE:<a text file holding the prompt>'),
+    'prompt file not UTF-8': (sample_('--start=FILE:latin1.txt'), 'the prompt file latin1.txt is not UTF-8 text '
+                              '(byte 0xe9 at offset 3): save it as UTF-8'),
+    'temperature nan': (sample_('--temperature=nan'), 'temperature=nan must be > 0 and finite as a float32'),
+    'temperature inf': (sample_('--temperature=inf'), 'temperature=inf must be > 0 and finite as a float32'),
+    'temperature negative': (sample_('--temperature=-1'), 'temperature=-1.0 must be > 0'),
+    'temperature past float32': (sample_('--temperature=1e39'), 'temperature=1e+39 must be > 0 and finite'),
+    'temperature 0 as a float32': (sample_('--temperature=1e-50'), 'temperature=1e-50 must be > 0 and finite as '
+                                   'a float32 (1.4e-45 to 3.4e38): pass e.g. --temperature=0.8'),
+    'top_k nan': (sample_('--top_k=nan'), "flag --config.top_k=nan: invalid literal for int() with base 10: 'nan'"),
+    'top_k negative': (sample_('--top_k=-5'), 'top_k=-5 must be >= 1: pass --top_k=<a positive integer>'),
+    'no samples': (sample_('--num_samples=0'), 'num_samples=0 must be >= 1: pass --num_samples=<a positive integer>'),
+    'no new tokens': (sample_('--max_new_tokens=-1'), 'max_new_tokens=-1 must be >= 1'),
+    'max_new_tokens a float': (sample_('--max_new_tokens=1e9'), 'flag --config.max_new_tokens=1e9: invalid literal '
+                               'for int()'),
+    'seed negative': (sample_('--seed=-1'), 'seed=-1 must be in [0, 4294967295]: pass e.g. --seed=1337'),
+    'seed past 32 bits': (sample_('--seed=4294967296'), 'seed=4294967296 must be in [0, 4294967295]'),
+    'checkpoint neither best nor latest': (sample_('--checkpoint=last'), "checkpoint='last': choose best or latest"),
+    'init_from scratch': (sample_('--init_from=scratch'), "init_from='scratch' is not supported: choose resume"),
+    'unknown device': (sample_('--device=tpu'), "device='tpu' is not supported: choose one of cpu, gpu, cuda"),
+    'float16, refused by train.py too': (sample_('--dtype=float16'), "dtype='float16' is not supported: choose one "
+                                         'of float32, bfloat16'),
+    'empty out_dir': (sample_('--out_dir='), 'out_dir is empty: pass --out_dir=<the folder a training run wrote'),
+    'unknown sample flag': (sample_('--max_tokens=5'), "unknown config key 'max_tokens'"),
+    'compile not a boolean': (sample_('--compile=maybe'), 'flag --config.compile=maybe'),
+    'missing GPT-2 folder': (sample_('--init_from=gpt2', '--gpt2_dir=nope'), 'gpt2_dir nope lacks config.json'),
+    'checkpoint without its vocabulary': (sample_('--out_dir=out-no-vocab'), "carries no vocabulary, and its "
+                                          "vocab_size 65 is not GPT-2's: put the data set's meta.pkl or meta.json "
+                                          'in data/shakespeare_char/ and import the ckpt.pt again'),
+    'generation larger than memory': (sample_('--max_new_tokens=1000000000', '--num_samples=1000'),
+                                      'not enough memory to sample 1000 x 1,000,000,001 tokens'),
+    'generation past 64 bits': (sample_('--max_new_tokens=99999999999999999999'), 'not enough memory to sample '
+                                '1 x 100,000,000,000,000,000,000 tokens'),
 }
 
 def write_nanogpt_files(folder):

@@ -1,6 +1,8 @@
 """Sampling: the key/value cache against the full forward, the Generator
-(seeds, cache or not, greedy, past block_size), sample_next's top_k, and
-sample.py end to end on a model trained by train.py, with its clean errors.
+(seeds, cache or not, greedy, past block_size, token by token), sample_next's
+top_k and temperature, and sample.py end to end on a model trained by
+train.py, with its clean errors, its memory check, and Ctrl-C or SIGTERM
+while sampling (the samples so far printed, exit 130).
 
 The train.py and sample.py runs are subprocesses with cwd=<their folder>, as
 in test_train_e2e.py, shared by module-scoped fixtures: started from a thread
@@ -13,8 +15,11 @@ its programs there when that module ran first.
 
 import concurrent.futures
 import os
+import pty
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -25,6 +30,9 @@ import pytest
 from flax import nnx
 
 from conftest import REPO_ROOT, finish, run_in_terminal
+from jaxgpt import generate as generate_module
+from jaxgpt import memory, sample
+from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import GPTConfig
 from jaxgpt.generate import Generator, sample_next
 from jaxgpt.step import init_model
@@ -120,6 +128,14 @@ def test_other_seed_other_tokens(generate):
   assert (a[0, 3:] != a[1, 3:]).any()  # rows draw their own tokens
 
 
+def test_stream_hands_out_each_token_as_it_is_drawn(generate):
+  seen = [rows.copy() for rows in generate.stream(PROMPT, 5, seed=5)]
+  assert [rows.shape for rows in seen] == [(2, 3 + n) for n in range(1, 6)]
+  whole = generate(PROMPT, 5, seed=5)
+  for rows in seen:  # each the beginning of the whole generation
+    np.testing.assert_array_equal(rows, whole[:, :rows.shape[1]])
+
+
 def reference_greedy(logits_at, prompt, max_new_tokens):
   """Greedy decoding with the full forward over the (cropped) context, token by token."""
   seq = prompt.copy()
@@ -157,6 +173,13 @@ def test_sample_next_top_k_2_draws_only_the_two_largest():
   assert set(drawn.tolist()) == {1, 3}  # both drawn (p = 0.52, 0.48), nothing else ever
   unrestricted = np.asarray(jax.vmap(lambda k: sample_next(logits, k, 1.0, None))(keys))[:, 0]
   assert set(unrestricted.tolist()) > {1, 3}  # without top_k the others are drawn too
+
+
+def test_sample_next_with_a_tiny_temperature_is_the_argmax():
+  # logits / 1e-40 overflow float32: every positive logit would be +inf, and the draw the first of them
+  logits = jax.random.normal(jax.random.key(0), (4, 65))
+  drawn = sample_next(logits, jax.random.key(1), 1e-40, None)
+  np.testing.assert_array_equal(np.asarray(drawn), np.argmax(logits, -1))
 
 
 # sample.py end to end
@@ -298,3 +321,112 @@ def test_progress_on_a_terminal(runs):
   assert status == 0, text
   assert 'sampling' in text and '100%' in text, text  # the bar, cleared when done
   assert text.count('ROMEO:') == 2 and text.count(SEPARATOR.strip()) == 2
+
+
+def test_memory_too_small_for_the_generation_is_one_line_before_the_weights_are_read(runs, monkeypatch, capsys):
+  monkeypatch.setattr(memory, 'available_bytes', lambda: (16 * 10**9, 'MemAvailable'))
+  monkeypatch.setattr(Checkpoints, 'params', lambda *args: pytest.fail('the weights were read'))
+  # 10 samples of 10^9 int32 tokens: 40 GB for the token buffer alone
+  assert sample.main(['sample.py', f'--out_dir={runs["out_dir"]}', '--max_new_tokens=1000000000']) == 1
+  out, err = capsys.readouterr()
+  assert out == ''
+  assert err.splitlines() == ['error: not enough memory to sample 10 x 1,000,000,001 tokens: ~40.00 GB needed, '
+                              '16.00 GB available (MemAvailable): lower --max_new_tokens or --num_samples']
+
+
+def test_the_memory_estimate_of_a_small_generation_is_small(runs, monkeypatch, capsys):
+  monkeypatch.setattr(memory, 'available_bytes', lambda: (10**8, 'MemAvailable'))  # 100 MB
+  assert sample.main(['sample.py', f'--out_dir={runs["out_dir"]}', *SAMPLE_ARGS, '--start=ROMEO:']) == 0
+  assert capsys.readouterr().out == runs['first'].stdout
+
+
+@pytest.fixture
+def signals_fail_the_test():
+  """SIGINT and SIGTERM, when sample.main does not handle them, fail the test
+  (rather than end the test session); their handler, to compare with after main."""
+  def fail(signum, frame):
+    pytest.fail(f'{signal.Signals(signum).name} reached the test, not sample.main\'s handler')
+
+  previous = {s: signal.signal(s, fail) for s in (signal.SIGINT, signal.SIGTERM)}
+  yield fail
+  for s, handler in previous.items():
+    signal.signal(s, handler)
+
+
+def test_a_signal_while_sampling_prints_the_samples_so_far(runs, monkeypatch, capsys, signals_fail_the_test):
+  """In process: SIGTERM arrives while the 6th token is drawn; the 6 tokens
+  drawn are printed, as a finished sample would be."""
+  real_track = generate_module.track
+
+  def track_then_signal(steps, **kwargs):
+    for i in real_track(steps, **kwargs):
+      if i == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield i
+
+  monkeypatch.setattr(generate_module, 'track', track_then_signal)
+  assert sample.main(['sample.py', f'--out_dir={runs["out_dir"]}', *SAMPLE_ARGS, '--start=ROMEO:']) == 130
+  out, err = capsys.readouterr()
+  assert err.splitlines() == ['SIGTERM: stopped after 6 of 30 new tokens']
+  finished = runs['first'].stdout.split(SEPARATOR)
+  assert out.split(SEPARATOR) == [sample[:len('ROMEO:') + 6] for sample in finished[:2]] + ['']
+  assert signal.getsignal(signal.SIGTERM) is signals_fail_the_test  # main's handler is gone with it
+
+
+def test_a_signal_while_the_checkpoint_is_read_waits_for_it_then_stops(runs, monkeypatch, capsys,
+                                                                      signals_fail_the_test):
+  real_params = Checkpoints.params
+
+  def signal_then_read(self, step, like):
+    os.kill(os.getpid(), signal.SIGINT)
+    return real_params(self, step, like)  # read whole: a stop never cuts it short
+
+  monkeypatch.setattr(Checkpoints, 'params', signal_then_read)
+  assert sample.main(['sample.py', f'--out_dir={runs["out_dir"]}', *SAMPLE_ARGS]) == 130
+  assert capsys.readouterr() == ('', 'SIGINT: stopped before sampling\n')
+
+
+def interrupt_while_sampling(runs, signum) -> tuple[int, str, str]:
+  """sample.py with its stdout on a terminal, whose progress bar shows that
+  tokens are being drawn: signum is sent once it passes 0%. Returns the exit
+  status, stdout (terminal codes and the bar removed) and stderr."""
+  main_fd, child_fd = pty.openpty()
+  popen = subprocess.Popen([sys.executable, str(REPO_ROOT / 'sample.py'), f'--out_dir={runs["out_dir"]}',
+                            '--start=ROMEO:', '--num_samples=2', '--max_new_tokens=1000000'],
+                           cwd=runs['workdir'], stdin=subprocess.DEVNULL, stdout=child_fd, stderr=subprocess.PIPE,
+                           text=True, env=os.environ | {'COLUMNS': '160', 'TERM': 'xterm'})
+  os.close(child_fd)
+  output, sent = b'', False
+  try:
+    while select.select([main_fd], [], [], 300)[0]:  # a guard against a hang, not a time limit on sampling
+      try:
+        chunk = os.read(main_fd, 65536)
+      except OSError:  # the child closed the terminal
+        break
+      output += chunk
+      if not sent and re.search(rb' [1-9]\d*%', output):  # 1% of 10^6 tokens: thousands drawn
+        popen.send_signal(signum)
+        sent = True
+  finally:
+    os.close(main_fd)
+    if popen.poll() is None and not sent:
+      popen.kill()
+  _, stderr = popen.communicate(timeout=300)
+  text = re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', output.decode()).replace('\r\n', '\n')
+  return popen.returncode, text[text.find('ROMEO:'):], stderr
+
+
+@pytest.mark.parametrize('name', ['SIGINT', 'SIGTERM'])
+def test_a_signal_while_sampling_prints_the_samples_so_far_and_exits_130(runs, name):
+  signum = signal.Signals[name]
+  status, stdout, stderr = interrupt_while_sampling(runs, signum)
+  assert status == 130, stdout + stderr
+  assert 'Traceback' not in stderr
+  [line] = stderr.splitlines()
+  new_tokens = int(re.fullmatch(rf'{signum.name}: stopped after (\d+) of 1000000 new tokens', line)[1])
+  assert 0 < new_tokens < 1000000
+  samples = stdout.split(SEPARATOR)
+  assert len(samples) == 3 and samples[-1] == ''  # each sample followed by its line of dashes
+  for text in samples[:2]:
+    assert text.startswith('ROMEO:') and len(text) == len('ROMEO:') + new_tokens
+  assert samples[0] != samples[1]
