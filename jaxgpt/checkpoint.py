@@ -30,7 +30,8 @@ from jaxgpt.config import JaxGPTError
 
 
 FORMAT = 'jaxgpt-checkpoint/1'
-READ_ATTEMPTS = 3  # a checkpoint that fails this often is not being rotated away: it is corrupt
+READ_ATTEMPTS = 3  # checkpoints deleted under a reader this often in a row: a writer saving very often
+DELETION_WAIT_S = 2.0  # a checkpoint folder that outlives a failed read by this long is not being deleted
 T = TypeVar('T')
 
 
@@ -66,6 +67,10 @@ def _quiet_absl():
     yield
   finally:
     logging.set_verbosity(verbosity)
+
+
+class UnreadableCheckpoint(CheckpointError):
+  """A checkpoint orbax cannot read: corrupt, or deleted while being read."""
 
 
 class Checkpoints:
@@ -123,16 +128,25 @@ class Checkpoints:
   def read(self, which: str, read: Callable[[int], T]) -> T:
     """read(step) of the best or the latest checkpoint. A training saving
     into out_dir deletes the checkpoints it no longer keeps, maybe the one
-    chosen here: then the choice is made again."""
+    chosen here while it is read: then the choice is made again."""
     for attempt in range(READ_ATTEMPTS):
       step = self.best_step() if which == 'best' else self.latest_step()
       try:
         return read(step)
-      except CheckpointError:
-        if attempt == READ_ATTEMPTS - 1:
+      except UnreadableCheckpoint:
+        if attempt == READ_ATTEMPTS - 1 or not self._goes_away(step):
           raise
-        time.sleep(0.5)  # for a deletion under way to finish
         self.manager.reload()
+
+  def _goes_away(self, step: int) -> bool:
+    """Whether step's folder is gone, or goes within DELETION_WAIT_S (a
+    writer deletes a checkpoint's files, then its folder)."""
+    deadline = time.monotonic() + DELETION_WAIT_S
+    while (self.directory / str(step)).exists():
+      if time.monotonic() >= deadline:
+        return False
+      time.sleep(0.05)
+    return True
 
   def meta(self, step: int) -> dict[str, Any]:
     meta = self._restore(step, meta=ocp.args.JsonRestore())['meta']
@@ -154,7 +168,7 @@ class Checkpoints:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many kinds (missing files, bad JSON, shape mismatches)
-      raise CheckpointError(f'checkpoint {self.directory / str(step)} cannot be read '
+      raise UnreadableCheckpoint(f'checkpoint {self.directory / str(step)} cannot be read '
                             f'({type(e).__name__}: {str(e).splitlines()[0][:200]}): it is '
                             'corrupt or from another model') from None
 

@@ -12,13 +12,13 @@ weights are read.
 
 import contextlib
 import dataclasses
-import functools
 import pathlib
 import signal
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -123,25 +123,34 @@ def read_prompt(start: str) -> str:
   return text
 
 
-def open_model(c: ml_collections.ConfigDict) -> tuple[GPTConfig, CharTokenizer | GPT2Tokenizer, Callable, str]:
-  """(config, tokenizer, read_params, what) of the best or latest checkpoint in
-  out_dir, or of GPT-2: everything but the weights, which read_params(like)
-  reads; `what` names them for the closing line."""
+def load_model(c: ml_collections.ConfigDict, text: str) -> tuple[GPTConfig, CharTokenizer | GPT2Tokenizer, Any,
+                                                                  list[int], str]:
+  """(config, tokenizer, params, prompt ids, what) of the best or latest
+  checkpoint in out_dir, or of GPT-2; `what` names them for the closing line.
+  The weights are read only once the generation is known to fit in memory."""
   if c.init_from == 'resume':
     checkpoints = Checkpoints(c.out_dir, read_only=True)
-    step = checkpoints.best_step() if c.checkpoint == 'best' else checkpoints.latest_step()
-    meta = checkpoints.meta(step)
-    config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
-    if meta['vocab'] is not None:
-      tokenizer = CharTokenizer(meta['vocab'])
-    elif config.vocab_size in GPT2_VOCAB_SIZES:  # trained on GPT-2 tokens
-      tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))
-    else:
-      raise no_vocabulary_error(checkpoints.directory / str(step), config.vocab_size, meta['config'])
-    return config, tokenizer, functools.partial(checkpoints.params, step), f'step {step} of {c.out_dir}'
+
+    def read(step: int):
+      meta = checkpoints.meta(step)
+      config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
+      if meta['vocab'] is not None:
+        tokenizer = CharTokenizer(meta['vocab'])
+      elif config.vocab_size in GPT2_VOCAB_SIZES:  # trained on GPT-2 tokens
+        tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))
+      else:
+        raise no_vocabulary_error(checkpoints.directory / str(step), config.vocab_size, meta['config'])
+      prompt = tokenizer.encode(text)
+      check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
+      params = checkpoints.params(step, abstract_params(config)[1])
+      return config, tokenizer, params, prompt, f'step {step} of {c.out_dir}'
+    return checkpoints.read(c.checkpoint, read)
   folder = gpt2.locate(c.init_from, c.gpt2_dir, (gpt2.CONFIG, gpt2.WEIGHTS, gpt2.TOKENIZER))
   config = dataclasses.replace(gpt2.model_config(folder), dtype=c.dtype)
-  return config, GPT2Tokenizer(folder), functools.partial(gpt2.load_params, folder, config), c.init_from
+  tokenizer = GPT2Tokenizer(folder)
+  prompt = tokenizer.encode(text)
+  check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
+  return config, tokenizer, gpt2.load_params(folder, config, abstract_params(config)[1]), prompt, c.init_from
 
 
 def no_vocabulary_error(checkpoint: pathlib.Path, vocab_size: int, run_config: dict) -> CheckpointError:
@@ -203,11 +212,8 @@ def main(argv: list[str]) -> int:
       text = read_prompt(c.start)
       logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
       pin_device(c.device)
-      config, tokenizer, read_params, what = open_model(c)
-      prompt = tokenizer.encode(text)
-      check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
-      graphdef, like = abstract_params(config)
-      generate = Generator(graphdef, read_params(like), config, temperature=c.temperature, top_k=c.top_k)
+      config, tokenizer, params, prompt, what = load_model(c, text)
+      generate = Generator(abstract_params(config)[0], params, config, temperature=c.temperature, top_k=c.top_k)
       if received:
         raise KeyboardInterrupt(received[0])
       tokens = np.array([prompt] * c.num_samples, np.int32)
