@@ -307,7 +307,7 @@ def test_char_model_without_vocabulary_is_refused_and_nothing_written(tmp_path, 
   assert str(e.value).endswith(f'pass --meta=.../data/{DATASET}/meta.pkl, the vocabulary nanoGPT\'s prepare.py wrote')
   assert not (tmp_path / 'out').exists()
   write_meta_pkl(tmp_path / 'data' / DATASET, VOCAB[:10])  # another data set's: nanoGPT pads no vocabulary
-  with pytest.raises(JaxGPTError, match=f'has 10 characters but the model vocab_size=65'):
+  with pytest.raises(JaxGPTError, match='has 10 characters but the model vocab_size=65'):
     ckpt_pt.import_ckpt(str(tmp_path / 'run' / 'ckpt.pt'), 'out')
   assert not (tmp_path / 'out').exists()
 

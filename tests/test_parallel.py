@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, make_workdir
-from test_train_e2e import CONFIG, TINY_RUN, overrides, parse_log
+from test_train_e2e import CONFIG, overrides, parse_log
 
 FOUR_DEVICES = os.environ | {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
 

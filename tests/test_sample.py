@@ -283,9 +283,9 @@ def test_samples_are_nanogpts_output(runs):
   assert proc.returncode == 0, proc.stdout + proc.stderr
   samples = proc.stdout.split(SEPARATOR)
   assert len(samples) == 3 and samples[-1] == ''  # each sample followed by its line of dashes
-  for sample in samples[:2]:
-    assert sample.startswith('ROMEO:')
-    assert len(sample) == len('ROMEO:') + 30  # new lines included: they are characters of the vocabulary
+  for text in samples[:2]:
+    assert text.startswith('ROMEO:')
+    assert len(text) == len('ROMEO:') + 30  # new lines included: they are characters of the vocabulary
   assert samples[0] != samples[1]
   assert 'Traceback' not in proc.stderr
   assert 'tokens/s' in proc.stderr
