@@ -81,8 +81,8 @@ class Checkpoints:
     only process 0 does)."""
     self.directory = pathlib.Path(out_dir).absolute()
     if (read_only or not create) and not self.directory.is_dir():
-      raise CheckpointError(f'out_dir {self.directory} does not exist: point out_dir at the folder '
-                            'a training run wrote its checkpoints to')
+      raise CheckpointError(f'out_dir {self.directory} {"is a file" if self.directory.exists() else "does not exist"}: '
+                            'point out_dir at the folder a training run wrote its checkpoints to')
     try:
       self.directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:

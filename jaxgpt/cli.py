@@ -4,6 +4,7 @@ its keys; nanoGPT's spelling and nanoGPT's own config files too.
   python train.py --config=configs/shakespeare_char.py --config.batch_size=12
   python train.py configs/shakespeare_char.py --batch_size=12      # nanoGPT's
   python train.py ../nanoGPT/config/train_shakespeare_char.py --device=cpu
+  python train.py --batch_size=8    # no config file: nanoGPT's defaults (GPT-2 124M on OpenWebText)
 
 The file is read by config.load_config_file (a get_config(), or nanoGPT's
 `key = value` lines); the overrides by ml_collections' DEFINE_config_dict.
@@ -72,9 +73,7 @@ def override_type_message(e: flags.Error) -> str:
 def parse_config(argv: list[str]):
   """The run config from the command line; ConfigError for anything wrong."""
   path, argv = config_file_arg(translate_nanogpt_argv(argv))
-  if path is None:
-    raise ConfigError('no config file: pass --config=configs/shakespeare_char.py (or another recipe)')
-  config = load_config_file(path)
+  config = base_config() if path is None else load_config_file(path)  # none: nanoGPT's defaults, as its train.py
   flag_values = flags.FlagValues()
   try:
     # defining the flag already applies the overrides in argv

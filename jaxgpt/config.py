@@ -10,6 +10,7 @@ naming the file (and its line). `validate` turns a bad value into one
 model-shape keys into the typed `GPTConfig` the model is built from.
 """
 
+import ast
 import dataclasses
 import difflib
 import inspect
@@ -108,12 +109,12 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   (no get_config, `key = value` lines), its top-level names that are config
   keys, over base_config() as nanoGPT's configurator applies them. Anything
   wrong with the file is one ConfigError naming it."""
-  namespace = run_config_file(path)
+  namespace, assigned = run_config_file(path)
   if callable(namespace.get('get_config')):
     values = get_config_values(path, namespace['get_config'])
   else:
-    values = {name: value for name, value in namespace.items()  # what a nanoGPT config file sets
-              if not name.startswith('_') and not inspect.ismodule(value) and not callable(value)}
+    values = {name: namespace[name] for name in assigned  # what a nanoGPT config file sets
+              if not name.startswith('_') and not inspect.ismodule(namespace[name]) and not callable(namespace[name])}
     if not values:
       raise ConfigError(f'{path} defines no get_config() and sets no config key: define get_config() returning '
                         'jaxgpt.config.base_config() with your changes, or set keys at the top level as '
@@ -121,9 +122,10 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return with_file_values(path, values)
 
 
-def run_config_file(path: str) -> dict:
+def run_config_file(path: str) -> tuple[dict, set[str]]:
   """The names the file at path defines, executed as nanoGPT's configurator
-  does (compile and exec, no import, nothing left in sys.modules)."""
+  does (compile and exec, no import, nothing left in sys.modules), and those
+  of them its top-level statements assign."""
   file = pathlib.Path(path)
   if not file.exists():
     raise ConfigError(f'config file {path} not found: pass an existing one, e.g. --config=configs/shakespeare_char.py')
@@ -132,7 +134,7 @@ def run_config_file(path: str) -> dict:
   if file.suffix != '.py':
     raise ConfigError(f'{path} is not a .py file: a config file is Python, e.g. --config=configs/shakespeare_char.py')
   try:
-    code = compile(file.read_bytes(), path, 'exec')
+    tree = ast.parse(file.read_bytes(), path)
   except OSError as e:
     raise ConfigError(f'cannot read config file {path} ({e.strerror}): check its permissions') from None
   except SyntaxError as e:
@@ -140,12 +142,20 @@ def run_config_file(path: str) -> dict:
     source_and_caret = ''.join(traceback.format_exception_only(e)[1:-1]).rstrip()
     where = f'{path}, line {e.lineno}' if e.lineno else path
     raise ConfigError(f'{where}: {e.msg}\n{source_and_caret}'.rstrip()) from None
-  namespace = {'__name__': '__config__', '__file__': path}
+  # nanoGPT's configurator runs the file among train.py's settings: it may read them (min_lr = learning_rate / 10)
+  namespace = base_config().to_dict() | {'__name__': '__config__', '__file__': path}
   try:
-    exec(code, namespace)
+    exec(compile(tree, path, 'exec'), namespace)
   except Exception as e:
     raise ConfigError(f'{line_of(path, e)}: {type(e).__name__}: {one_line(e)}: fix the config file') from None
-  return namespace
+  return namespace, {name for name in assigned_names(tree) if name in namespace}
+
+
+def assigned_names(tree: ast.Module) -> set[str]:
+  """The names a module's statements assign, outside its functions and classes."""
+  return {node.id for statement in tree.body
+          if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+          for node in ast.walk(statement) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
 
 
 def get_config_values(path: str, get_config) -> dict:
@@ -218,7 +228,7 @@ _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulati
              'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'num_processes',
              'coordinator_timeout')
 _NON_NEGATIVE = ('max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters', 'min_lr')
-_CHOICES = {
+CHOICES = {
     'init_from': ('scratch', 'resume') + GPT2_MODELS,
     'device': ('cpu', 'gpu', 'cuda'),
     'dtype': ('float32', 'bfloat16'),
@@ -239,7 +249,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for key in _NON_NEGATIVE:
     if c[key] < 0:
       raise ConfigError(f'{key}={c[key]} must be >= 0')
-  for key, choices in _CHOICES.items():
+  for key, choices in CHOICES.items():
     if c[key] not in choices:
       raise ConfigError(f'{key}={c[key]!r} is not supported: choose one of {", ".join(choices)}')
   if c.n_embd % c.n_head:

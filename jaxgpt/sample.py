@@ -29,7 +29,7 @@ from ml_collections import config_flags
 from jaxgpt import data, gpt2, memory
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
-from jaxgpt.config import _CHOICES, GPT2_MODELS, ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.config import CHOICES, GPT2_MODELS, ConfigError, GPTConfig, JaxGPTError
 from jaxgpt.generate import Generator, generation_bytes
 from jaxgpt.step import abstract_params
 from jaxgpt.tokenizer import CharTokenizer, GPT2Tokenizer
@@ -96,8 +96,8 @@ def validate_sample_config(c: ml_collections.ConfigDict) -> None:
   if c.checkpoint not in ('best', 'latest'):
     raise ConfigError(f'checkpoint={c.checkpoint!r}: choose best or latest')
   for key in ('device', 'dtype'):  # train.py's choices, and its words
-    if c[key] not in _CHOICES[key]:
-      raise ConfigError(f'{key}={c[key]!r} is not supported: choose one of {", ".join(_CHOICES[key])}')
+    if c[key] not in CHOICES[key]:
+      raise ConfigError(f'{key}={c[key]!r} is not supported: choose one of {", ".join(CHOICES[key])}')
 
 
 def read_prompt(start: str) -> str:

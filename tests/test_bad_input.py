@@ -219,6 +219,9 @@ DATA_CASES = {
 
 CHECKPOINT_CASES = {
     'resume without out_dir': (train('--config.init_from=resume', '--config.out_dir=nope'), 'does not exist'),
+    'resume from a file': (train('--config.init_from=resume', '--config.out_dir=a_file'),
+                           'a_file is a file: point out_dir at the folder a training run wrote its checkpoints to'),
+    'sample from a file': (sample_('--out_dir=a_file'), 'a_file is a file: point out_dir at the folder'),
     'resume another shape': (resume('--config.n_layer=3'), '--config.n_layer=3 conflicts with the checkpoint'),
     'resume another vocabulary': (resume('--config.dataset=other_vocab'),
                                   'the vocabulary of dataset other_vocab differs from the one the checkpoint'),

@@ -230,9 +230,11 @@ def test_missing_config_file_with_override():
     parse_config(['train', 'configs/nope.py', '--batch_size=12'])
 
 
-def test_no_config_at_all():
-  with pytest.raises(ConfigError, match='no config file: pass --config=configs/shakespeare_char.py'):
-    parse_config(['train'])
+def test_no_config_file_is_nanogpts_defaults():
+  """nanoGPT's `python train.py --batch_size=8` runs train.py's own settings."""
+  expected = base_config()
+  expected.batch_size = 8
+  assert parse_config(['train', '--batch_size=8']).to_dict() == expected.to_dict()
 
 
 def test_config_file_not_python(tmp_path):
@@ -314,6 +316,17 @@ def test_nanogpt_style_file_is_applied_over_the_defaults(tmp_path):
   assert c.to_dict() == expected.to_dict()
   assert type(c.learning_rate) is float
 
+
+
+def test_nanogpt_style_file_reads_the_settings_before_it(tmp_path):
+  """nanoGPT's configurator execs a file among train.py's globals: a line may
+  read a default, or a value set above it."""
+  path = tmp_path / 'recipe.py'
+  path.write_text('min_lr = learning_rate / 10\nbatch_size = 2 * batch_size\n')
+  c = parse_config(['train', str(path)])
+  assert (c.min_lr, c.batch_size) == (pytest.approx(6e-5), 24)
+  path.write_text('learning_rate = 1e-3\nmin_lr = learning_rate / 10\n')
+  assert parse_config(['train', str(path)]).min_lr == pytest.approx(1e-4)
 
 # nanoGPT's config files, and what nanoGPT's train.py would run with them:
 # its defaults (base_config's) but for what each file sets
