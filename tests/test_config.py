@@ -7,7 +7,7 @@ from conftest import FIXTURES, REPO_ROOT
 from jaxgpt.cli import parse_config
 from jaxgpt.config import ConfigError, base_config, model_config, validate
 
-NANOGPT_CONFIGS = FIXTURES / 'nanogpt_config'  # nanoGPT's config/*.py as they are (commit 3adf61e, MIT licence)
+NANOGPT_CONFIGS = FIXTURES / 'nanogpt' / 'config'  # nanoGPT's config/*.py as they are (see its README)
 RECIPES = sorted(p.name for p in (REPO_ROOT / 'configs').glob('*.py'))
 
 
