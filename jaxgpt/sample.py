@@ -136,7 +136,7 @@ def load_model(c: ml_collections.ConfigDict, text: str) -> tuple[GPTConfig, Char
       config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
       if meta['vocab'] is not None:
         tokenizer = CharTokenizer(meta['vocab'])
-      elif config.vocab_size in GPT2_VOCAB_SIZES:  # trained on GPT-2 tokens
+      elif config.vocab_size in GPT2_VOCAB_SIZES or meta['config'].get('init_from') in GPT2_MODELS:  # GPT-2 tokens
         tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))
       else:
         raise no_vocabulary_error(checkpoints.directory / str(step), config.vocab_size, meta['config'])
