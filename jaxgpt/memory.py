@@ -4,9 +4,10 @@ A run too big for the machine should end in seconds with one line, not hours
 later by the kernel's hand. Two estimates, each held against what the
 machine has (`available_bytes`):
 
-- before anything is built, from the config alone (`state_bytes`): the
-  weights, their gradients and AdamW's two moments, and one layer's attention
-  scores, which the forward pass forms whatever else is recomputed;
+- before anything is built, from the config alone (`batches_bytes`,
+  `state_bytes`): the token batches drawn at once, the weights, their
+  gradients and AdamW's two moments, and one layer's attention scores, which
+  the forward pass forms whatever else is recomputed;
 - once the train and eval programs are compiled, before they run
   (`run_estimate`): XLA's own account of each program's working memory
   (`memory_analysis()`), on top of the state and of this process as it stands.
@@ -83,6 +84,12 @@ def state_bytes(config: GPTConfig, rows: int) -> int:
   return num_params(config) * BYTES_OF_STATE_PER_PARAM + scores
 
 
+def batches_bytes(batches: int, rows: int, block_size: int) -> int:
+  """`batches` batches of `rows` windows drawn at once: block_size + 1
+  uint16 ids each, made into int32 inputs and targets."""
+  return batches * rows * ((block_size + 1) * 2 + block_size * 4 * 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunEstimate:
   process: int  # this process now: the runtime, the compiled programs, the data
@@ -112,15 +119,15 @@ def run_estimate(programs: list[jax.stages.Compiled], state) -> RunEstimate:
                      max(map(working, programs)) * jax.local_device_count())
 
 
-def check(needed: int, what: str, remat: bool) -> None:
+def check(needed: int, what: str, fix: str) -> None:
   """Raises OutOfMemoryError when `needed` bytes (for `what`) exceed what is
-  available, naming the keys that lower it."""
+  available, with `fix`: what lowers the need."""
   available = available_bytes()
   if available is None or needed <= available[0]:
     return
   raise OutOfMemoryError(
       f'not enough memory for {what}: ~{needed / GB:.2f} GB needed, {available[0] / GB:.2f} GB available '
-      f'({available[1]}): {smaller_run(remat)}; or pass --config.check_memory=False to try anyway')
+      f'({available[1]}): {fix}; or pass --config.check_memory=False to try anyway')
 
 
 def smaller_run(remat: bool) -> str:

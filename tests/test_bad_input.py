@@ -391,12 +391,18 @@ SIZE_CASES = {  # sizes that cannot run, refused before anything is allocated or
     'block_size beyond memory': (train('--config.block_size=100000', '--config.out_dir=out-big'),
                                  'not enough memory for the weights, gradients and AdamW state'),
     'batch_size beyond memory': (train('--config.batch_size=1000000000', '--config.out_dir=out-big'),
-                                 'not enough memory for the weights, gradients and AdamW state'),
+                                 'not enough memory for 2 batches of 1000000000 x 16 tokens drawn at once'),
     'n_layer beyond memory': (train('--config.n_layer=100000000', '--config.out_dir=out-big'),
                               'not enough memory for the weights, gradients and AdamW state'),
     'n_embd beyond memory': (train('--config.n_embd=1000000', '--config.out_dir=out-big'),
                              'not enough memory for the weights, gradients and AdamW state'),
     'resumed beyond memory': (resume('--config.batch_size=1000000000'), 'not enough memory for'),
+    'eval_iters beyond memory': (train('--config.eval_iters=10000000000', '--config.out_dir=out-big'),
+                                 'not enough memory for 10,000,000,001 batches of 4 x 16 tokens drawn at once (1 '
+                                 'micro-batches of a step, 10,000,000,000 of an evaluation): ~'),
+    'gradient_accumulation_steps beyond memory': (
+        train('--config.gradient_accumulation_steps=10000000000', '--config.out_dir=out-big'),
+        'drawn at once (10,000,000,000 micro-batches of a step, 1 of an evaluation): ~'),
 }
 
 RUN_CASES = {  # several processes, several writers
