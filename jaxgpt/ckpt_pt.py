@@ -29,6 +29,7 @@ import os
 import pathlib
 import pickle
 import re
+import signal
 import sys
 import warnings
 
@@ -349,6 +350,7 @@ def main(argv: list[str]) -> int:
   exporter.add_argument('--checkpoint', choices=('best', 'latest'), default='best')
   exporter.add_argument('--overwrite', action='store_true', help='replace ckpt_pt if it exists')
   args = parser.parse_args(argv[1:])
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
   try:
     if args.command == 'import':
       step = import_ckpt(args.ckpt_pt, args.out_dir, args.meta)
@@ -359,6 +361,10 @@ def main(argv: list[str]) -> int:
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    print(f'interrupted: no checkpoint was imported into {args.out_dir}' if args.command == 'import' else
+          f'interrupted: {args.ckpt_pt} is as it was', file=sys.stderr)
+    return 130
   return 0
 
 

@@ -13,6 +13,7 @@ A user mistake ends with one `error:` line naming the problem and the fix.
 """
 
 import re
+import signal
 import sys
 
 import ml_collections
@@ -96,6 +97,7 @@ def overridden_keys(argv: list[str]) -> frozenset[str]:
 
 
 def main(argv: list[str]) -> int:
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
   config = None
   try:
     config = parse_config(argv)

@@ -24,6 +24,7 @@ import os
 import pathlib
 import pickle
 import secrets
+import signal
 import sys
 import urllib.request
 from typing import BinaryIO, Iterator, Sequence
@@ -292,6 +293,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--gpt2_dir', default='', help='a GPT-2 folder with vocab.json (default: the Hugging Face cache)')
   parser.add_argument('--overwrite', action='store_true', help='replace the data set if it is prepared already')
   args = parser.parse_args(argv[1:])
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
   try:
     prepare(args.dataset, args.gpt2_dir, args.overwrite)
   except JaxGPTError as e:

@@ -20,10 +20,13 @@ runs its weights with the exact GELU, and so does jaxgpt. The export says
 """
 
 import argparse
+import contextlib
 import json
+import os
 import pathlib
+import signal
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -140,14 +143,38 @@ def save_pretrained(folder: pathlib.Path, config: GPTConfig, params) -> None:
       'layer_norm_epsilon': 1e-5, 'tie_word_embeddings': True,
       'resid_pdrop': config.dropout, 'embd_pdrop': config.dropout, 'attn_pdrop': config.dropout,
   }
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / CONFIG).write_text(json.dumps(hf_config, indent=2) + '\n')
   contiguous = {name: np.ascontiguousarray(array, np.float32) for name, array in state_dict.items()}
-  _safetensors_numpy().save_file(contiguous, folder / WEIGHTS, metadata={'format': 'pt'})
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    # each file written beside its place and moved in whole: an interrupted
+    # export leaves the folder as it was
+    with _replacing(folder / WEIGHTS) as temp:
+      _safetensors_numpy().save_file(contiguous, temp, metadata={'format': 'pt'})
+    with _replacing(folder / CONFIG) as temp:
+      temp.write_text(json.dumps(hf_config, indent=2) + '\n')
+  except OSError as e:
+    raise GPT2Error(f'cannot write {folder} ({e.strerror or e}): free some space or pick another folder') from None
 
 
-def export(out_dir: str, folder: str, which: str = 'best') -> int:
-  """Writes out_dir's best (or latest) checkpoint as a GPT-2 folder; returns its step."""
+@contextlib.contextmanager
+def _replacing(path: pathlib.Path) -> Iterator[pathlib.Path]:
+  """A temporary path beside `path`, moved onto it when the block ends
+  without error, and removed when it raises."""
+  temp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  try:
+    yield temp
+    os.replace(temp, path)
+  finally:
+    temp.unlink(missing_ok=True)
+
+
+def export(out_dir: str, folder: str, which: str = 'best', overwrite: bool = False) -> int:
+  """Writes out_dir's best (or latest) checkpoint as a GPT-2 folder; returns
+  its step. A folder holding a model is replaced only with overwrite."""
+  held = [name for name in (CONFIG, WEIGHTS) if (pathlib.Path(folder) / name).exists()]
+  if held and not overwrite:
+    raise GPT2Error(f'{folder} holds a model ({", ".join(held)}): export to another folder, or pass --overwrite '
+                    'to replace it')
   from jaxgpt.checkpoint import Checkpoints  # orbax and jax: not needed to read GPT-2's weights
   from jaxgpt.step import abstract_params
   checkpoints = Checkpoints(out_dir, read_only=True)
@@ -168,12 +195,17 @@ def main(argv: list[str]) -> int:
   exporter.add_argument('folder')
   exporter.add_argument('--out_dir', required=True)
   exporter.add_argument('--checkpoint', choices=('best', 'latest'), default='best')
+  exporter.add_argument('--overwrite', action='store_true', help='replace the model FOLDER holds')
   args = parser.parse_args(argv[1:])
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
   try:
-    step = export(args.out_dir, args.folder, args.checkpoint)
+    step = export(args.out_dir, args.folder, args.checkpoint, args.overwrite)
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    print(f'interrupted: {args.folder} is as it was', file=sys.stderr)
+    return 130
   print(f'exported step {step} of {args.out_dir} to {args.folder}')
   return 0
 

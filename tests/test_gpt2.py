@@ -301,3 +301,20 @@ def test_gpt2_init_errors(pretrained, tmp_path, shakespeare):
   assert proc.stderr.splitlines()[-1] == ('error: --config.n_layer=3 conflicts with gpt2, which has n_layer=2: drop '
                                           'the override (only block_size may be smaller, to crop the context)')
   assert not (tmp_path / 'out-shakespeare').exists() or not any((tmp_path / 'out-shakespeare').iterdir())
+
+
+def test_export_refuses_a_folder_holding_a_model_and_replaces_it_whole_with_overwrite(finetuned, capsys):
+  """An export over a GPT-2 folder: refused, then, with --overwrite, replaced
+  file by file, each moved in whole."""
+  workdir, _ = finetuned
+  exported = workdir / 'exported-twice'
+  exported.mkdir()
+  (exported / gpt2.CONFIG).write_text('{"kept": true}')
+  assert gpt2.main(['gpt2', 'export', '--out_dir=' + str(workdir / 'out-shakespeare'), str(exported)]) == 1
+  assert capsys.readouterr().err.splitlines() == [
+      f'error: {exported} holds a model (config.json): export to another folder, or pass --overwrite to replace it']
+  assert (exported / gpt2.CONFIG).read_text() == '{"kept": true}'
+  assert gpt2.main(['gpt2', 'export', '--out_dir=' + str(workdir / 'out-shakespeare'), str(exported),
+                    '--overwrite']) == 0
+  assert sorted(p.name for p in exported.iterdir()) == [gpt2.CONFIG, gpt2.WEIGHTS]  # no temporary file left
+  assert json.loads((exported / gpt2.CONFIG).read_text())['model_type'] == 'gpt2'

@@ -92,21 +92,27 @@ def test_sigterm_during_an_evaluation_abandons_it_and_saves(workdir):
   assert losses_from(resumed.stdout, 0) == losses_from(uninterrupted.stdout, 0)
 
 
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
 @pytest.mark.parametrize('checkpoint, message', [
     (False, 'interrupted, before any checkpoint was saved'),
     (True, 'interrupted: continue from the last checkpoint in out with --config.init_from=resume'),
 ])
-def test_a_ctrl_c_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys, checkpoint, message):
-  """Ctrl-C while the data set is prepared or the step compiles (before the
-  stop handler is installed): exit 130, one line, and no word of a
-  checkpoint that does not exist."""
+def test_a_stop_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys, checkpoint, message, signum):
+  """Ctrl-C or SIGTERM while the data set is prepared or the step compiles
+  (before the stop handler is installed): exit 130, one line, and no word of
+  a checkpoint that does not exist."""
   from jaxgpt import cli, train
   monkeypatch.chdir(tmp_path)
   if checkpoint:
     (tmp_path / 'out' / '10').mkdir(parents=True)
 
-  def interrupted(*args):
-    raise KeyboardInterrupt
-  monkeypatch.setattr(train, 'run', interrupted)
-  assert cli.main(['train.py', f'--config={CONFIG}', '--config.out_dir=out']) == 130
+  def unhandled(signum, frame):  # what the test sees of a main that leaves SIGTERM's default: death
+    raise AssertionError('main did not handle SIGTERM')
+
+  monkeypatch.setattr(train, 'run', lambda *args: os.kill(os.getpid(), signum))
+  sigterm_handler = signal.signal(signal.SIGTERM, unhandled)
+  try:
+    assert cli.main(['train.py', f'--config={CONFIG}', '--config.out_dir=out']) == 130
+  finally:
+    signal.signal(signal.SIGTERM, sigterm_handler)
   assert capsys.readouterr().err.splitlines() == [message]

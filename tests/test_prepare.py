@@ -5,8 +5,10 @@ errors that write nothing; and train.py on the result."""
 import contextlib
 import errno
 import json
+import os
 import pathlib
 import resource
+import signal
 import shutil
 import subprocess
 import sys
@@ -122,9 +124,15 @@ def test_overwrite_leaves_a_readers_memmap_on_the_old_tokens(tmp_path, monkeypat
   assert sorted(p.name for p in folder.iterdir()) == ['meta.json', 'train.bin', 'val.bin']  # no temporary file, no stale meta.pkl
 
 
-def test_overwrite_interrupted_leaves_the_old_data_set(tmp_path, monkeypatch, capsys):
-  """Ctrl-C midway through writing the ids: the old data set, whole, and no temporary file."""
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_overwrite_interrupted_leaves_the_old_data_set(tmp_path, monkeypatch, capsys, signum):
+  """Ctrl-C or SIGTERM midway through writing the ids: the old data set,
+  whole, and no temporary file."""
   monkeypatch.chdir(tmp_path)
+  def unhandled(signum, frame):  # what the test sees of a main that leaves SIGTERM's default: death
+    raise AssertionError('main did not handle SIGTERM')
+
+  sigterm_handler = signal.signal(signal.SIGTERM, unhandled)  # main installs its own: put back after
   assert prepare_text(tmp_path, 'mine', 'abcd' * 1000) == 0
   before = files_of(tmp_path / 'data' / 'mine')
   monkeypatch.setattr(prepare, 'CHUNK_BYTES', 1000)
@@ -134,12 +142,15 @@ def test_overwrite_interrupted_leaves_the_old_data_set(tmp_path, monkeypatch, ca
   def interrupted_midway(text):
     calls.append(text)
     if len(calls) == 5:  # the vocabulary, then the chunks: the 4th chunk being written
-      raise KeyboardInterrupt
+      os.kill(os.getpid(), signum)  # the handler (Python's for SIGINT, main's for SIGTERM) runs here
     return code_points(text)
 
   monkeypatch.setattr(prepare, '_code_points', interrupted_midway)
   capsys.readouterr()
-  assert prepare_text(tmp_path, 'mine', 'xy' * 3000, '--overwrite') == 130
+  try:
+    assert prepare_text(tmp_path, 'mine', 'xy' * 3000, '--overwrite') == 130
+  finally:
+    signal.signal(signal.SIGTERM, sigterm_handler)
   assert capsys.readouterr().err == 'interrupted: the data set in data/mine is as it was\n'
   assert files_of(tmp_path / 'data' / 'mine') == before
 
