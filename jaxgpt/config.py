@@ -235,7 +235,7 @@ CHOICES = {
 }
 # numpy's generators refuse a negative seed, and jax keeps a seed's low 32 bits
 # only (seed 2**32 would draw what seed 0 draws)
-_SEEDS = range(2**32)
+SEEDS = range(2**32)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -268,7 +268,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'lr_decay_iters={c.lr_decay_iters} equals warmup_iters: nanoGPT\'s schedule divides by zero '
                       f'at iteration {c.warmup_iters}: pass a larger --config.lr_decay_iters (where the cosine ends, '
                       'usually max_iters), or --config.decay_lr=False for a constant learning rate')
-  if c.seed not in _SEEDS:
+  if c.seed not in SEEDS:
     raise ConfigError(f'seed={c.seed} must be in [0, 2**32): pass e.g. --config.seed=1337')
   if not c.out_dir:
     raise ConfigError("out_dir='' would write checkpoints into the current folder: pass a folder, "

@@ -29,14 +29,13 @@ from ml_collections import config_flags
 from jaxgpt import data, gpt2, memory
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
-from jaxgpt.config import CHOICES, GPT2_MODELS, ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.config import CHOICES, GPT2_MODELS, SEEDS, ConfigError, GPTConfig, JaxGPTError
 from jaxgpt.generate import Generator, generation_bytes
 from jaxgpt.step import abstract_params
 from jaxgpt.tokenizer import CharTokenizer, GPT2Tokenizer
 from jaxgpt.train import pin_device
 
 GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)  # GPT-2's own, and nanoGPT's padded to a multiple of 64
-SEEDS = 2 ** 32  # jax.random.key keeps the low 32 bits: a larger seed repeats a smaller one
 SEPARATOR = '---------------'
 # float32's positive finite range, as Python floats (a float32 compared with 1e39 would cast it: a warning)
 FLOAT32_RANGE = (float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max))
@@ -86,8 +85,8 @@ def validate_sample_config(c: ml_collections.ConfigDict) -> None:
   for key in ('top_k', 'num_samples', 'max_new_tokens'):
     if c[key] < 1:
       raise ConfigError(f'{key}={c[key]} must be >= 1: pass --{key}=<a positive integer>')
-  if not 0 <= c.seed < SEEDS:
-    raise ConfigError(f'seed={c.seed} must be in [0, {SEEDS - 1}]: pass e.g. --seed=1337')
+  if c.seed not in SEEDS:
+    raise ConfigError(f'seed={c.seed} must be in [0, 2**32): pass e.g. --seed=1337')
   if c.init_from not in ('resume',) + GPT2_MODELS:
     raise ConfigError(f'init_from={c.init_from!r} is not supported: choose resume (the checkpoint in '
                       f'out_dir) or one of {", ".join(GPT2_MODELS)}')

@@ -256,14 +256,14 @@ SAMPLE_CASES = {
     'no new tokens': (sample_('--max_new_tokens=-1'), 'max_new_tokens=-1 must be >= 1'),
     'max_new_tokens a float': (sample_('--max_new_tokens=1e9'), 'flag --config.max_new_tokens=1e9: invalid literal '
                                'for int()'),
-    'seed negative': (sample_('--seed=-1'), 'seed=-1 must be in [0, 4294967295]: pass e.g. --seed=1337'),
-    'seed past 32 bits': (sample_('--seed=4294967296'), 'seed=4294967296 must be in [0, 4294967295]'),
+    'sample seed negative': (sample_('--seed=-1'), 'seed=-1 must be in [0, 2**32): pass e.g. --seed=1337'),
+    'sample seed past 32 bits': (sample_('--seed=4294967296'), 'seed=4294967296 must be in [0, 2**32)'),
     'checkpoint neither best nor latest': (sample_('--checkpoint=last'), "checkpoint='last': choose best or latest"),
     'init_from scratch': (sample_('--init_from=scratch'), "init_from='scratch' is not supported: choose resume"),
     'unknown device': (sample_('--device=tpu'), "device='tpu' is not supported: choose one of cpu, gpu, cuda"),
     'float16, refused by train.py too': (sample_('--dtype=float16'), "dtype='float16' is not supported: choose one "
                                          'of float32, bfloat16'),
-    'empty out_dir': (sample_('--out_dir='), 'out_dir is empty: pass --out_dir=<the folder a training run wrote'),
+    'sample from an empty out_dir': (sample_('--out_dir='), 'out_dir is empty: pass --out_dir=<the folder a training run wrote'),
     'unknown sample flag': (sample_('--max_tokens=5'), "unknown config key 'max_tokens'"),
     'compile not a boolean': (sample_('--compile=maybe'), 'flag --config.compile=maybe'),
     'missing GPT-2 folder': (sample_('--init_from=gpt2', '--gpt2_dir=nope'), 'gpt2_dir nope lacks config.json'),
@@ -454,8 +454,9 @@ def test_bench_usage_errors(capsys):
     assert e.value.code == 2 and f'{flag} must be >= 1' in capsys.readouterr().err
 
 
-def test_the_table_is_long_enough():
-  assert len(CASES) >= 20
+def test_the_table_is_long_enough_and_no_family_hides_another_case():
+  families = (CONFIG_CASES, DATA_CASES, CHECKPOINT_CASES, SAMPLE_CASES, TOOL_CASES, SIZE_CASES, RUN_CASES)
+  assert len(CASES) == sum(map(len, families)) >= 60  # a name twice would keep only the last case
 
 
 def test_disk_full_while_saving_is_one_error_line_and_keeps_earlier_checkpoints(folder, monkeypatch, capsys):
