@@ -90,6 +90,9 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, de
     wait_for_coordinator(coordinator_address, timeout)
   if device == 'cpu':
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # jax's preemption service takes SIGTERM for itself, and would swallow one
+  # sent before train.py's own handler is in place
+  jax.config.update('jax_enable_preemption_service', False)
   if num_processes > 1:
     jax.distributed.initialize(coordinator_address or None, num_processes, process_id, initialization_timeout=timeout)
   else:

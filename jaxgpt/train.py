@@ -120,6 +120,28 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
   main_process = jax.process_index() == 0
   wandb = import_wandb() if c.wandb_log and main_process else None  # before anything is written
   print = builtins.print if main_process else lambda *args, **kwargs: None  # only process 0 logs
+
+  # Ctrl-C or SIGTERM is noted, and acted on between steps (or evaluation
+  # batches): the step in flight finishes, a checkpoint is saved, the run
+  # stops. Before training begins it stops at the next such point, with
+  # nothing written; raised in the middle of jax's start-up it could crash
+  # the interpreter on its way out. A second one raises at once.
+  stop_signal, training = [], []
+
+  def request_stop(signum, frame):
+    if stop_signal:
+      raise KeyboardInterrupt
+    stop_signal.append(signum)
+    doing = ('finishing this iteration or evaluation batch, then saving a checkpoint' if training else
+             'stopping before training begins')
+    print(f'{signal.Signals(signum).name}: {doing} (again to stop at once, unsaved)', flush=True)
+
+  def stop_if_requested_before_training() -> None:
+    if stop_signal:
+      raise KeyboardInterrupt
+
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    cleanup.callback(signal.signal, signum, signal.signal(signum, request_stop))
   # nanoGPT's count: micro-batches of the whole world, each batch_size rows
   tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'tokens per iteration will be: {tokens_per_iter:,}')
@@ -139,12 +161,16 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
   else:
     vocab_size = len(vocab)
     print(f'found vocab_size = {vocab_size} (inside {folder / "meta.json"})')
+  stop_if_requested_before_training()
 
   if c.init_from == 'resume':
     print(f'Resuming training from {c.out_dir}')
     checkpoints = cleanup.enter_context(Checkpoints(c.out_dir, create=False, locked=main_process))
     resume_step = checkpoints.latest_step()
     meta = checkpoints.meta(resume_step)
+    if meta['iter_num'] > c.max_iters and not c.eval_only:  # nanoGPT would train one step on, and never save it
+      raise JaxGPTError(f'the checkpoint in {c.out_dir} is at iteration {meta["iter_num"]}, past '
+                        f'max_iters={c.max_iters}: raise --config.max_iters to train on')
     config = resumed_model_config(c, meta, overridden, vocab)
   else:
     if holds_checkpoints(c.out_dir):
@@ -198,6 +224,7 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
   if estimate.working > runtime.LARGE_BUFFER_BYTES:
     runtime.map_large_buffers()
 
+  stop_if_requested_before_training()
   if c.init_from != 'resume':  # out_dir made only now that the data and the memory proved enough
     checkpoints = cleanup.enter_context(Checkpoints(c.out_dir, locked=main_process))
   model, _, params = step.init_model(config, c.seed)
@@ -211,9 +238,6 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
   opt_state = parallel.init_optimizer_state(mesh, tx, params, c.fsdp)
   if c.init_from == 'resume':
     params, opt_state = checkpoints.state(resume_step, params, opt_state)
-
-  # Ctrl-C or SIGTERM: finish the step or evaluation batch in flight, save, stop (a second one aborts)
-  stop_signal = []
 
   def stop_requested() -> bool:
     return parallel.all_processes_agree(bool(stop_signal))  # all stop at the same point
@@ -305,16 +329,8 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
     print(f'{reason} at iteration {iter_num}: saved a checkpoint to '
           f'{c.out_dir}; continue with --config.init_from=resume')
 
-  def request_stop(signum, frame):
-    if stop_signal:
-      raise KeyboardInterrupt
-    stop_signal.append(signum)
-    print(f'{signal.Signals(signum).name}: finishing this iteration or evaluation batch, then saving a '
-          'checkpoint (again to stop at once, unsaved)', flush=True)
-
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    cleanup.callback(signal.signal, signum, signal.signal(signum, request_stop))
-
+  stop_if_requested_before_training()
+  training.append(True)
   bar = TrainingProgress(iter_num, c.max_iters, enabled=main_process and sys.stdout.isatty())
   with bar:
     while True:

@@ -89,8 +89,8 @@ def train(*args):
   return cli.main, ['train.py', f'--config={CONFIG}', *TINY, *args]
 
 
-def resume(*args):
-  return train('--config.init_from=resume', '--config.out_dir=out', *args)
+def resume(*args):  # on from the final state of out's run (before iteration 3), to 10
+  return train('--config.init_from=resume', '--config.out_dir=out', '--config.max_iters=10', *args)
 
 
 def sample_(*args):
@@ -219,6 +219,9 @@ DATA_CASES = {
 
 CHECKPOINT_CASES = {
     'resume without out_dir': (train('--config.init_from=resume', '--config.out_dir=nope'), 'does not exist'),
+    'resume past max_iters': (resume('--config.max_iters=1'), 'the checkpoint in out is at iteration 3, past '
+                                                               'max_iters=1: raise --config.max_iters to train on'),
+    'resume a finished run': (resume('--config.max_iters=2'), 'is at iteration 3, past max_iters=2'),
     'resume from a file': (train('--config.init_from=resume', '--config.out_dir=a_file'),
                            'a_file is a file: point out_dir at the folder a training run wrote its checkpoints to'),
     'sample from a file': (sample_('--out_dir=a_file'), 'a_file is a file: point out_dir at the folder'),

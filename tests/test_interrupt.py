@@ -116,3 +116,18 @@ def test_a_stop_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys
   finally:
     signal.signal(signal.SIGTERM, sigterm_handler)
   assert capsys.readouterr().err.splitlines() == [message]
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_a_stop_during_start_up_is_one_line_and_writes_nothing(workdir, signum):
+  """Ctrl-C or SIGTERM while the data set is read and the step compiles: it
+  stops there, one line, exit 130 (raised inside jax's start-up, it once
+  crashed the interpreter on its way out: exit 139)."""
+  proc = start(workdir, '--config.out_dir=out-start-up', '--config.max_iters=100')
+  assert proc.stdout.readline().startswith('tokens per iteration will be: ')  # its handler is in place
+  proc.send_signal(signum)
+  done = finish(proc)
+  assert done.returncode == 130, done.stdout + done.stderr
+  assert f'{signum.name}: stopping before training begins (again to stop at once, unsaved)' in done.stdout
+  assert done.stderr.splitlines() == ['interrupted, before any checkpoint was saved']
+  assert not (workdir / 'out-start-up').exists()
