@@ -236,13 +236,18 @@ CHOICES = {
 # numpy's generators refuse a negative seed, and jax keeps a seed's low 32 bits
 # only (seed 2**32 would draw what seed 0 draws)
 SEEDS = range(2**32)
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad key and how to fix it."""
   for key, default in base_config().items():
-    if isinstance(default, float) and not math.isfinite(c[key]):
-      raise ConfigError(f'{key}={c[key]} is not a finite number: pass e.g. --config.{key}={default}')
+    # the step computes in float32 and int32: a larger number overflows there, or in jax's arguments
+    if isinstance(default, float) and not (math.isfinite(c[key]) and abs(c[key]) <= FLOAT32_MAX):
+      raise ConfigError(f'{key}={c[key]} is not a finite float32 number: pass e.g. --config.{key}={default}')
+    if type(default) is int and key != 'seed' and abs(c[key]) >= 2**30:  # headroom for the schedule's it + 1
+      raise ConfigError(f'{key}={c[key]} must be below 2**30 (jax computes with 32-bit integers): pass e.g. '
+                        f'--config.{key}={default}')
   for key in _POSITIVE:
     if c[key] < 1:
       raise ConfigError(f'{key}={c[key]} must be >= 1: pass --config.{key}=<a positive integer>')

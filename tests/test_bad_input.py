@@ -133,16 +133,21 @@ CONFIG_CASES = {
     'heads do not divide': (train('--config.n_embd=33'), 'n_embd=33 is not divisible by n_head=2'),
     'dropout out of range': (train('--config.dropout=1.5'), 'dropout=1.5 must be in [0, 1)'),
     'learning rate 0': (train('--config.learning_rate=0'), 'learning_rate=0.0 must be > 0'),
-    'learning rate nan': (train('--config.learning_rate=nan'), 'learning_rate=nan is not a finite number: pass e.g. '
+    'learning rate nan': (train('--config.learning_rate=nan'), 'learning_rate=nan is not a finite float32 number: pass e.g. '
                                                                '--config.learning_rate=0.0006'),
-    'min_lr inf': (train('--config.min_lr=inf'), 'min_lr=inf is not a finite number'),
-    'grad_clip nan': (train('--config.grad_clip=nan'), 'grad_clip=nan is not a finite number'),
+    'min_lr inf': (train('--config.min_lr=inf'), 'min_lr=inf is not a finite float32 number'),
+    'grad_clip nan': (train('--config.grad_clip=nan'), 'grad_clip=nan is not a finite float32 number'),
     'decay window of no length': (train('--config.warmup_iters=1', '--config.lr_decay_iters=1'),
                                   "lr_decay_iters=1 equals warmup_iters: nanoGPT's schedule divides by zero at "
                                   'iteration 1'),
     'negative decay': (train('--config.lr_decay_iters=-1'), 'lr_decay_iters=-1 must be >= 0'),
     'unknown dtype': (train('--config.dtype=float16'), "dtype='float16' is not supported"),
     'negative seed': (train('--config.seed=-1'), 'seed=-1 must be in [0, 2**32): pass e.g. --config.seed=1337'),
+    'warmup_iters past int32': (train('--config.warmup_iters=2147483647'),
+                                'warmup_iters=2147483647 must be below 2**30 (jax computes with 32-bit integers)'),
+    'max_iters past int32': (train('--config.max_iters=99999999999999999999'),
+                             'max_iters=99999999999999999999 must be below 2**30'),
+    'grad_clip past float32': (train('--config.grad_clip=1e308'), 'grad_clip=1e+308 is not a finite float32 number'),
     'seed past 32 bits': (train('--config.seed=4294967296'), 'seed=4294967296 must be in [0, 2**32)'),
     'empty out_dir': (train('--config.out_dir='), "out_dir='' would write checkpoints into the current folder"),
     'empty dataset': (train('--config.dataset='), "--config.dataset='' is not a data set name"),
@@ -400,12 +405,12 @@ SIZE_CASES = {  # sizes that cannot run, refused before anything is allocated or
     'n_embd beyond memory': (train('--config.n_embd=1000000', '--config.out_dir=out-big'),
                              'not enough memory for the weights, gradients and AdamW state'),
     'resumed beyond memory': (resume('--config.batch_size=1000000000'), 'not enough memory for'),
-    'eval_iters beyond memory': (train('--config.eval_iters=10000000000', '--config.out_dir=out-big'),
-                                 'not enough memory for 10,000,000,001 batches of 4 x 16 tokens drawn at once (1 '
-                                 'micro-batches of a step, 10,000,000,000 of an evaluation): ~'),
+    'eval_iters beyond memory': (train('--config.eval_iters=1000000000', '--config.out_dir=out-big'),
+                                 'not enough memory for 1,000,000,001 batches of 4 x 16 tokens drawn at once (1 '
+                                 'micro-batches of a step, 1,000,000,000 of an evaluation): ~'),
     'gradient_accumulation_steps beyond memory': (
-        train('--config.gradient_accumulation_steps=10000000000', '--config.out_dir=out-big'),
-        'drawn at once (10,000,000,000 micro-batches of a step, 1 of an evaluation): ~'),
+        train('--config.gradient_accumulation_steps=1000000000', '--config.out_dir=out-big'),
+        'drawn at once (1,000,000,000 micro-batches of a step, 1 of an evaluation): ~'),
 }
 
 RUN_CASES = {  # several processes, several writers

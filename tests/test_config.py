@@ -127,12 +127,12 @@ def test_override_types():
     ('--config.warmup_iters=2000', "lr_decay_iters=2000 equals warmup_iters: nanoGPT's schedule divides by zero at "
                                    'iteration 2000: pass a larger --config.lr_decay_iters'),
     ('--config.lr_decay_iters=-1', 'lr_decay_iters=-1 must be >= 0'),
-    ('--config.learning_rate=nan', 'learning_rate=nan is not a finite number: pass e.g. --config.learning_rate=0.0006'),
-    ('--config.min_lr=inf', 'min_lr=inf is not a finite number: pass e.g. --config.min_lr=6e-05'),
-    ('--config.grad_clip=nan', 'grad_clip=nan is not a finite number'),
-    ('--config.weight_decay=-inf', 'weight_decay=-inf is not a finite number'),
-    ('--config.beta1=nan', 'beta1=nan is not a finite number'),
-    ('--config.dropout=nan', 'dropout=nan is not a finite number'),
+    ('--config.learning_rate=nan', 'learning_rate=nan is not a finite float32 number: pass e.g. --config.learning_rate=0.0006'),
+    ('--config.min_lr=inf', 'min_lr=inf is not a finite float32 number: pass e.g. --config.min_lr=6e-05'),
+    ('--config.grad_clip=nan', 'grad_clip=nan is not a finite float32 number'),
+    ('--config.weight_decay=-inf', 'weight_decay=-inf is not a finite float32 number'),
+    ('--config.beta1=nan', 'beta1=nan is not a finite float32 number'),
+    ('--config.dropout=nan', 'dropout=nan is not a finite float32 number'),
     ('--config.seed=-1', 'seed=-1 must be in [0, 2**32): pass e.g. --config.seed=1337'),
     ('--config.seed=4294967296', 'seed=4294967296 must be in [0, 2**32)'),
     ('--config.out_dir=', "out_dir='' would write checkpoints into the current folder: pass a folder, e.g. "
