@@ -173,12 +173,16 @@ def ensure_prepared(dataset: str, gpt2_dir: str = '') -> pathlib.Path:
   return folder
 
 
+class NamesCode(pickle.UnpicklingError):
+  pass
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
   """Unpickles plain data only (dicts, lists, str, int, ...): any class or
   function is refused, so no code in the file can run."""
 
   def find_class(self, module: str, name: str):
-    raise pickle.UnpicklingError(f'it names {module}.{name}, and only plain data is read')
+    raise NamesCode(f'it names {module}.{name}, and only plain data is read')
 
 
 def read_vocab(path: pathlib.Path) -> list[str]:
@@ -190,6 +194,8 @@ def read_vocab(path: pathlib.Path) -> list[str]:
       with path.open('rb') as f:
         meta = _PlainDataUnpickler(f).load()
       itos = [meta['itos'][i] for i in range(len(meta['itos']))]
+      if 'stoi' in meta and meta['stoi'] != {ch: i for i, ch in enumerate(itos)}:  # what prompts are encoded with
+        raise ValueError('stoi is not itos inverted')
     else:
       meta = json.loads(path.read_text(encoding='utf-8'))
       itos = meta['itos']
@@ -201,21 +207,25 @@ def read_vocab(path: pathlib.Path) -> list[str]:
       raise ValueError(f'vocab_size={meta["vocab_size"]!r} but itos has {len(itos)} characters')
   except OSError as e:
     raise DataError(f'cannot read {path} ({e.strerror or e}): prepare the data set again') from None
-  except pickle.UnpicklingError as e:
+  except NamesCode as e:
     raise DataError(f'{path} is not plain data ({e}): a pickle that names code is refused, as it could run it; '
                     'prepare the data set again') from None
-  except (ValueError, KeyError, TypeError, EOFError) as e:
+  except (ValueError, KeyError, TypeError, EOFError, RecursionError, pickle.UnpicklingError) as e:
     raise DataError(f'{path} is corrupt ({type(e).__name__}: {e}): prepare the data set again') from None
   return itos
 
 
 def load_vocab(folder: pathlib.Path) -> list[str] | None:
-  """The character vocabulary (id -> character) from folder's meta.json, else
-  nanoGPT's meta.pkl; None for GPT-2 tokens (neither file)."""
-  for name in ('meta.json', 'meta.pkl'):
-    if (folder / name).exists():
-      return read_vocab(folder / name)
-  return None
+  """The character vocabulary (id -> character) from folder's meta.json or
+  nanoGPT's meta.pkl (both: they must agree); None for GPT-2 tokens (neither
+  file)."""
+  # is_symlink: a broken link is a vocabulary gone missing, not GPT-2 tokens
+  vocabs = {name: read_vocab(folder / name) for name in ('meta.json', 'meta.pkl')
+            if (folder / name).exists() or (folder / name).is_symlink()}
+  if len(set(map(tuple, vocabs.values()))) > 1:
+    raise DataError(f'{folder / "meta.json"} and {folder / "meta.pkl"} hold different vocabularies: remove the one '
+                    'the token files were not prepared with')
+  return next(iter(vocabs.values()), None)
 
 
 def vocab_size(vocab: list[str] | None) -> int:

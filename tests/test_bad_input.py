@@ -61,11 +61,19 @@ def folder(tmp_path_factory, shakespeare):
       'beyond_val': {'val.bin': np.uint16(70).tobytes() + small},
       'beyond_gpt2': {'meta.json': None, 'train.bin': small + np.uint16(50257).tobytes()},
       'code_meta': {'meta.json': None, 'meta.pkl': b'cposix\nsystem\n(Vtouch pwned\ntR.'},
+      'deep_meta': {'meta.json': b'[' * 100000 + b']' * 100000},
+      'cut_meta_pkl': {'meta.json': None, 'meta.pkl': pickle.dumps({'vocab_size': 65, 'itos': dict(enumerate(vocab))})[:50]},
+      'stoi_meta_pkl': {'meta.json': None, 'meta.pkl': pickle.dumps({
+          'vocab_size': 65, 'itos': dict(enumerate(vocab)), 'stoi': {ch: i + 1 for i, ch in enumerate(vocab)}})},
+      'two_metas': {'meta.pkl': pickle.dumps({'vocab_size': 65, 'itos': dict(enumerate(vocab[::-1]))})},
+      'broken_link_meta': {'meta.json': 'broken link'},
   }.items():
     (root / 'data' / name).mkdir()
     for file, content in ({'train.bin': small, 'val.bin': small, 'meta.json': meta} | changes).items():
       if content == 'folder':
         (root / 'data' / name / file).mkdir()
+      elif content == 'broken link':
+        (root / 'data' / name / file).symlink_to('nowhere')
       elif content is not None:
         (root / 'data' / name / file).write_bytes(content)
   (root / 'data' / 'notes.txt').write_text('a file where a data set would go')
@@ -194,6 +202,15 @@ CONFIG_CASES = {
 ERROR_LINES = {'config file syntax error': 3}
 
 DATA_CASES = {
+    'vocabulary nested past recursion': (train('--config.dataset=deep_meta'), 'deep_meta/meta.json is corrupt (RecursionError'),
+    'nanoGPT vocabulary cut short': (train('--config.dataset=cut_meta_pkl'),
+                                     'cut_meta_pkl/meta.pkl is corrupt (UnpicklingError: pickle data was truncated)'),
+    'nanoGPT stoi not itos inverted': (train('--config.dataset=stoi_meta_pkl'),
+                                       'stoi_meta_pkl/meta.pkl is corrupt (ValueError: stoi is not itos inverted)'),
+    'meta.json and meta.pkl disagree': (train('--config.dataset=two_metas'),
+                                        'two_metas/meta.json and data/two_metas/meta.pkl hold different vocabularies'),
+    'vocabulary a broken link': (train('--config.dataset=broken_link_meta'),
+                                 'cannot read data/broken_link_meta/meta.json (No such file or directory)'),
     'missing data set': (train('--config.dataset=nope'), 'data/nope/train.bin not found: prepare the data set first'),
     'data shorter than a block': (train('--config.dataset=short', '--config.out_dir=out-short'),
                                   'holds 10 tokens, fewer than block_size + 1 = 17'),
@@ -427,7 +444,7 @@ CASES = CONFIG_CASES | DATA_CASES | CHECKPOINT_CASES | SAMPLE_CASES | TOOL_CASES
 
 def snapshot(root):
   """Every file and folder under root, with size and modification time."""
-  return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob('*')}
+  return {str(p.relative_to(root)): (p.is_dir(), p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob('*')}
 
 
 @pytest.mark.parametrize('name', CASES)
@@ -472,7 +489,7 @@ def test_disk_full_while_saving_is_one_error_line_and_keeps_earlier_checkpoints(
   the run stops with one line, and the checkpoint already in out is whole."""
   work = folder / 'disk-full'
   shutil.copytree(folder / 'out', work / 'out')
-  shutil.copytree(folder / 'data', work / 'data')
+  shutil.copytree(folder / 'data', work / 'data', symlinks=True)
   shutil.copytree(folder / 'configs', work / 'configs')
   monkeypatch.chdir(work)
 
