@@ -312,6 +312,8 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = 
   path; returns its step. An existing file at path is replaced only with
   overwrite."""
   torch = _torch()
+  if not path or path.endswith(os.sep):  # pathlib would drop the trailing '/' and write a file named so
+    raise JaxGPTError(f'{path!r} names a folder: name the file to write, e.g. {os.path.join(path, "ckpt.pt")}')
   ckpt_path = pathlib.Path(path)
   check_export_path(ckpt_path, overwrite)
   checkpoints = Checkpoints(out_dir, read_only=True)

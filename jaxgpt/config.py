@@ -146,6 +146,8 @@ def run_config_file(path: str) -> tuple[dict, set[str]]:
   namespace = base_config().to_dict() | {'__name__': '__config__', '__file__': path}
   try:
     exec(compile(tree, path, 'exec'), namespace)
+  except SystemExit:  # not an error of its own, but the run would end there, silently
+    raise ConfigError(f'{path} calls sys.exit() (or exit()): a config file only sets keys; remove the call') from None
   except Exception as e:
     raise ConfigError(f'{line_of(path, e)}: {type(e).__name__}: {one_line(e)}: fix the config file') from None
   return namespace, {name for name in assigned_names(tree) if name in namespace}
@@ -296,9 +298,9 @@ def validate_processes(c: ml_collections.ConfigDict) -> None:
 def check_dataset_name(name: str, flag: str) -> None:
   """A data set is a folder of data/, named plainly: nothing is read or
   written outside data/. flag: how the user gave it (`--config.dataset`)."""
-  if name in ('', '.', '..') or '/' in name or '\\' in name:
+  if name.strip() in ('', '.', '..') or name != name.strip() or '/' in name or '\\' in name:
     raise ConfigError(f'{flag}={name!r} is not a data set name: give the name of a folder in data/, without '
-                      f'"/" or "..", e.g. {flag}=shakespeare_char')
+                      f'"/", ".." or blanks around it, e.g. {flag}=shakespeare_char')
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> GPTConfig:

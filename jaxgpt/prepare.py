@@ -35,6 +35,8 @@ MAX_VOCAB = 65_535  # ids are uint16, as in nanoGPT's token files
 def text_chunks(path: pathlib.Path, description: str) -> Iterator[str]:
   """The text of path, CHUNK_BYTES at a time (a character cut by a chunk's end
   waits for the next), with a progress bar on a terminal."""
+  if path.is_char_device() or path.is_block_device():  # /dev/zero: no end to read
+    raise DataError(f'{path} is a device, not a text file: give the path of a UTF-8 text file')
   decoder = codecs.getincrementaldecoder('utf-8')()
   offset = 0  # of the chunk being decoded, in the file
   try:

@@ -67,11 +67,13 @@ def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
     # defining the flag already applies the overrides in argv
     config_flags.DEFINE_config_dict('config', sample_config(), flag_values=flag_values, lock_config=True,
                                     sys_argv=argv)
-    flag_values(argv)
+    rest = flag_values(argv)
   except flags.Error as e:
     raise ConfigError(f'{e}: check the flag\'s name and type') from None
   except (AttributeError, KeyError) as e:
     raise ConfigError(unknown_key_message(e, sample_config())) from None
+  if len(rest) > 1:
+    raise ConfigError(f'unexpected arguments {rest[1:]}: flags are --key=value, e.g. --start="ROMEO:"')
   validate_sample_config(flag_values.config)
   return flag_values.config
 
@@ -109,6 +111,9 @@ def read_prompt(start: str) -> str:
   path = start.removeprefix('FILE:')
   if not path:
     raise ConfigError('--start=FILE: names no file: pass --start=FILE:<a text file holding the prompt>')
+  if pathlib.Path(path).is_char_device() or pathlib.Path(path).is_block_device():  # /dev/zero: no end to read
+    raise ConfigError(f'the prompt file {path} is a device, not a text file: pass --start=FILE:<a text file '
+                      'holding the prompt>')
   try:
     text = pathlib.Path(path).read_text(encoding='utf-8')
   except OSError as e:

@@ -112,6 +112,7 @@ def config_file(name):
 BAD_CONFIG_FILES = {  # in the folder's configs/
     'syntax.py': 'n_layer = 2\nbatch_size = = 12\n',
     'raises.py': 'n_layer = 2\nn_head = n_heads\n',
+    'exits.py': 'import sys\nsys.exit(0)\n',
     'empty.py': '',
     'get_config_raises.py': 'def get_config():\n  raise ValueError("no such recipe")\n',
     'get_config_dict.py': 'def get_config():\n  return {"batch_size": 12}\n',
@@ -174,6 +175,8 @@ CONFIG_CASES = {
                          'several config files (configs/empty.py, configs/shakespeare_char.py): pass one'),
     'config file syntax error': (config_file('syntax.py'), 'configs/syntax.py, line 2: invalid syntax\n'
                                                           '    batch_size = = 12\n                 ^\n'),
+    'config file exits': (config_file('exits.py'), 'configs/exits.py calls sys.exit() (or exit()): a config file only '
+                                                   'sets keys; remove the call'),
     'config file raises': (config_file('raises.py'), "configs/raises.py, line 2 (n_head = n_heads): NameError: name "
                                                      "'n_heads' is not defined: fix the config file"),
     'config file sets nothing': (config_file('empty.py'), 'configs/empty.py defines no get_config() and sets no '
@@ -289,6 +292,8 @@ SAMPLE_CASES = {
     'float16, refused by train.py too': (sample_('--dtype=float16'), "dtype='float16' is not supported: choose one "
                                          'of float32, bfloat16'),
     'sample from an empty out_dir': (sample_('--out_dir='), 'out_dir is empty: pass --out_dir=<the folder a training run wrote'),
+    'prompt file a device': (sample_('--start=FILE:/dev/zero'), 'the prompt file /dev/zero is a device, not a text file'),
+    'sample with a stray argument': (sample_('foo'), "unexpected arguments ['foo']: flags are --key=value"),
     'unknown sample flag': (sample_('--max_tokens=5'), "unknown config key 'max_tokens'"),
     'compile not a boolean': (sample_('--compile=maybe'), 'flag --config.compile=maybe'),
     'missing GPT-2 folder': (sample_('--init_from=gpt2', '--gpt2_dir=nope'), 'gpt2_dir nope lacks config.json'),
@@ -354,6 +359,10 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
                             "--name='' is not a data set name: give the name of a folder in data/"),
     'prepare, name outside data/': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', '../escaped']),
                                     "--name='../escaped' is not a data set name"),
+    'prepare a device': ((prepare.main, ['prepare', 'char', '/dev/zero', '--name', 'zeros']),
+                         '/dev/zero is a device, not a text file: give the path of a UTF-8 text file'),
+    'prepare, a blank name': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', ' ']),
+                              "--name=' ' is not a data set name"),
     'prepare, name ..': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', '..']), "--name='..' is not a data set name"),
     'prepare, name with a backslash': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', 'a\\b']),
                                        "--name='a\\\\b' is not a data set name"),
@@ -406,6 +415,8 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
                            'nanogpt/ckpt.pt exists: export to another path, or pass --overwrite to replace it'),
     'export into a missing folder': (export('--out_dir=out', 'nope/ckpt.pt'),
                                      'cannot write nope/ckpt.pt: the folder nope does not exist; create it (mkdir -p nope)'),
+    'export to a path ending in /': (export('--out_dir=out', 'newdir/'),
+                                     "'newdir/' names a folder: name the file to write, e.g. newdir/ckpt.pt"),
     'export onto a folder': (export('--out_dir=out', 'nanogpt', '--overwrite'), 'nanogpt is a folder: name the file to write, e.g. nanogpt/ckpt.pt'),
     'export from a missing out_dir': (export('--out_dir=nope', 'exported.pt'), 'nope does not exist'),
     'export from a folder without checkpoints': (export('--out_dir=data', 'exported.pt'), 'no checkpoint in'),
