@@ -20,6 +20,9 @@ import sys
 import time
 
 
+LAUNCH_KEYS = ('coordinator_address', 'num_processes', 'process_id')  # what launch passes each process
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -68,8 +71,16 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(argv[1:])
   if args.nproc < 1:
     parser.error(f'--nproc={args.nproc} must be >= 1')
+  if args.nproc > os.cpu_count():  # more would only contend for the cores, or exhaust the host
+    parser.error(f'--nproc={args.nproc} is more than this host\'s {os.cpu_count()} CPUs')
   if not os.path.isfile(args.script):  # else each process would say so
     parser.error(f'{args.script} is not a file: give the path of train.py')
+  if os.path.basename(args.script) != 'train.py':
+    parser.error(f'{args.script} is not train.py: launch starts training processes only')
+  given = sorted({arg.split('=')[0] for arg in args.args} & {f'{prefix}{key}' for prefix in ('--config.', '--')
+                                                           for key in LAUNCH_KEYS})
+  if given:
+    parser.error(f'{", ".join(given)}: launch sets these itself; drop them')
   return launch(args.nproc, args.script, args.args)
 
 

@@ -12,7 +12,9 @@ batches and prints the differences, then PASS or FAIL (exit 0 or 1).
 
 import argparse
 import json
+import pathlib
 import sys
+import zipfile
 
 import jax
 import numpy as np
@@ -114,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--fsdp', action='store_true', help='with --data_parallel: split params and AdamW state too')
   args = parser.parse_args(argv)
   try:
+    if pathlib.Path(args.trace).is_file() and not zipfile.is_zipfile(args.trace):  # numpy would advise allow_pickle
+      raise ValueError('not a .npz file, or one cut short')
     with np.load(args.trace) as npz:
       trace = {k: npz[k] for k in npz.files}
     if json.loads(str(trace['meta'])).get('format') != 'nanogpt-trace/1':
       raise ValueError('not a nanogpt-trace/1 file')
-  except (OSError, ValueError, KeyError) as e:
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
     print(f'error: cannot read {args.trace} as a nanoGPT trace: {e}', file=sys.stderr)
     return 2
 

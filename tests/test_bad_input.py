@@ -481,6 +481,18 @@ def test_launcher_usage_errors(folder, monkeypatch, capsys):
   with pytest.raises(SystemExit) as e:
     launch.main(['launch', '--nproc=2', 'trian.py'])
   assert e.value.code == 2 and 'trian.py is not a file: give the path of train.py' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    launch.main(['launch', f'--nproc={os.cpu_count() + 1}', 'train.py'])
+  assert e.value.code == 2 and f"is more than this host's {os.cpu_count()} CPUs" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    launch.main(['launch', '--nproc=1', 'empty.txt'])
+  assert e.value.code == 2 and 'empty.txt is not train.py: launch starts training processes only' in capsys.readouterr().err
+  (folder / 'train.py').touch()
+  with pytest.raises(SystemExit) as e:
+    launch.main(['launch', '--nproc=1', 'train.py', '--config.num_processes=3', '--process_id=1'])
+  assert e.value.code == 2 and '--config.num_processes, --process_id: launch sets these itself; drop them' in \
+      capsys.readouterr().err
+  (folder / 'train.py').unlink()
 
 
 def test_bench_usage_errors(capsys):

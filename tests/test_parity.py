@@ -77,10 +77,15 @@ def _text_file(path):
   path.write_text('not a trace\n')
 
 
+def _cut_short(path):
+  path.write_bytes((FIXTURES / 'tiny.npz').read_bytes()[:3000])
+
+
 @pytest.mark.parametrize('write, reason', [
     (_npz_without_meta, "trace: 'meta'"),  # the KeyError of the missing key
     (_npz_of_other_format, 'not a nanogpt-trace/1 file'),
-    (_text_file, 'pickled (object) data'),  # numpy's word for anything not npy/npz
+    (_text_file, 'not a .npz file, or one cut short'),  # not numpy's advice to load it with allow_pickle
+    (_cut_short, 'not a .npz file, or one cut short'),
     (None, 'No such file or directory'),
 ])
 def test_non_trace_file_is_an_error(tmp_path, capsys, write, reason):
