@@ -68,8 +68,16 @@ def plot(out_dir: pathlib.Path, reference: pathlib.Path | None, out: pathlib.Pat
   axes.grid(alpha=0.3)
   axes.legend()
   figure.tight_layout()
-  figure.savefig(out, dpi=100)
-  plt.close(figure)
+  formats = figure.canvas.get_supported_filetypes()
+  if out.suffix.lstrip('.').lower() not in formats:
+    raise JaxGPTError(f'--out={out}: matplotlib writes no {out.suffix or "suffix-less"} file: end it in one of '
+                      f'{", ".join("." + name for name in sorted(formats))}')
+  try:
+    figure.savefig(out, dpi=100)
+  except OSError as e:
+    raise JaxGPTError(f'cannot write {out} ({e.strerror or e}): pick a writable path in an existing folder') from None
+  finally:
+    plt.close(figure)
 
 
 def main(argv: list[str]) -> int:

@@ -59,3 +59,15 @@ def test_bad_reference(tmp_path, capsys):
   (tmp_path / 'ref.json').write_text('{"lazy": 1}')
   assert plot.main(['plot', str(tmp_path / 'out'), '--reference', str(tmp_path / 'ref.json')]) == 1
   assert "ref.json is not a nanoGPT reference run (KeyError: 'eager')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('out, message', [
+    ('nope/loss.png', 'cannot write {t}/nope/loss.png (No such file or directory): pick a writable path'),
+    ('loss.txt', '--out={t}/loss.txt: matplotlib writes no .txt file: end it in one of '),
+])
+def test_bad_out_path(tmp_path, capsys, out, message):
+  write_run(tmp_path / 'out')
+  assert plot.main(['plot', str(tmp_path / 'out'), '--out', str(tmp_path / out)]) == 1
+  [line] = capsys.readouterr().err.splitlines()
+  assert line.startswith('error: ' + message.format(t=tmp_path)), line
+  assert not (tmp_path / out).exists()
