@@ -6,7 +6,8 @@ Draws the training loss of every logged iteration and the train/val losses
 of every evaluation; with --reference, nanoGPT's curves of a run recorded
 the way ../shared/reference/nanogpt_seed_run.json is (its `eager` run:
 `train_loss_per_iter` and `eval`) beside them. Writes OUT_DIR/loss.png, or
---out. Needs matplotlib: pip install -e '.[plot]'.
+--out. A training may still be writing metrics.jsonl: its unfinished last
+line is left out. Needs matplotlib: pip install -e '.[plot]'.
 """
 
 import argparse
@@ -21,11 +22,23 @@ def read_metrics(out_dir: pathlib.Path) -> tuple[list[dict], list[dict]]:
   """(logged iterations, evaluations) of out_dir/metrics.jsonl."""
   path = out_dir / 'metrics.jsonl'
   try:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
   except OSError as e:
     raise JaxGPTError(f'cannot read {path} ({e.strerror}): point at the out_dir of a training run') from None
-  except json.JSONDecodeError as e:
-    raise JaxGPTError(f'{path} is corrupt ({e})') from None
+  lines = text.splitlines()
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if number == len(lines) and not text.endswith('\n'):
+        break  # a training is writing this line now
+      raise JaxGPTError(f'{path} is corrupt at line {number}, column {e.colno} ({e.msg}): remove that line') from None
+    if not isinstance(record, dict) or not isinstance(record.get('iter'), int):
+      raise JaxGPTError(f'{path} is corrupt at line {number} (not a record with an iteration): remove that line')
+    records.append(record)
   return [r for r in records if 'loss' in r], [r for r in records if 'val_loss' in r]
 
 

@@ -42,8 +42,14 @@ def test_plot_draws_the_run_and_the_reference(tmp_path, capsys):
 
 @pytest.mark.parametrize('setup, message', [
     (lambda d: None, 'cannot read {d}/metrics.jsonl (No such file or directory): point at the out_dir of a training run'),
-    (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('{"iter": 0,')), 'is corrupt'),
+    (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('{"iter": 0,\n')),
+     'metrics.jsonl is corrupt at line 1, column 12 (Expecting property name enclosed in double quotes): remove that line'),
+    (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('{"iter": 0, "loss": 4.2}\n\n{"iter": 1, "lo\n'
+                                                            '{"iter": 2, "loss": 4.1}\n')),
+     'metrics.jsonl is corrupt at line 3, column 13 (Unterminated string starting at): remove that line'),
     (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('')), 'holds no iterations yet'),
+    (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('3\n')), 'is corrupt at line 1 (not a record with an iteration)'),
+    (lambda d: (d.mkdir(), (d / 'metrics.jsonl').write_text('{"loss": 3.0}\n')), 'is corrupt at line 1 (not a record'),
 ])
 def test_plot_errors(tmp_path, capsys, setup, message):
   out_dir = tmp_path / 'out'
@@ -71,3 +77,11 @@ def test_bad_out_path(tmp_path, capsys, out, message):
   [line] = capsys.readouterr().err.splitlines()
   assert line.startswith('error: ' + message.format(t=tmp_path)), line
   assert not (tmp_path / out).exists()
+
+
+def test_plot_leaves_out_the_line_a_training_is_writing(tmp_path, capsys):
+  write_run(tmp_path / 'out')
+  with (tmp_path / 'out' / 'metrics.jsonl').open('a') as f:
+    f.write('{"iter": 41, "loss": 2.1, "lr": 0.00')  # no newline yet
+  assert plot.main(['plot', str(tmp_path / 'out')]) == 0
+  assert has_colour(image.imread(tmp_path / 'out' / 'loss.png'), ORANGE)
