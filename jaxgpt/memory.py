@@ -119,15 +119,18 @@ def run_estimate(programs: list[jax.stages.Compiled], state) -> RunEstimate:
                      max(map(working, programs)) * jax.local_device_count())
 
 
+TRY_ANYWAY = '; or pass --config.check_memory=False to try anyway'  # train.py's way past its check
+
+
 def check(needed: int, what: str, fix: str) -> None:
-  """Raises OutOfMemoryError when `needed` bytes (for `what`) exceed what is
-  available, with `fix`: what lowers the need."""
+  """Raises OutOfMemoryError when `needed` bytes (`what` they are for: 'for
+  this run') exceed what is available, with `fix`: what lowers the need."""
   available = available_bytes()
   if available is None or needed <= available[0]:
     return
   raise OutOfMemoryError(
-      f'not enough memory for {what}: ~{needed / GB:.2f} GB needed, {available[0] / GB:.2f} GB available '
-      f'({available[1]}): {fix}; or pass --config.check_memory=False to try anyway')
+      f'not enough memory {what}: ~{needed / GB:.2f} GB needed, {available[0] / GB:.2f} GB available '
+      f'({available[1]}): {fix}')
 
 
 def smaller_run(remat: bool) -> str:

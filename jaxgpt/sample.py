@@ -171,12 +171,7 @@ def check_memory(config: GPTConfig, num_samples: int, length: int) -> None:
   """Raises OutOfMemoryError when the weights and a generation of num_samples
   x length tokens would not fit in the memory available."""
   needed = memory.num_params(config) * 4 + generation_bytes(config, num_samples, length)  # float32 weights
-  available = memory.available_bytes()
-  if available is None or needed <= available[0]:
-    return
-  raise memory.OutOfMemoryError(
-      f'not enough memory to sample {num_samples} x {length:,} tokens: ~{needed / memory.GB:.2f} GB needed, '
-      f'{available[0] / memory.GB:.2f} GB available ({available[1]}): lower --max_new_tokens or --num_samples')
+  memory.check(needed, f'to sample {num_samples} x {length:,} tokens', 'lower --max_new_tokens or --num_samples')
 
 
 def print_samples(tokenizer, rows: np.ndarray) -> None:

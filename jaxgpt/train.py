@@ -201,12 +201,13 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
     rows = c.batch_size * jax.local_device_count()
     drawn = micro_steps + c.eval_iters  # a step's micro-batches and an evaluation's, each drawn at once
     batches = memory.batches_bytes(drawn, rows, c.block_size)
-    memory.check(batches, f'{drawn:,} batches of {rows} x {c.block_size} tokens drawn at once ({micro_steps:,} '
+    memory.check(batches, f'for {drawn:,} batches of {rows} x {c.block_size} tokens drawn at once ({micro_steps:,} '
                  f'micro-batches of a step, {c.eval_iters:,} of an evaluation)',
                  'lower --config.eval_iters, --config.gradient_accumulation_steps, --config.batch_size or '
-                 '--config.block_size')
+                 '--config.block_size' + memory.TRY_ANYWAY)
     memory.check(batches + memory.state_bytes(config, rows),
-                 "the weights, gradients and AdamW state, with one layer's attention scores", memory.smaller_run(c.remat))
+                 "for the weights, gradients and AdamW state, with one layer's attention scores",
+                 memory.smaller_run(c.remat) + memory.TRY_ANYWAY)
   graphdef, abstract_params = step.abstract_params(config)
   tx = make_optimizer(c)
   train_step = step.TrainStep(graphdef, tx, dtype=c.dtype, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
@@ -220,7 +221,7 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
   available = memory.available_bytes()
   print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))
   if c.check_memory:
-    memory.check(estimate.total, 'this run', memory.smaller_run(c.remat))
+    memory.check(estimate.total, 'for this run', memory.smaller_run(c.remat) + memory.TRY_ANYWAY)
   if estimate.working > runtime.LARGE_BUFFER_BYTES:
     runtime.map_large_buffers()
 
