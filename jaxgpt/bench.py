@@ -49,9 +49,10 @@ import jax
 import numpy as np
 
 from jaxgpt import cli
-from jaxgpt.config import JaxGPTError, model_config
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.generate import Generator
 from jaxgpt.optim import make_optimizer
+from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model, TrainStep
 from jaxgpt.train import pin_device
 
@@ -108,7 +109,7 @@ def bench_generate(graphdef, params, config) -> None:
 def build_step(c, dtype: str):
   """The seed model's train step in dtype, compiled, with its state and a
   fixed random batch: run(i) does iteration i. Returns (run, compile seconds)."""
-  config = model_config(c, SHAKESPEARE_VOCAB_SIZE)
+  config = GPTConfig.from_run_config(c, SHAKESPEARE_VOCAB_SIZE)
   config = dataclasses.replace(config, dtype=dtype)
   _, graphdef, params = init_model(config, c.seed)
   tx = make_optimizer(c)
@@ -263,7 +264,7 @@ def main(argv: list[str]) -> int:
 
   pin_device(c.device)
   if args.generate:
-    config = model_config(c, SHAKESPEARE_VOCAB_SIZE)
+    config = GPTConfig.from_run_config(c, SHAKESPEARE_VOCAB_SIZE)
     _, graphdef, params = init_model(config, c.seed)
     bench_generate(graphdef, params, config)
     return 0

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from jaxgpt.config import JaxGPTError
+from jaxgpt.errors import JaxGPTError
 
 
 FORMAT = 'jaxgpt-checkpoint/1'

@@ -40,11 +40,13 @@ import optax
 
 from jaxgpt import data, nanogpt
 from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
-from jaxgpt.config import GPTConfig, JaxGPTError, base_config, validate
+from jaxgpt.config import base_config, validate
+from jaxgpt.model import SHAPE_KEYS, GPTConfig
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.step import init_model
 
-MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+MODEL_ARGS = SHAPE_KEYS + ('dropout',)  # nanoGPT's model_args
 # GPT-2's tokens, as they are and padded to a multiple of 64: no meta.pkl, the tokenizer is GPT-2's
 GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)
 # nanoGPT's settings of the machine it ran on, not of the run: this machine's defaults stay
@@ -117,7 +119,7 @@ def run_config(ckpt: dict, path: pathlib.Path, out_dir: str) -> ml_collections.C
   return c
 
 
-def model_config(ckpt: dict, path: pathlib.Path) -> GPTConfig:
+def nanogpt_model_config(ckpt: dict, path: pathlib.Path) -> GPTConfig:
   vocab_size = ckpt['model_args']['vocab_size']
   if not isinstance(vocab_size, int) or vocab_size < 1:
     raise JaxGPTError(f"{path}'s model_args has vocab_size={vocab_size!r}: not a nanoGPT ckpt.pt")
@@ -184,7 +186,7 @@ def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
   ckpt_path = pathlib.Path(path)
   ckpt = read_nanogpt_ckpt(ckpt_path)
   c = run_config(ckpt, ckpt_path, out_dir)
-  config = model_config(ckpt, ckpt_path)
+  config = nanogpt_model_config(ckpt, ckpt_path)
   # (run_config checked the name: a folder of data/)
   dataset = ckpt['config'].get('dataset') if isinstance(ckpt.get('config'), dict) else None
   # the causal-mask buffer of nanoGPT's non-flash attention is not a weight;

@@ -20,8 +20,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jaxgpt.config import (ConfigError, JaxGPTError, a_type, base_config, example_value, load_config_file,
-                           validate)
+from jaxgpt.config import ConfigError, a_type, base_config, example_value, load_config_file, validate
+from jaxgpt.errors import JaxGPTError
 
 
 def translate_nanogpt_argv(argv: list[str]) -> list[str]:

@@ -6,12 +6,11 @@
 ConfigDict, or nanoGPT's own `key = value` lines, applied over base_config()
 as nanoGPT's configurator does; anything wrong in it is one `ConfigError`
 naming the file (and its line). `validate` turns a bad value into one
-`ConfigError` that names the key and the fix, and `model_config` freezes the
-model-shape keys into the typed `GPTConfig` the model is built from.
+`ConfigError` that names the key and the fix. (`model.GPTConfig.from_run_config`
+takes the model's keys of it.)
 """
 
 import ast
-import dataclasses
 import difflib
 import inspect
 import math
@@ -22,9 +21,7 @@ import traceback
 
 import ml_collections
 
-
-class JaxGPTError(Exception):
-  """A user mistake (bad config, missing data, ...): printed as one line, no traceback."""
+from jaxgpt.errors import JaxGPTError
 
 
 class ConfigError(JaxGPTError):
@@ -32,19 +29,6 @@ class ConfigError(JaxGPTError):
 
 
 GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M, 1558M
-
-
-@dataclasses.dataclass(frozen=True)
-class GPTConfig:
-  block_size: int = 1024
-  vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
-  n_layer: int = 12
-  n_head: int = 12
-  n_embd: int = 768
-  dropout: float = 0.0
-  bias: bool = True  # biases in Linear and LayerNorm, like GPT-2
-  dtype: str = 'float32'  # compute dtype; parameters stay float32
-  remat: bool = False  # recompute in backward all but each block's matmul outputs (model.REMAT_POLICY)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -301,9 +285,3 @@ def check_dataset_name(name: str, flag: str) -> None:
   if name.strip() in ('', '.', '..') or name != name.strip() or '/' in name or '\\' in name:
     raise ConfigError(f'{flag}={name!r} is not a data set name: give the name of a folder in data/, without '
                       f'"/", ".." or blanks around it, e.g. {flag}=shakespeare_char')
-
-
-def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> GPTConfig:
-  return GPTConfig(block_size=c.block_size, vocab_size=vocab_size, n_layer=c.n_layer,
-                   n_head=c.n_head, n_embd=c.n_embd, dropout=c.dropout, bias=c.bias,
-                   dtype=c.dtype, remat=c.remat)

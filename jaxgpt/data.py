@@ -31,7 +31,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
-from jaxgpt.config import JaxGPTError
+from jaxgpt.errors import JaxGPTError
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 GPT2_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as nanoGPT does

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from rich.progress import track
 
-from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPTConfig
 
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:

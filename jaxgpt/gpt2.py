@@ -31,7 +31,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from jaxgpt import nanogpt
-from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError
+from jaxgpt.config import GPT2_MODELS
+from jaxgpt.model import GPTConfig
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.tokenizer import GPT2Tokenizer
 
 HUB_OWNER = 'openai-community'
@@ -86,7 +88,7 @@ def tokenizer(gpt2_dir: str = '', name: str = 'gpt2') -> GPT2Tokenizer:
   return GPT2Tokenizer(locate(name, gpt2_dir, (TOKENIZER,)))
 
 
-def model_config(folder: pathlib.Path, dropout: float = 0.0) -> GPTConfig:
+def pretrained_config(folder: pathlib.Path, dropout: float = 0.0) -> GPTConfig:
   """The model shape of the GPT-2 in folder (its config.json)."""
   try:
     hf = json.loads((folder / CONFIG).read_text())

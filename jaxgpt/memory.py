@@ -20,7 +20,8 @@ import pathlib
 import jax
 from flax import nnx
 
-from jaxgpt.config import GPTConfig, JaxGPTError
+from jaxgpt.model import GPTConfig
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.model import Block
 
 GB = 1e9

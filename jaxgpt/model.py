@@ -5,6 +5,7 @@ Module and parameter names and layouts follow nanoGPT (and so GPT-2): `wte`,
 importing nanoGPT or GPT-2 weights is a name map (jaxgpt/nanogpt.py).
 """
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
@@ -14,7 +15,37 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxgpt.config import GPTConfig
+
+
+def _fixed_by_weights(default):
+  """A GPTConfig field the weights fix: a resumed, imported or pretrained
+  model takes it from them, whatever the run config says."""
+  return dataclasses.field(default=default, metadata={'fixed_by_weights': True})
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """The model's hyperparameters, as nanoGPT's GPTConfig, and how it computes."""
+  block_size: int = _fixed_by_weights(1024)
+  vocab_size: int = _fixed_by_weights(50304)  # GPT-2's 50257 padded up to a multiple of 64
+  n_layer: int = _fixed_by_weights(12)
+  n_head: int = _fixed_by_weights(12)
+  n_embd: int = _fixed_by_weights(768)
+  bias: bool = _fixed_by_weights(True)  # biases in Linear and LayerNorm, like GPT-2
+  dropout: float = 0.0
+  dtype: str = 'float32'  # compute dtype; parameters stay float32
+  remat: bool = False  # recompute in backward all but each block's matmul outputs (REMAT_POLICY)
+
+  @classmethod
+  def from_run_config(cls, c, vocab_size: int) -> 'GPTConfig':
+    """The model a run config (jaxgpt.config.base_config's keys) asks for,
+    over a vocabulary of vocab_size (the data set's)."""
+    return cls(vocab_size=vocab_size, **{field.name: c[field.name] for field in dataclasses.fields(cls)
+                                         if field.name != 'vocab_size'})
+
+
+# the model's shape: n_layer, n_head, n_embd, block_size, bias and vocab_size
+SHAPE_KEYS = tuple(field.name for field in dataclasses.fields(GPTConfig) if field.metadata.get('fixed_by_weights'))
 
 _STD = 0.02  # GPT-2's init scale for every Linear and Embedding weight
 

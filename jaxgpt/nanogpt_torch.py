@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from jaxgpt import cli, data
-from jaxgpt.config import JaxGPTError
+from jaxgpt.errors import JaxGPTError
 
 
 @dataclass

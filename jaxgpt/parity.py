@@ -22,8 +22,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgpt import nanogpt, parallel
-from jaxgpt.config import base_config, model_config
+from jaxgpt.config import base_config
 from jaxgpt.optim import lr_schedule, make_optimizer
+from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model, TrainStep
 
 # Tolerances from ../shared/reference/README.md: a faithful float32
@@ -63,7 +64,7 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
   meta = json.loads(str(trace['meta']))
   c = trace_config(meta)
   init = {k.removeprefix('init/'): trace[k] for k in trace if k.startswith('init/')}
-  model, graphdef, params = init_model(model_config(c, meta['model']['vocab_size']), seed=0)
+  model, graphdef, params = init_model(GPTConfig.from_run_config(c, meta['model']['vocab_size']), seed=0)
   params = nanogpt.from_nanogpt(init, params)
 
   full_logits = jax.jit(lambda p, x, y: nnx.merge(graphdef, p)(x, y)[0])

@@ -15,7 +15,7 @@ import json
 import pathlib
 import sys
 
-from jaxgpt.config import JaxGPTError
+from jaxgpt.errors import JaxGPTError
 
 
 def read_metrics(out_dir: pathlib.Path) -> tuple[list[dict], list[dict]]:

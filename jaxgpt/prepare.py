@@ -25,7 +25,8 @@ from typing import Iterator
 import numpy as np
 from rich import progress
 
-from jaxgpt.config import JaxGPTError, check_dataset_name
+from jaxgpt.config import check_dataset_name
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.data import DataError, data_dir, refuse_to_replace, replacing
 
 CHUNK_BYTES = 1 << 24  # 16 MB of the file at a time

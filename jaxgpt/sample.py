@@ -29,7 +29,9 @@ from ml_collections import config_flags
 from jaxgpt import data, gpt2, memory
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
-from jaxgpt.config import CHOICES, GPT2_MODELS, SEEDS, ConfigError, GPTConfig, JaxGPTError
+from jaxgpt.config import CHOICES, GPT2_MODELS, SEEDS, ConfigError
+from jaxgpt.model import GPTConfig
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.generate import Generator, generation_bytes
 from jaxgpt.step import abstract_params
 from jaxgpt.tokenizer import CharTokenizer, GPT2Tokenizer
@@ -150,7 +152,7 @@ def load_model(c: ml_collections.ConfigDict, text: str) -> tuple[GPTConfig, Char
       return config, tokenizer, params, prompt, f'step {step} of {c.out_dir}'
     return checkpoints.read(c.checkpoint, read)
   folder = gpt2.locate(c.init_from, c.gpt2_dir, (gpt2.CONFIG, gpt2.WEIGHTS, gpt2.TOKENIZER))
-  config = dataclasses.replace(gpt2.model_config(folder), dtype=c.dtype)
+  config = dataclasses.replace(gpt2.pretrained_config(folder), dtype=c.dtype)
   tokenizer = GPT2Tokenizer(folder)
   prompt = tokenizer.encode(text)
   check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)

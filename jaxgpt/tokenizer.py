@@ -9,7 +9,7 @@ it works offline from local files.
 import json
 import pathlib
 
-from jaxgpt.config import JaxGPTError
+from jaxgpt.errors import JaxGPTError
 
 END_OF_TEXT = '<|endoftext|>'
 

@@ -26,7 +26,9 @@ from jax.experimental import multihost_utils
 
 from jaxgpt import data, gpt2, memory, parallel, runtime, step
 from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
-from jaxgpt.config import GPT2_MODELS, GPTConfig, JaxGPTError, model_config
+from jaxgpt.config import GPT2_MODELS
+from jaxgpt.model import SHAPE_KEYS, GPTConfig
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.progress import TrainingProgress
 from jaxgpt.step import StepMetrics
@@ -53,7 +55,7 @@ def estimate_mfu(config: GPTConfig, num_params: int, tokens_per_iter: int, dt: f
   return flops_per_token * tokens_per_iter / dt / A100_BF16_PEAK_FLOPS
 
 
-MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
+RUN_SHAPE_KEYS = tuple(key for key in SHAPE_KEYS if key != 'vocab_size')  # vocab_size: the data set's
 
 
 def import_wandb():
@@ -73,7 +75,7 @@ def pretrained_model_config(c: ml_collections.ConfigDict, pretrained: GPTConfig,
   if vocab is not None:
     raise JaxGPTError(f'dataset {c.dataset} is character-level; {c.init_from} reads GPT-2 tokens: '
                       'prepare the data set in GPT-2 tokens (as data/shakespeare)')
-  for key in MODEL_SHAPE_KEYS:
+  for key in RUN_SHAPE_KEYS:
     pretrained_value = getattr(pretrained, key)
     if key in overridden and c[key] != pretrained_value and not (key == 'block_size' and c[key] < pretrained_value):
       raise JaxGPTError(f'--config.{key}={c[key]} conflicts with {c.init_from}, which has {key}={pretrained_value}: '
@@ -88,7 +90,7 @@ def resumed_model_config(c: ml_collections.ConfigDict, meta: dict, overridden: f
   """The checkpoint's model shape, also written back into c. An override on
   the command line that disagrees with it is an error, not a silent change."""
   saved = meta['model_args']
-  for key in MODEL_SHAPE_KEYS + ('seed',):
+  for key in RUN_SHAPE_KEYS + ('seed',):
     saved_value = saved[key] if key in saved else meta['config'][key]
     if key in overridden and c[key] != saved_value:
       raise JaxGPTError(f'--config.{key}={c[key]} conflicts with the checkpoint in {c.out_dir}, '
@@ -98,7 +100,7 @@ def resumed_model_config(c: ml_collections.ConfigDict, meta: dict, overridden: f
   if meta['vocab'] != vocab:
     raise JaxGPTError(f'the vocabulary of dataset {c.dataset} differs from the one the checkpoint in '
                       f'{c.out_dir} was trained on: resume with the same --config.dataset')
-  return model_config(c, saved['vocab_size'])
+  return GPTConfig.from_run_config(c, saved['vocab_size'])
 
 
 def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) -> dict[str, float]:
@@ -178,11 +180,11 @@ def train(c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: con
                         'to continue it, or another --config.out_dir to start afresh')
     if c.init_from == 'scratch':
       print('Initializing a new model from scratch')
-      config = model_config(c, vocab_size)
+      config = GPTConfig.from_run_config(c, vocab_size)
     else:
       print(f'Initializing from OpenAI GPT-2 weights: {c.init_from}')
       pretrained_folder = gpt2.locate(c.init_from, c.gpt2_dir)
-      config = pretrained_model_config(c, gpt2.model_config(pretrained_folder), overridden, vocab)
+      config = pretrained_model_config(c, gpt2.pretrained_config(pretrained_folder), overridden, vocab)
 
   # every batch is drawn from (seed, stream, iteration, device): streams apart,
   # so that eval_iters does not change the training batches

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPTConfig
 from jaxgpt.model import GPT
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from jaxgpt import parallel
-from jaxgpt.config import GPTConfig, base_config
+from jaxgpt.config import base_config
+from jaxgpt.model import GPTConfig
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
 

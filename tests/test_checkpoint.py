@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO_ROOT, finish, make_workdir
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
-from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'

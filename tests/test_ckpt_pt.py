@@ -20,7 +20,9 @@ from flax import nnx
 from conftest import FIXTURES, REPO_ROOT, make_workdir
 from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
-from jaxgpt.config import GPTConfig, JaxGPTError, base_config
+from jaxgpt.config import base_config
+from jaxgpt.model import GPTConfig
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
 from test_optim import nanogpt_get_lr

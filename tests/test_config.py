@@ -5,7 +5,8 @@ import pytest
 
 from conftest import FIXTURES, REPO_ROOT
 from jaxgpt.cli import parse_config
-from jaxgpt.config import ConfigError, base_config, model_config, validate
+from jaxgpt.config import ConfigError, base_config, validate
+from jaxgpt.model import GPTConfig
 
 NANOGPT_CONFIGS = FIXTURES / 'nanogpt' / 'config'  # nanoGPT's config/*.py as they are (see its README)
 RECIPES = sorted(p.name for p in (REPO_ROOT / 'configs').glob('*.py'))
@@ -91,7 +92,7 @@ def test_finetune_shakespeare_is_nanogpts_recipe():
 
 def test_model_config():
   c = parse_config(['train', '--config=configs/shakespeare_char_gpu.py'])
-  m = model_config(c, vocab_size=65)
+  m = GPTConfig.from_run_config(c, vocab_size=65)
   assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size) == (6, 6, 384, 256, 65)
   assert (m.dropout, m.bias, m.dtype, m.remat) == (0.2, False, 'float32', True)
 

@@ -23,7 +23,8 @@ from safetensors import numpy as safetensors_numpy
 from conftest import REPO_ROOT, finish
 from jaxgpt import gpt2
 from jaxgpt.checkpoint import Checkpoints
-from jaxgpt.config import GPTConfig, JaxGPTError
+from jaxgpt.model import GPTConfig
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.step import abstract_params, init_model
 from jaxgpt.tokenizer import GPT2Tokenizer, _byte_of_symbol
 
@@ -113,7 +114,7 @@ def test_tokenizer_errors(tmp_path):
 
 def test_loaded_weights_give_transformers_logits(pretrained):
   folder, model = pretrained
-  config = gpt2.model_config(folder)
+  config = gpt2.pretrained_config(folder)
   assert (config.n_layer, config.n_head, config.n_embd, config.block_size, config.bias) == (
       LAYERS, HEADS, WIDTH, POSITIONS, True)
   _, like = abstract_params(config)
@@ -126,7 +127,7 @@ def test_loaded_weights_give_transformers_logits(pretrained):
 
 def test_smaller_block_size_crops_the_positions(pretrained):
   folder, model = pretrained
-  config = GPTConfig(**(vars(gpt2.model_config(folder)) | {'block_size': 8}))
+  config = GPTConfig(**(vars(gpt2.pretrained_config(folder)) | {'block_size': 8}))
   params = gpt2.load_params(folder, config, abstract_params(config)[1])
   assert params['wpe']['embedding'].shape == (8, WIDTH)
   idx = tokens(1, (2, 8), config.vocab_size)
@@ -144,7 +145,7 @@ def test_hub_file_layout_loads_the_same(pretrained, tmp_path):
     hub[f'h.{i}.attn.masked_bias'] = np.array(-1e4, np.float32)
   safetensors_numpy.save_file(hub, tmp_path / gpt2.WEIGHTS)
   shutil.copy(folder / gpt2.CONFIG, tmp_path / gpt2.CONFIG)
-  config = gpt2.model_config(folder)
+  config = gpt2.pretrained_config(folder)
   like = abstract_params(config)[1]
   ours = gpt2.load_params(tmp_path, config, like)
   theirs = gpt2.load_params(folder, config, like)
@@ -156,9 +157,9 @@ def test_weights_errors(pretrained, tmp_path):
   folder, _ = pretrained
   (tmp_path / gpt2.CONFIG).write_text('{"n_layer": 2}')
   with pytest.raises(JaxGPTError, match=r'config\.json is not a GPT-2 config \(KeyError'):
-    gpt2.model_config(tmp_path)
+    gpt2.pretrained_config(tmp_path)
   (tmp_path / gpt2.WEIGHTS).write_bytes(b'not safetensors')
-  config = gpt2.model_config(folder)
+  config = gpt2.pretrained_config(folder)
   with pytest.raises(JaxGPTError, match=r'model\.safetensors cannot be read'):
     gpt2.load_params(tmp_path, config, abstract_params(config)[1])
   wider = GPTConfig(**(vars(config) | {'n_embd': 2 * WIDTH}))

@@ -12,7 +12,7 @@ from flax import nnx
 
 from conftest import REPO_ROOT, make_workdir
 from jaxgpt import memory
-from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPTConfig
 from jaxgpt.model import GPT
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'

@@ -11,7 +11,7 @@ from flax import nnx
 
 from conftest import TINY, flat_params, load_trace
 from jaxgpt import nanogpt
-from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPTConfig
 from jaxgpt.model import GPT, bf16_einsum, gelu
 from jaxgpt.step import init_model
 

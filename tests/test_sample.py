@@ -33,7 +33,7 @@ from conftest import REPO_ROOT, finish, run_in_terminal
 from jaxgpt import generate as generate_module
 from jaxgpt import memory, sample
 from jaxgpt.checkpoint import Checkpoints
-from jaxgpt.config import GPTConfig
+from jaxgpt.model import GPTConfig
 from jaxgpt.generate import Generator, sample_next
 from jaxgpt.step import init_model
 
