@@ -1,5 +1,8 @@
-"""jaxgpt: nanoGPT in JAX/Flax, for the CPU."""
+"""jaxgpt: nanoGPT in JAX/Flax, for the CPU.
 
-from jaxgpt import runtime
-
-runtime.setup()  # before jax starts its CPU backend
+Importing it changes nothing in the process. The command-line entry points
+(train.py, sample.py, python -m jaxgpt.*) first run `jaxgpt.runtime.setup()`:
+glibc's malloc settings, an XLA flag and jax's compilation cache, measured to
+make training fast here. Training from a notebook, call it yourself before
+the first jax array.
+"""

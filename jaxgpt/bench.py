@@ -54,7 +54,7 @@ from jaxgpt.generate import Generator
 from jaxgpt.optim import make_optimizer
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model, TrainStep
-from jaxgpt.train import pin_device
+from jaxgpt.runtime import pin_device
 
 SEED_COMMAND = ['--config=configs/shakespeare_char.py', '--config.device=cpu', '--config.compile=False',
                 '--config.eval_iters=20', '--config.log_interval=1', '--config.block_size=64',

@@ -33,6 +33,7 @@ FORMAT = 'jaxgpt-checkpoint/1'
 READ_ATTEMPTS = 3  # checkpoints deleted under a reader this often in a row: a writer saving very often
 DELETION_WAIT_S = 2.0  # a checkpoint folder that outlives a failed read by this long is not being deleted
 T = TypeVar('T')
+CHOICES = ('best', 'latest')  # which checkpoint sample.py and the exports read: lowest val loss, or newest
 
 
 class CheckpointError(JaxGPTError):
@@ -74,6 +75,10 @@ class UnreadableCheckpoint(CheckpointError):
 
 
 class Checkpoints:
+  """A run's checkpoints in out_dir, through orbax: the latest and the best
+  (lowest val loss) are kept, each with the weights, AdamW's state and a
+  JSON of the run's config, model shape, vocabulary and iteration. A writer
+  holds out_dir's lock, so that two runs never write into one folder."""
 
   def __init__(self, out_dir: str, *, create: bool = True, read_only: bool = False, locked: bool = True):
     """create=False: out_dir must exist (resuming, sampling); read_only: never
@@ -126,7 +131,7 @@ class Checkpoints:
     return latest if best is None else best  # None: saved without a val loss
 
   def read(self, which: str, read: Callable[[int], T]) -> T:
-    """read(step) of the best or the latest checkpoint. A training saving
+    """read(step) of the best or the latest checkpoint (`which`, one of CHOICES). A training saving
     into out_dir deletes the checkpoints it no longer keeps, maybe the one
     chosen here while it is read: then the choice is made again."""
     for attempt in range(READ_ATTEMPTS):

@@ -29,7 +29,6 @@ import os
 import pathlib
 import pickle
 import re
-import signal
 import sys
 import warnings
 
@@ -38,11 +37,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxgpt import data, nanogpt
-from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
+from jaxgpt import data, entry, nanogpt
+from jaxgpt.checkpoint import CHOICES, Checkpoints, holds_checkpoints
 from jaxgpt.config import base_config, validate
 from jaxgpt.model import SHAPE_KEYS, GPTConfig
-from jaxgpt.errors import JaxGPTError
+from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.step import init_model
 
@@ -57,12 +56,7 @@ _DECLARED = ('wte', 'wpe', 'h', 'ln_f', 'ln_1', 'attn', 'ln_2', 'mlp',
 
 
 def _torch():
-  try:
-    import torch
-  except ImportError:
-    raise JaxGPTError('reading or writing ckpt.pt needs torch: pip install torch==2.13.0 '
-                      '(the CPU build), or pip install -e ".[torch]"') from None
-  return torch
+  return optional_import('torch', 'reading or writing ckpt.pt', 'torch')
 
 
 def read_nanogpt_ckpt(path: pathlib.Path) -> dict:
@@ -351,25 +345,20 @@ def main(argv: list[str]) -> int:
   exporter = commands.add_parser('export', help='jaxgpt checkpoint in --out_dir -> nanoGPT ckpt.pt')
   exporter.add_argument('ckpt_pt')
   exporter.add_argument('--out_dir', required=True)
-  exporter.add_argument('--checkpoint', choices=('best', 'latest'), default='best')
+  exporter.add_argument('--checkpoint', choices=CHOICES, default='best')
   exporter.add_argument('--overwrite', action='store_true', help='replace ckpt_pt if it exists')
   args = parser.parse_args(argv[1:])
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
-  try:
+
+  def convert() -> None:
     if args.command == 'import':
       step = import_ckpt(args.ckpt_pt, args.out_dir, args.meta)
       print(f'imported {args.ckpt_pt} (iteration {step}) into {args.out_dir}')
     else:
       step = export_ckpt(args.out_dir, args.ckpt_pt, args.checkpoint, args.overwrite)
       print(f'exported step {step} of {args.out_dir} to {args.ckpt_pt}')
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print(f'interrupted: no checkpoint was imported into {args.out_dir}' if args.command == 'import' else
-          f'interrupted: {args.ckpt_pt} is as it was', file=sys.stderr)
-    return 130
-  return 0
+
+  return entry.run(convert, f'interrupted: no checkpoint was imported into {args.out_dir}'
+                   if args.command == 'import' else f'interrupted: {args.ckpt_pt} is as it was')
 
 
 if __name__ == '__main__':

@@ -12,16 +12,19 @@ The file is read by config.load_config_file (a get_config(), or nanoGPT's
 A user mistake ends with one `error:` line naming the problem and the fix.
 """
 
+import inspect
 import re
-import signal
-import sys
+from collections.abc import Callable
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
 from jaxgpt.config import ConfigError, a_type, base_config, example_value, load_config_file, validate
-from jaxgpt.errors import JaxGPTError
+from jaxgpt import entry
+
+
+HELP_FLAGS = ('-h', '--help', '--helpfull')
 
 
 def translate_nanogpt_argv(argv: list[str]) -> list[str]:
@@ -30,7 +33,7 @@ def translate_nanogpt_argv(argv: list[str]) -> list[str]:
   for arg in argv[1:]:
     if not arg.startswith('-') and arg.endswith('.py'):
       out.append(f'--config={arg}')
-    elif arg.startswith('--') and not arg.startswith('--config') and arg not in ('--help', '--helpfull'):
+    elif arg.startswith('--') and not arg.startswith('--config') and arg not in HELP_FLAGS:
       out.append(f'--config.{arg[2:]}')
     else:
       out.append(arg)
@@ -96,22 +99,54 @@ def overridden_keys(argv: list[str]) -> frozenset[str]:
                    for arg in translate_nanogpt_argv(argv) if arg.startswith('--config.'))
 
 
+USAGE = """usage: python train.py [--config=FILE] [--config.KEY=VALUE ...]
+       python train.py [FILE] [--KEY=VALUE ...]     (nanoGPT's spelling of the same)"""
+
+
+def wants_help(argv: list[str]) -> bool:
+  return any(arg in HELP_FLAGS for arg in argv[1:])
+
+
+def keys_help(values: ml_collections.ConfigDict, documented: Callable[[], ml_collections.ConfigDict]) -> str:
+  """Each key of `values` with its value and its meaning, which is the
+  comment after it in the source of `documented` (one source for the code
+  and --help), under that source's heading comments."""
+  lines = []
+  for line in inspect.getsource(documented).splitlines():
+    heading = re.fullmatch(r'\s*# (.*)', line)
+    key = re.fullmatch(r'\s*c\.(\w+) = [^#]*#\s*(.*)', line)
+    if heading:
+      lines.append(f'{heading[1]}:')
+    elif key:
+      lines += [f'  --config.{key[1]}, --{key[1]} = {values[key[1]]!r}', f'      {key[2]}']
+  return '\n'.join(lines)
+
+
+def train_help(argv: list[str]) -> str:
+  """train.py's usage, and every config key with its value in the config
+  file named (else nanoGPT's default) and its meaning."""
+  path, _ = config_file_arg(translate_nanogpt_argv([arg for arg in argv if arg not in HELP_FLAGS]))
+  values = base_config() if path is None else load_config_file(path)
+  whose = f'as {path} sets them' if path else "nanoGPT's defaults (GPT-2 124M on OpenWebText)"
+  return (f'{USAGE}\n\nTrains a GPT as nanoGPT\'s train.py does. The config keys, {whose}:\n\n'
+          f'{keys_help(values, base_config)}')
+
+
 def main(argv: list[str]) -> int:
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
-  config = None
-  try:
-    config = parse_config(argv)
-    from jaxgpt import train  # after parsing: a bad flag answers before jax starts
-    train.run(config, overridden_keys(argv))
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+  parsed = []  # the run config, once parsed: a Ctrl-C's line says whether its out_dir holds a checkpoint
+
+  def train() -> None:
+    if wants_help(argv):
+      print(train_help(argv))
+      return
+    parsed.append(parse_config(argv))
+    from jaxgpt import train  # after parsing: a bad flag answers before the model's modules load
+    train.run(parsed[0], overridden_keys(argv))
+
+  def interrupted(e: KeyboardInterrupt) -> str:  # a second Ctrl-C, or one before training began
     from jaxgpt.checkpoint import holds_checkpoints
-    if config is not None and holds_checkpoints(config.out_dir):
-      print(f'interrupted: continue from the last checkpoint in {config.out_dir} with --config.init_from=resume',
-            file=sys.stderr)
-    else:
-      print('interrupted, before any checkpoint was saved', file=sys.stderr)
-    return 130
-  return 0
+    if parsed and holds_checkpoints(parsed[0].out_dir):
+      return f'interrupted: continue from the last checkpoint in {parsed[0].out_dir} with --config.init_from=resume'
+    return 'interrupted, before any checkpoint was saved'
+
+  return entry.run(train, interrupted)

@@ -35,40 +35,40 @@ def base_config() -> ml_collections.ConfigDict:
   """nanoGPT's train.py defaults: GPT-2 (124M) on OpenWebText."""
   c = ml_collections.ConfigDict()
   # I/O
-  c.out_dir = 'out'
-  c.eval_interval = 2000
-  c.log_interval = 1
-  c.eval_iters = 200
+  c.out_dir = 'out'  # the run's folder: checkpoints, metrics.jsonl
+  c.eval_interval = 2000  # evaluate (and maybe save) every this many iterations
+  c.log_interval = 1  # print the loss every this many iterations
+  c.eval_iters = 200  # batches of each split an evaluation averages
   c.eval_only = False  # evaluate once at step 0, then exit
   c.eval_fixed = False  # True: the same eval batches at every evaluation (curves compare without noise)
   c.always_save_checkpoint = True  # save after every eval, not only when val improves
   c.init_from = 'scratch'  # 'scratch', 'resume' (from out_dir) or a GPT-2: 'gpt2', 'gpt2-medium', ...
   c.gpt2_dir = ''  # a local GPT-2 folder (Hugging Face layout); '' = the Hugging Face cache
   # wandb logging
-  c.wandb_log = False
-  c.wandb_project = 'owt'
-  c.wandb_run_name = 'gpt2'
+  c.wandb_log = False  # log to Weights & Biases (pip install -e ".[wandb]")
+  c.wandb_project = 'owt'  # the wandb project
+  c.wandb_run_name = 'gpt2'  # the wandb run's name
   # data
-  c.dataset = 'openwebtext'
+  c.dataset = 'openwebtext'  # the data set: data/<dataset>/{train,val}.bin
   c.gradient_accumulation_steps = 5 * 8  # micro-batches per optimizer step
   c.batch_size = 12  # micro-batch size
-  c.block_size = 1024
+  c.block_size = 1024  # context length, in tokens
   # model
-  c.n_layer = 12
-  c.n_head = 12
-  c.n_embd = 768
-  c.dropout = 0.0
-  c.bias = False
+  c.n_layer = 12  # transformer blocks
+  c.n_head = 12  # attention heads (n_embd must divide by it)
+  c.n_embd = 768  # embedding width
+  c.dropout = 0.0  # dropout rate; 0.0 for pretraining, 0.1+ for finetuning
+  c.bias = False  # biases in Linear and LayerNorm layers, as GPT-2
   # AdamW
-  c.learning_rate = 6e-4
-  c.max_iters = 600000
-  c.weight_decay = 1e-1
-  c.beta1 = 0.9
-  c.beta2 = 0.95
+  c.learning_rate = 6e-4  # peak learning rate
+  c.max_iters = 600000  # iterations to train (0..max_iters)
+  c.weight_decay = 1e-1  # AdamW's, on the matmul and embedding weights only
+  c.beta1 = 0.9  # AdamW's first-moment decay
+  c.beta2 = 0.95  # AdamW's second-moment decay
   c.grad_clip = 1.0  # clip the global gradient norm at this value; 0 disables
   # learning-rate schedule: linear warmup, cosine decay to min_lr
-  c.decay_lr = True
-  c.warmup_iters = 2000
+  c.decay_lr = True  # False: learning_rate throughout
+  c.warmup_iters = 2000  # iterations of linear warmup
   c.lr_decay_iters = 600000  # ~= max_iters per Chinchilla
   c.min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla
   # system
@@ -80,11 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.fsdp = False  # with several devices: split params and optimizer state across them (else replicated)
   # several processes (python -m jaxgpt.launch sets these on one host; on several hosts, set them on each)
   c.coordinator_address = ''  # HOST:PORT of process 0
-  c.num_processes = 1
-  c.process_id = 0
+  c.num_processes = 1  # processes training together
+  c.process_id = 0  # this process's rank, 0..num_processes-1
   c.coordinator_timeout = 300  # seconds to wait for the other processes (jax's default)
   # reproducibility (not in nanoGPT, which seeds torch with 1337)
-  c.seed = 1337
+  c.seed = 1337  # draws the initial weights, the batches and dropout
   return c
 
 

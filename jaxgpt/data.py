@@ -24,13 +24,13 @@ import os
 import pathlib
 import pickle
 import secrets
-import signal
 import sys
 import urllib.request
 from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from jaxgpt import entry
 from jaxgpt.errors import JaxGPTError
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -303,16 +303,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--gpt2_dir', default='', help='a GPT-2 folder with vocab.json (default: the Hugging Face cache)')
   parser.add_argument('--overwrite', action='store_true', help='replace the data set if it is prepared already')
   args = parser.parse_args(argv[1:])
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
-  try:
-    prepare(args.dataset, args.gpt2_dir, args.overwrite)
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print(f'interrupted: the data set in {data_dir(args.dataset)} is as it was', file=sys.stderr)
-    return 130
-  return 0
+  return entry.run(lambda: prepare(args.dataset, args.gpt2_dir, args.overwrite),
+                   f'interrupted: the data set in {data_dir(args.dataset)} is as it was')
 
 
 if __name__ == '__main__':

@@ -7,6 +7,21 @@ and exit 1, with no traceback. Anything else that escapes is a bug in
 jaxgpt, and keeps its traceback.
 """
 
+import importlib
+import types
+
 
 class JaxGPTError(Exception):
   """A user mistake (bad config, missing data, ...): printed as one line, no traceback."""
+
+
+def optional_import(name: str, purpose: str, extra: str, *, instead: str = '',
+                    error: type[JaxGPTError] = JaxGPTError) -> types.ModuleType:
+  """The module `name`, from one of jaxgpt's optional extras (pyproject.toml);
+  missing, an error saying what needs it and how to install it, or `instead`."""
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    package = name.split('.')[0]
+    raise error(f'{purpose} needs {package}: pip install -e ".[{extra}]"' + (f', or {instead}' if instead else '')) \
+        from None

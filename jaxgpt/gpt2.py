@@ -24,16 +24,15 @@ import contextlib
 import json
 import os
 import pathlib
-import signal
 import sys
 from typing import Any, Iterator
 
 import numpy as np
 
-from jaxgpt import nanogpt
+from jaxgpt import entry, nanogpt
 from jaxgpt.config import GPT2_MODELS
 from jaxgpt.model import GPTConfig
-from jaxgpt.errors import JaxGPTError
+from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.tokenizer import GPT2Tokenizer
 
 HUB_OWNER = 'openai-community'
@@ -49,11 +48,7 @@ class GPT2Error(JaxGPTError):
 
 
 def _safetensors_numpy():
-  try:
-    from safetensors import numpy as safetensors_numpy
-  except ImportError:
-    raise GPT2Error('GPT-2 weights need safetensors: pip install -e ".[gpt2]"') from None
-  return safetensors_numpy
+  return optional_import('safetensors.numpy', 'reading or writing GPT-2 weights', 'gpt2', error=GPT2Error)
 
 
 def locate(name: str, gpt2_dir: str = '', files: tuple[str, ...] = (CONFIG, WEIGHTS)) -> pathlib.Path:
@@ -68,11 +63,8 @@ def locate(name: str, gpt2_dir: str = '', files: tuple[str, ...] = (CONFIG, WEIG
     return folder
   if name not in GPT2_MODELS:
     raise GPT2Error(f'{name!r} is not a GPT-2 model: choose one of {", ".join(GPT2_MODELS)}')
-  try:
-    import huggingface_hub
-  except ImportError:
-    raise GPT2Error('finding GPT-2 in the Hugging Face cache needs huggingface_hub: pip install -e ".[gpt2]", '
-                    'or pass --config.gpt2_dir=FOLDER') from None
+  huggingface_hub = optional_import('huggingface_hub', 'finding GPT-2 in the Hugging Face cache', 'gpt2',
+                                    instead='pass --config.gpt2_dir=FOLDER', error=GPT2Error)
   repo = f'{HUB_OWNER}/{name}'
   try:
     return pathlib.Path(huggingface_hub.snapshot_download(repo, allow_patterns=list(files)))
@@ -190,26 +182,22 @@ def export(out_dir: str, folder: str, which: str = 'best', overwrite: bool = Fal
 
 
 def main(argv: list[str]) -> int:
+  from jaxgpt.checkpoint import CHOICES  # orbax: loaded only by the commands that read checkpoints
   parser = argparse.ArgumentParser(prog='python -m jaxgpt.gpt2', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
   exporter = commands.add_parser('export', help='jaxgpt checkpoint in --out_dir -> GPT-2 folder')
   exporter.add_argument('folder')
   exporter.add_argument('--out_dir', required=True)
-  exporter.add_argument('--checkpoint', choices=('best', 'latest'), default='best')
+  exporter.add_argument('--checkpoint', choices=CHOICES, default='best')
   exporter.add_argument('--overwrite', action='store_true', help='replace the model FOLDER holds')
   args = parser.parse_args(argv[1:])
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
-  try:
+
+  def export_folder() -> None:
     step = export(args.out_dir, args.folder, args.checkpoint, args.overwrite)
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print(f'interrupted: {args.folder} is as it was', file=sys.stderr)
-    return 130
-  print(f'exported step {step} of {args.out_dir} to {args.folder}')
-  return 0
+    print(f'exported step {step} of {args.out_dir} to {args.folder}')
+
+  return entry.run(export_folder, f'interrupted: {args.folder} is as it was')
 
 
 if __name__ == '__main__':

@@ -2,7 +2,7 @@
 
   python -m jaxgpt.parity TRACE.npz [--compile=False] [--data_parallel [--fsdp]]
 
-A trace (format `nanogpt-trace/1`, see ../shared/reference/README.md) holds
+A trace (format `nanogpt-trace/1`, described in tests/fixtures/README.md) holds
 nanoGPT's initial weights, the batches of every step, and what nanoGPT
 computed: logits of the first batch, loss, lr and gradient norm of every step,
 and the final weights. This loads the weights through the nanoGPT name map,
@@ -21,13 +21,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt import nanogpt, parallel
+from jaxgpt import nanogpt, parallel, runtime
 from jaxgpt.config import base_config
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model, TrainStep
 
-# Tolerances from ../shared/reference/README.md: a faithful float32
+# Tolerances (tests/fixtures/README.md): a faithful float32
 # reimplementation lands within 2e-6 of nanoGPT's loss and 1e-6 of its logits
 # (float32 summation order is all that differs), so 1e-5 leaves 5x headroom.
 # Small differences show in logits0 and the final weights before the loss: the
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                       help='split each batch across all devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4)')
   parser.add_argument('--fsdp', action='store_true', help='with --data_parallel: split params and AdamW state too')
   args = parser.parse_args(argv)
+  runtime.setup()  # the train step's speed settings, as train.py runs it
   try:
     if pathlib.Path(args.trace).is_file() and not zipfile.is_zipfile(args.trace):  # numpy would advise allow_pickle
       raise ValueError('not a .npz file, or one cut short')

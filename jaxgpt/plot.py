@@ -1,12 +1,14 @@
 """Loss curves of a run, from its out_dir/metrics.jsonl, as a PNG:
 
-  python -m jaxgpt.plot out-shakespeare-char [--reference ../shared/reference/nanogpt_seed_run.json]
+  python -m jaxgpt.plot out-shakespeare-char [--reference nanogpt_run.json]
 
 Draws the training loss of every logged iteration and the train/val losses
-of every evaluation; with --reference, nanoGPT's curves of a run recorded
-the way ../shared/reference/nanogpt_seed_run.json is (its `eager` run:
-`train_loss_per_iter` and `eval`) beside them. Writes OUT_DIR/loss.png, or
---out. A training may still be writing metrics.jsonl: its unfinished last
+of every evaluation, titled with the run's folder name; with --reference,
+the curves of a nanoGPT run beside them, from a JSON file holding
+{"eager": {"train_loss_per_iter": [loss of iteration 0, 1, ...],
+"eval": [{"step": 0, "train": ..., "val": ...}, ...]}} (as the nanoGPT
+seed run drawn in docs/seed_run.png was recorded). Writes OUT_DIR/loss.png,
+or --out. A training may still be writing metrics.jsonl: its unfinished last
 line is left out. Needs matplotlib: pip install -e '.[plot]'.
 """
 
@@ -15,7 +17,8 @@ import json
 import pathlib
 import sys
 
-from jaxgpt.errors import JaxGPTError
+from jaxgpt import entry
+from jaxgpt.errors import JaxGPTError, optional_import
 
 
 def read_metrics(out_dir: pathlib.Path) -> tuple[list[dict], list[dict]]:
@@ -52,10 +55,7 @@ def read_reference(path: pathlib.Path) -> tuple[list[float], list[dict]]:
 
 
 def plot(out_dir: pathlib.Path, reference: pathlib.Path | None, out: pathlib.Path) -> None:
-  try:
-    import matplotlib
-  except ImportError:
-    raise JaxGPTError('plotting needs matplotlib: pip install -e ".[plot]"') from None
+  matplotlib = optional_import('matplotlib', 'plotting', 'plot')
   matplotlib.use('Agg')  # files only, no screen needed
   from matplotlib import pyplot as plt
 
@@ -77,7 +77,7 @@ def plot(out_dir: pathlib.Path, reference: pathlib.Path | None, out: pathlib.Pat
             label='jaxgpt val')
   axes.set_xlabel('iteration')
   axes.set_ylabel('loss')
-  axes.set_title(str(out_dir))
+  axes.set_title(out_dir.resolve().name)  # the run, not the folders of the machine it ran on
   axes.grid(alpha=0.3)
   axes.legend()
   figure.tight_layout()
@@ -101,13 +101,12 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--out', type=pathlib.Path, help='the PNG to write (default: OUT_DIR/loss.png)')
   args = parser.parse_args(argv[1:])
   out = args.out or args.out_dir / 'loss.png'
-  try:
+
+  def plot_file() -> None:
     plot(args.out_dir, args.reference, out)
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'wrote {out}')
-  return 0
+    print(f'wrote {out}')
+
+  return entry.run(plot_file, f'interrupted: {out} is as it was')
 
 
 if __name__ == '__main__':

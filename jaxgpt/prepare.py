@@ -18,15 +18,14 @@ import argparse
 import codecs
 import json
 import pathlib
-import signal
 import sys
 from typing import Iterator
 
 import numpy as np
 from rich import progress
 
+from jaxgpt import entry
 from jaxgpt.config import check_dataset_name
-from jaxgpt.errors import JaxGPTError
 from jaxgpt.data import DataError, data_dir, refuse_to_replace, replacing
 
 CHUNK_BYTES = 1 << 24  # 16 MB of the file at a time
@@ -116,18 +115,13 @@ def main(argv: list[str]) -> int:
   char.add_argument('--name', required=True, help='the data set: written to data/NAME, trained with --config.dataset=NAME')
   char.add_argument('--overwrite', action='store_true', help='replace data/NAME if it holds a data set')
   args = parser.parse_args(argv[1:])
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
-  try:
+
+  def prepare() -> None:
     check_dataset_name(args.name, '--name')
     out = prepare_char(args.path, args.name, args.overwrite)
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print(f'interrupted: the data set in {data_dir(args.name)} is as it was', file=sys.stderr)
-    return 130
-  print(f'wrote {out}: train with --config.dataset={args.name}')
-  return 0
+    print(f'wrote {out}: train with --config.dataset={args.name}')
+
+  return entry.run(prepare, f'interrupted: the data set in {data_dir(args.name)} is as it was')
 
 
 if __name__ == '__main__':

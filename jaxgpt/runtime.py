@@ -1,15 +1,21 @@
-"""CPU runtime set-up. Imported first by `jaxgpt/__init__.py`, before jax.
+"""The process's CPU runtime: its set-up, and the device jax runs on.
 
-The settings were measured on the seed model (../shared/reference/
-xla-cpu-performance.md, docs/performance.md) with the two jax versions that
-pyproject.toml pins (0.10.2 on Python 3.11, 0.12.0.1 on 3.12 and newer);
-`python -m jaxgpt.bench` catches a regression.
+`setup` is process-wide (glibc's malloc, XLA's flags, jax's compilation
+cache, a warning filter), so importing jaxgpt does not run it: the
+command-line entry points do (jaxgpt/entry.py), and a notebook or script that
+trains through the library calls `jaxgpt.runtime.setup()` itself, before its
+first jax array, to run at the speed docs/performance.md reports.
+`python -m jaxgpt.bench` catches a regression of these settings.
 """
 
 import ctypes
 import ctypes.util
 import os
 import warnings
+
+import jax
+
+from jaxgpt.errors import JaxGPTError
 
 
 def _disable_barrier_expander() -> None:
@@ -37,10 +43,10 @@ def _libc() -> ctypes.CDLL | None:
 def _keep_freed_memory() -> None:
   """Stop glibc returning XLA's per-step temp buffer to the OS.
 
-  XLA allocates a ~50 MB temp buffer per step on a worker thread; above the
-  mmap threshold glibc maps and unmaps it every step: 12.6k page faults and
-  ~30 ms of system time a step, 62 instead of 48 ms/iter on the seed model.
-  One arena, no mmap and a high trim threshold keep it reused. Same as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+  XLA allocates the step's temp buffer (tens of MB) on a worker thread;
+  above the mmap threshold glibc maps and unmaps it every step, and the page
+  faults cost a fifth of the seed model's step (docs/performance.md). One
+  arena, no mmap and a high trim threshold keep it reused. Same as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
   MALLOC_TRIM_THRESHOLD_=1073741824, but without needing a wrapper script.
   """
   libc = _libc()
@@ -63,10 +69,9 @@ def map_large_buffers() -> None:
 
   Kept in the heap, such buffers fragment it: glibc places small allocations
   in a freed one, the next step's is taken from fresh heap, and the process
-  grows. nanoGPT's GPU recipe on this CPU (2.4 GB of temp buffers a step)
-  peaked at 8.2 GB that way, at 3.4 GB mapped afresh; faulting the pages in
-  costs ~1 s of its ~12 s step, where for the seed model's 45 MB buffer it
-  cost a quarter of the step.
+  grows to several times its need (nanoGPT's GPU recipe on a CPU,
+  docs/performance.md). For a step that long, faulting the pages in costs
+  little of it.
   """
   libc = _libc()
   if libc is not None:
@@ -77,18 +82,21 @@ def map_large_buffers() -> None:
 def _cache_compiled_programs() -> None:
   """Keep XLA's compiled programs on disk, so a rerun does not compile again.
 
-  Compiling the train and eval steps and the initialisation's ops takes ~9 s
-  of a seed-command run here, and the compiler's working memory ~70 MB of its
-  peak RSS; a rerun of the same config loads them instead (26 -> 17 s and
-  572 -> 498 MB for 300 iterations). JAX's own persistent cache, in
-  ~/.cache/jaxgpt/xla (or $XDG_CACHE_HOME/jaxgpt/xla); every program is
-  kept, not only those that took a second to compile. Setting
-  JAX_COMPILATION_CACHE_DIR yourself picks another place ('' turns it off).
+  Compiling the train and eval steps and the initialisation's ops takes
+  seconds of a seed-command run, and the compiler's working memory tens of
+  MB of its peak RSS (docs/performance.md); a rerun of the same config loads
+  them instead. JAX's own persistent cache, in ~/.cache/jaxgpt/xla (or
+  $XDG_CACHE_HOME/jaxgpt/xla); every program is kept, not only those that
+  took a second to compile. JAX_COMPILATION_CACHE_DIR and the other
+  JAX_... variables of these settings win: jax read them when it was
+  imported, so a setting one names is left alone ('' turns the cache off).
   """
   cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(cache_home, 'jaxgpt', 'xla'))
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+  for setting, value in (('jax_compilation_cache_dir', os.path.join(cache_home, 'jaxgpt', 'xla')),
+                         ('jax_persistent_cache_min_compile_time_secs', 0),
+                         ('jax_persistent_cache_min_entry_size_bytes', 0)):
+    if setting.upper() not in os.environ:
+      jax.config.update(setting, value)
 
 
 # XLA:CPU cannot serialise a program with oneDNN matmuls (`compiler_options`),
@@ -100,10 +108,9 @@ UNCACHEABLE_ONEDNN_PROGRAM = r'Error writing persistent compilation cache entry 
 def compiler_options(dtype: str) -> dict[str, str | bool]:
   """XLA options for the train and eval programs of a model computing in dtype.
 
-  Float32 matmuls run faster as oneDNN's than as YNNPACK's, XLA:CPU's default:
-  the seed command's iterations take 41-48 instead of 51-57 ms with jax 0.10.2
-  (docs/performance.md). Bfloat16 ones run slower under oneDNN (42 against 27
-  ms/iter), and so does sampling's small decode step: those keep the default.
+  Float32 matmuls run faster as oneDNN's than as YNNPACK's, XLA:CPU's
+  default; bfloat16 ones run slower under oneDNN, and so does sampling's
+  small decode step: those keep the default (docs/performance.md).
   INDIVIDUAL_DOT hands oneDNN the bare dots; with DOT it also takes attention's
   mask and scale into them, and XLA aborted compiling a 2-layer, 32-wide model
   ("partition compile failed").
@@ -115,7 +122,21 @@ def compiler_options(dtype: str) -> dict[str, str | bool]:
 
 
 def setup() -> None:
+  """Sets the process up for training and sampling. Before jax starts its
+  CPU backend (the first array or device query): XLA reads its flags then."""
   _disable_barrier_expander()
   _keep_freed_memory()
   _cache_compiled_programs()
   warnings.filterwarnings('ignore', message=UNCACHEABLE_ONEDNN_PROGRAM, category=UserWarning)
+
+
+def pin_device(device: str) -> None:
+  """Pins jax to the CPU, or checks that it has a GPU. Before any array exists."""
+  if device == 'cpu':
+    jax.config.update('jax_platforms', 'cpu')
+    return
+  try:
+    jax.devices('gpu')
+  except RuntimeError:
+    raise JaxGPTError(f'device={device} but jax sees no GPU: install jax with CUDA '
+                      '(pip install "jax[cuda12]") or pass --config.device=cpu') from None

@@ -26,16 +26,14 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import data, gpt2, memory
-from jaxgpt.checkpoint import CheckpointError, Checkpoints
-from jaxgpt.cli import translate_nanogpt_argv, unknown_key_message
+from jaxgpt import data, entry, gpt2, memory, runtime
+from jaxgpt.checkpoint import CHOICES as CHECKPOINT_CHOICES, CheckpointError, Checkpoints
+from jaxgpt.cli import keys_help, translate_nanogpt_argv, unknown_key_message, wants_help
 from jaxgpt.config import CHOICES, GPT2_MODELS, SEEDS, ConfigError
 from jaxgpt.model import GPTConfig
-from jaxgpt.errors import JaxGPTError
 from jaxgpt.generate import Generator, generation_bytes
 from jaxgpt.step import abstract_params
 from jaxgpt.tokenizer import CharTokenizer, GPT2Tokenizer
-from jaxgpt.train import pin_device
 
 GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)  # GPT-2's own, and nanoGPT's padded to a multiple of 64
 SEPARATOR = '---------------'
@@ -46,17 +44,17 @@ FLOAT32_RANGE = (float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(
 def sample_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.init_from = 'resume'  # resume: from the checkpoint in out_dir; or a GPT-2: 'gpt2', 'gpt2-xl', ...
-  c.out_dir = 'out'
+  c.out_dir = 'out'  # the training run's folder
   c.gpt2_dir = ''  # a local GPT-2 folder (Hugging Face layout); '' = the training run's, or the hub cache
   c.checkpoint = 'best'  # best (lowest val loss) or latest
   c.start = '\n'  # the prompt, or FILE:path to read it from a file
-  c.num_samples = 10
-  c.max_new_tokens = 500
+  c.num_samples = 10  # samples to draw
+  c.max_new_tokens = 500  # tokens generated in each sample
   c.temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random
   c.top_k = 200  # keep only the top_k most likely tokens
-  c.seed = 1337
-  c.device = 'cpu'
-  c.dtype = 'float32'
+  c.seed = 1337  # draws the samples
+  c.device = 'cpu'  # 'cpu', or 'gpu' / 'cuda' for a GPU
+  c.dtype = 'float32'  # 'float32' or 'bfloat16' compute
   c.compile = True  # False: run op by op (jax.disable_jit), for debugging
   c.use_cache = True  # False: recompute the whole context for every token, as nanoGPT
   return c
@@ -96,7 +94,7 @@ def validate_sample_config(c: ml_collections.ConfigDict) -> None:
                       f'out_dir) or one of {", ".join(GPT2_MODELS)}')
   if c.init_from == 'resume' and not c.out_dir:
     raise ConfigError('out_dir is empty: pass --out_dir=<the folder a training run wrote its checkpoints to>')
-  if c.checkpoint not in ('best', 'latest'):
+  if c.checkpoint not in CHECKPOINT_CHOICES:
     raise ConfigError(f'checkpoint={c.checkpoint!r}: choose best or latest')
   for key in ('device', 'dtype'):  # train.py's choices, and its words
     if c[key] not in CHOICES[key]:
@@ -206,32 +204,42 @@ def signals_noted() -> Iterator[list[str]]:
       signal.signal(s, handler)
 
 
+USAGE = """usage: python sample.py [--KEY=VALUE ...]     (or --config.KEY=VALUE, the same)"""
+
+
+def sample_help() -> str:
+  return (f'{USAGE}\n\nSamples from a trained model as nanoGPT\'s sample.py does. The flags, with their '
+          f'defaults:\n\n{keys_help(sample_config(), sample_config)}')
+
+
 def main(argv: list[str]) -> int:
+  if wants_help(argv):
+    print(sample_help())
+    return 0
+  return entry.run(lambda: sample(argv), lambda e: f'{str(e) or "SIGINT"}: stopped before sampling')
+
+
+def sample(argv: list[str]) -> int:
+  """Prints the samples the flags in argv ask for; a stop while sampling
+  prints them as far as they got."""
   with signals_noted() as received:
-    try:
-      c = parse_sample_config(argv)
-      text = read_prompt(c.start)
-      logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
-      pin_device(c.device)
-      config, tokenizer, params, prompt, what = load_model(c, text)
-      generate = Generator(abstract_params(config)[0], params, config, temperature=c.temperature, top_k=c.top_k)
-      if received:
-        raise KeyboardInterrupt(received[0])
-      tokens = np.array([prompt] * c.num_samples, np.int32)
-      t0 = time.time()
-      with jax.disable_jit(not c.compile):
-        for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache,
-                                      progress=sys.stdout.isatty()):
-          if received:  # tokens holds every token drawn so far
-            break
-      seconds = time.time() - t0
-      print_samples(tokenizer, tokens)
-    except JaxGPTError as e:
-      print(f'error: {e}', file=sys.stderr)
-      return 1
-    except KeyboardInterrupt as e:
-      print(f'{str(e) or "SIGINT"}: stopped before sampling', file=sys.stderr)
-      return 130
+    c = parse_sample_config(argv)
+    text = read_prompt(c.start)
+    logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
+    runtime.pin_device(c.device)
+    config, tokenizer, params, prompt, what = load_model(c, text)
+    generate = Generator(abstract_params(config)[0], params, config, temperature=c.temperature, top_k=c.top_k)
+    if received:
+      raise KeyboardInterrupt(received[0])
+    tokens = np.array([prompt] * c.num_samples, np.int32)
+    t0 = time.time()
+    with jax.disable_jit(not c.compile):
+      for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache,
+                                    progress=sys.stdout.isatty()):
+        if received:  # tokens holds every token drawn so far
+          break
+    seconds = time.time() - t0
+    print_samples(tokenizer, tokens)
   if received:
     print(f'{received[0]}: stopped after {tokens.shape[1] - len(prompt)} of {c.max_new_tokens} new tokens',
           file=sys.stderr)

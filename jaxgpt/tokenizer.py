@@ -9,7 +9,7 @@ it works offline from local files.
 import json
 import pathlib
 
-from jaxgpt.errors import JaxGPTError
+from jaxgpt.errors import JaxGPTError, optional_import
 
 END_OF_TEXT = '<|endoftext|>'
 
@@ -45,11 +45,8 @@ class GPT2Tokenizer:
   checks exactly that when it reads OpenAI's files), so vocab.json is all it needs."""
 
   def __init__(self, folder: pathlib.Path):
-    try:
-      import tiktoken
-      from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenizing regex
-    except ImportError:
-      raise JaxGPTError('GPT-2 tokens need tiktoken: pip install -e ".[gpt2]"') from None
+    tiktoken = optional_import('tiktoken', 'reading GPT-2 tokens', 'gpt2')
+    from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenizing regex, shipped with tiktoken
     path = folder / 'vocab.json'
     try:
       vocab = json.loads(path.read_text(encoding='utf-8'))

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxgpt import runtime
 from jaxgpt.model import GPTConfig
 from jaxgpt.model import GPT
+
+runtime.setup()  # as the entry points do: the speed settings the tests' runs assume, before jax starts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / 'tests' / 'fixtures'

@@ -85,3 +85,14 @@ def test_plot_leaves_out_the_line_a_training_is_writing(tmp_path, capsys):
     f.write('{"iter": 41, "loss": 2.1, "lr": 0.00')  # no newline yet
   assert plot.main(['plot', str(tmp_path / 'out')]) == 0
   assert has_colour(image.imread(tmp_path / 'out' / 'loss.png'), ORANGE)
+
+
+def test_plot_titles_the_figure_with_the_runs_folder_name_not_its_path(tmp_path, monkeypatch):
+  from matplotlib import pyplot as plt
+  (tmp_path / 'runs').mkdir()
+  write_run(tmp_path / 'runs' / 'out-shakespeare-char')
+  monkeypatch.setattr(plt, 'close', lambda figure: None)  # keep the figure, to read its title back
+  assert plot.main(['plot', str(tmp_path / 'runs' / 'out-shakespeare-char')]) == 0
+  assert plt.gcf().axes[0].get_title() == 'out-shakespeare-char'
+  monkeypatch.undo()
+  plt.close('all')

@@ -1,16 +1,27 @@
-"""The CPU runtime set-up that `import jaxgpt` does before jax starts."""
+"""The CPU runtime set-up that the entry points run before jax starts, and
+that importing jaxgpt leaves alone."""
 
 import os
 import subprocess
 import sys
 
-PROGRAM = 'import jaxgpt, jax, os; jax.jit(lambda x: x + 1)(1).block_until_ready(); ' \
-          'print(os.environ["JAX_COMPILATION_CACHE_DIR"]); print(os.environ["XLA_FLAGS"])'
+PROGRAM = 'import jax, os; from jaxgpt import runtime; runtime.setup(); jax.jit(lambda x: x + 1)(1).block_until_ready(); ' \
+          'print(jax.config.jax_compilation_cache_dir); print(os.environ["XLA_FLAGS"])'
 
 
-def run(env):
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'} | env
-  return subprocess.run([sys.executable, '-c', PROGRAM], env=env, capture_output=True, text=True, timeout=120)
+def run(env, program=PROGRAM):
+  env = {k: v for k, v in os.environ.items() if k not in ('JAX_COMPILATION_CACHE_DIR', 'XLA_FLAGS')} | env
+  return subprocess.run([sys.executable, '-c', program], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_importing_jaxgpt_changes_nothing_in_the_process(tmp_path):
+  proc = run({'XDG_CACHE_HOME': str(tmp_path)},
+             'import jax, os; import jaxgpt, jaxgpt.model, jaxgpt.train, jaxgpt.sample; '
+             'jax.jit(lambda x: x + 1)(1).block_until_ready(); '
+             'print(jax.config.jax_compilation_cache_dir); print(os.environ.get("XLA_FLAGS"))')
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == ['None', 'None']
+  assert not (tmp_path / 'jaxgpt').exists()
 
 
 def test_compiled_programs_are_kept_in_the_user_cache(tmp_path):

@@ -1,0 +1,92 @@
+"""What every entry point answers: --help and -h with its usage, a user's
+mistake as one `error:` line (exit 1), Ctrl-C as one line (exit 130)."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from jaxgpt import entry
+from jaxgpt.cli import main as train_main
+from jaxgpt.config import base_config, load_config_file
+from jaxgpt.errors import JaxGPTError, optional_import
+from jaxgpt.sample import main as sample_main, sample_config
+
+
+def listed(text: str, key: str, value) -> bool:
+  """Whether --help's text lists key in both spellings, with value and a meaning on the next line."""
+  lines = text.splitlines()
+  entry_line = f'  --config.{key}, --{key} = {value!r}'
+  return entry_line in lines and lines[lines.index(entry_line) + 1].startswith('      ') and \
+      lines[lines.index(entry_line) + 1].strip() != ''
+
+
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_train_help_lists_every_config_key_with_its_default_and_meaning(flag, capsys):
+  assert train_main(['train.py', flag]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith('usage: python train.py [--config=FILE] [--config.KEY=VALUE ...]\n'
+                        '       python train.py [FILE] [--KEY=VALUE ...]')
+  missing = [key for key, value in base_config().items() if not listed(out, key, value)]
+  assert not missing
+  assert '  --config.seed, --seed = 1337\n      draws the initial weights, the batches and dropout\n' in out
+
+
+def test_train_help_shows_the_values_of_the_config_file_named(monkeypatch, capsys):
+  monkeypatch.chdir(REPO_ROOT)
+  recipe = load_config_file('configs/shakespeare_char.py')
+  for argv in (['--config=configs/shakespeare_char.py', '--help'], ['configs/shakespeare_char.py', '-h']):
+    assert train_main(['train.py'] + argv) == 0
+    out = capsys.readouterr().out
+    assert 'The config keys, as configs/shakespeare_char.py sets them:' in out
+    assert listed(out, 'out_dir', 'out-shakespeare-char') and listed(out, 'n_layer', recipe.n_layer)
+
+
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_sample_help_lists_every_flag_with_its_default_and_meaning(flag, capsys):
+  assert sample_main(['sample.py', flag]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith('usage: python sample.py [--KEY=VALUE ...]')
+  assert not [key for key, value in sample_config().items() if not listed(out, key, value)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('command', [['train.py'], ['sample.py']] + [
+    ['-m', f'jaxgpt.{module}'] for module in ('bench', 'ckpt_pt', 'data', 'gpt2', 'launch', 'parity', 'plot', 'prepare')])
+def test_every_entry_point_answers_help(command):
+  for flag in ('--help', '-h'):
+    proc = subprocess.run([sys.executable, *command, flag], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith('usage:') and proc.stderr == '', (command, flag, proc)
+
+
+def test_a_user_mistake_is_one_error_line_and_exit_1(capsys):
+  def work():
+    raise JaxGPTError('the problem: the fix')
+  assert entry.run(work, 'interrupted') == 1
+  assert capsys.readouterr().err == 'error: the problem: the fix\n'
+
+
+def test_ctrl_c_and_sigterm_are_one_line_and_exit_130(capsys):
+  def work():
+    signal.raise_signal(signal.SIGTERM)  # as Ctrl-C: the harness turns it into KeyboardInterrupt
+  previous = signal.getsignal(signal.SIGTERM)
+  assert entry.run(work, 'interrupted: nothing was written') == 130
+  assert capsys.readouterr().err == 'interrupted: nothing was written\n'
+  assert signal.getsignal(signal.SIGTERM) is previous  # the handler is restored on the way out
+  assert entry.run(lambda: (_ for _ in ()).throw(KeyboardInterrupt('SIGINT')), lambda e: f'{e}: stopped') == 130
+  assert capsys.readouterr().err == 'SIGINT: stopped\n'
+
+
+def test_work_returns_its_exit_status():
+  assert entry.run(lambda: None, '') == 0
+  assert entry.run(lambda: 3, '') == 3
+
+
+def test_a_missing_extra_names_what_needs_it_and_how_to_install_it():
+  with pytest.raises(JaxGPTError) as e:
+    optional_import('jaxgpt_no_such_module.sub', 'reading X', 'x', instead='pass --config.x=False')
+  assert str(e.value) == 'reading X needs jaxgpt_no_such_module: pip install -e ".[x]", or pass --config.x=False'
+  assert optional_import('json', 'reading X', 'x').dumps([1]) == '[1]'
