@@ -1,7 +1,7 @@
 """Benchmark the train step of the seed command, from the repository root:
 
   python -m jaxgpt.bench [--steps=300] [--config.compile=True] [--config.dtype=bfloat16]
-  python -m jaxgpt.bench --nanogpt    # nanoGPT's PyTorch step too, by turns (the torch extra)
+  python -m jaxgpt.bench --nanogpt [--nanogpt_dir=PATH]   # nanoGPT's PyTorch step too, by turns (the torch extra)
   python -m jaxgpt.bench --generate   # sampling speed, with and without the key/value cache
 
 The config is the seed command's (configs/shakespeare_char.py with 4 layers,
@@ -9,31 +9,35 @@ The config is the seed command's (configs/shakespeare_char.py with 4 layers,
 `--config.key=value` overrides it. The model, optimizer and train step are
 built as train.py builds them and fed random token batches. Without
 --config.dtype it times float32 and bfloat16 by turns, in one process; with
---nanogpt, nanoGPT's own train step in PyTorch (eager, its model.py, AdamW and
-clipping, jaxgpt/nanogpt_torch.py) takes turns with them, so the comparison
-holds however fast the machine is that minute. Prints the compile times, the
-median ms/iter over --steps steps (each waited for), tokens/s and the peak
-RSS. With --generate it times sampling instead: one prompt character,
-block_size new tokens, 10 samples at once, after a warm-up run (so compiling
-is left out). nanoGPT (PyTorch 2.13, eager) runs this step at
+--nanogpt, nanoGPT's own train step in PyTorch (eager, AdamW and clipping,
+jaxgpt/nanogpt_torch.py, with the model.py of the nanoGPT checkout in
+--nanogpt_dir, else $JAXGPT_NANOGPT_DIR, else ../nanoGPT) takes turns with
+them, so the comparison holds however fast the machine is that minute. Prints
+the compile times, the median ms/iter over --steps steps (each waited for),
+tokens/s and the peak RSS. With --generate it times sampling instead: one
+prompt character, block_size new tokens, 10 samples at once, after a warm-up
+run (so compiling is left out). nanoGPT (PyTorch 2.13, eager) runs this step at
 34.1 ms/iter on a 2-core AVX-512 machine.
 
-  python -m jaxgpt.bench --memory [--iters=20] [RECIPE ...]   # peak RSS of training runs (the torch extra)
+  python -m jaxgpt.bench --memory [--iters=20] [--nanogpt_dir=PATH] [RECIPE ...]   # training runs' peak RSS (torch extra)
 
 With --memory it measures whole training runs instead, in the current folder,
 for each RECIPE (default: configs/shakespeare_char.py and
 configs/shakespeare_char_gpu.py): train.py, then nanoGPT's training loop
-(jaxgpt/nanogpt_torch.py: float32, and glibc's malloc defaults, as nanoGPT's
-train.py has them on the CPU), one after the other in child processes, --iters
-iterations each with eval_iters=1 and any `--config.key=value` passed to both. Both read
-data/<dataset> (train.py prepares it on first use). Prints each run's peak RSS
+(jaxgpt/nanogpt_torch.py with the checkout's model.py: float32, and glibc's
+malloc defaults, as nanoGPT's train.py has them on the CPU), one after the
+other in child processes, --iters iterations each with eval_iters=1 and any
+`--config.key=value` passed to both. Both read data/<dataset> (train.py
+prepares it on first use). Prints each run's peak RSS
 (ru_maxrss) and its RSS when it logged iterations 2 and --iters, then a table
 of them, with the CPU. The GPU recipe takes ~10 s an iteration and several GB
 on a 2-core CPU: try it with --iters=2 first.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import pathlib
@@ -128,17 +132,17 @@ def build_step(c, dtype: str):
   return run, time.perf_counter() - t0
 
 
-def build_nanogpt_step(c):
-  """nanoGPT's train step (PyTorch, eager) on the seed model, with a fixed
-  random batch: run(i) does one iteration. Returns (run, first step seconds)."""
+def build_nanogpt_step(c, nanogpt_dir: str | None):
+  """nanoGPT's train step (PyTorch, eager) on the seed model, its model.py from
+  the checkout in nanogpt_dir (nanogpt_torch.checkout), with a fixed random
+  batch: run(i) does one iteration. Returns (run, first step seconds)."""
   torch = import_torch('--nanogpt times PyTorch')
   from jaxgpt import nanogpt_torch
 
+  nanogpt = nanogpt_torch.checkout(nanogpt_dir)
   torch.manual_seed(c.seed)
-  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(
-      block_size=c.block_size, vocab_size=SHAKESPEARE_VOCAB_SIZE, n_layer=c.n_layer, n_head=c.n_head,
-      n_embd=c.n_embd, dropout=c.dropout, bias=c.bias))
-  optimizer = nanogpt_torch.configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2))
+  with contextlib.redirect_stdout(io.StringIO()):  # its parameter counts and optimizer groups: not the bench's figures
+    model, optimizer = nanogpt_torch.model_and_optimizer(nanogpt, c, SHAKESPEARE_VOCAB_SIZE)
   rng = np.random.default_rng(0)
   x, y = (torch.from_numpy(rng.integers(0, SHAKESPEARE_VOCAB_SIZE, (c.batch_size, c.block_size)))
           for _ in range(2))
@@ -205,9 +209,13 @@ def cpu_name() -> str:
     return platform.processor() or 'unknown CPU'
 
 
-def bench_memory(recipes: list[str], iters: int, overrides: list[str]) -> None:
-  """Peak RSS of train.py and of nanoGPT's loop on each recipe, one run after another."""
+def bench_memory(recipes: list[str], iters: int, overrides: list[str], nanogpt_dir: str | None) -> None:
+  """Peak RSS of train.py and of nanoGPT's loop (with the model.py of the
+  checkout in nanogpt_dir) on each recipe, one run after another."""
   torch = import_torch('--memory runs nanoGPT in PyTorch')
+  from jaxgpt import nanogpt_torch
+
+  model_py = nanogpt_torch.find_model_py(nanogpt_dir)  # a missing checkout answers now, not after jaxgpt's run
   flags = {recipe: [f'--config={recipe}', '--config.device=cpu', f'--config.max_iters={iters}',
                     '--config.eval_iters=1', '--config.log_interval=1', *overrides] for recipe in recipes}
   for recipe_flags in flags.values():  # a typo answers now, not after minutes of runs
@@ -217,7 +225,7 @@ def bench_memory(recipes: list[str], iters: int, overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory() as out_dir:
       # jaxgpt first: it prepares data/<dataset> in this folder, which both read
       commands = {'jaxgpt': [sys.executable, str(TRAIN_PY), *recipe_flags, f'--config.out_dir={out_dir}'],
-                  'nanoGPT': [sys.executable, '-c', NANOGPT_LOOP, *recipe_flags]}
+                  'nanoGPT': [sys.executable, '-c', NANOGPT_LOOP, *recipe_flags, f'--nanogpt_dir={model_py.parent}']}
       for name, args in commands.items():
         label = f'{pathlib.Path(recipe).name}, {name}'
         m = runs[recipe, name] = measure(label, args)
@@ -240,6 +248,8 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps', type=int, default=300, help='timed steps of each kind, after 5 warm-up steps')
   parser.add_argument('--nanogpt', action='store_true', help="time nanoGPT's PyTorch step too, by turns")
+  parser.add_argument('--nanogpt_dir', help="the nanoGPT checkout whose model.py --nanogpt and --memory run "
+                      "(default: $JAXGPT_NANOGPT_DIR, else ../nanoGPT)")
   parser.add_argument('--generate', action='store_true', help='time sampling instead of training')
   parser.add_argument('--memory', action='store_true',
                       help="peak RSS of train.py and of nanoGPT's loop, in child processes, per RECIPE")
@@ -252,12 +262,13 @@ def main(argv: list[str]) -> int:
     if args.memory:
       # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag
       recipes = [arg for arg in overrides if arg.endswith('.py') and not arg.startswith('-')]
-      bench_memory(recipes or MEMORY_RECIPES, args.iters, [arg for arg in overrides if arg not in recipes])
+      bench_memory(recipes or MEMORY_RECIPES, args.iters, [arg for arg in overrides if arg not in recipes],
+                   args.nanogpt_dir)
       return 0
     c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)
     if args.nanogpt and c.gradient_accumulation_steps != 1:
       raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')
-    nanogpt_step = build_nanogpt_step(c) if args.nanogpt else None
+    nanogpt_step = build_nanogpt_step(c, args.nanogpt_dir) if args.nanogpt else None
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

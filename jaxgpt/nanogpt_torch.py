@@ -1,10 +1,16 @@
-"""nanoGPT's model.py (github.com/karpathy/nanoGPT, MIT licence) in PyTorch, and
-its train.py's loop: the same modules, names and forward pass, so a state_dict
-that loads here with strict=True loads into nanoGPT's GPT. The ckpt.pt tests
-load into it; `python -m jaxgpt.bench --nanogpt` times its train step by turns
-with jaxgpt's. Needs the torch extra.
+"""nanoGPT in PyTorch beside jaxgpt: its own model.py, imported from a nanoGPT
+checkout, and around it the train step and the training loop of its train.py
+as jaxgpt measures them. Needs the torch extra.
 
-  python -m jaxgpt.nanogpt_torch --config=configs/shakespeare_char_gpu.py --config.max_iters=4 --config.eval_iters=1
+jaxgpt carries no copy of nanoGPT's code. `checkout()` imports model.py from
+the folder named by --nanogpt_dir, else by $JAXGPT_NANOGPT_DIR, else from
+../nanoGPT (where `git clone https://github.com/karpathy/nanoGPT` puts it,
+run beside this repository). The ckpt.pt tests load into its GPT;
+`python -m jaxgpt.bench --nanogpt` times its train step by turns with
+jaxgpt's.
+
+  python -m jaxgpt.nanogpt_torch --config=configs/shakespeare_char_gpu.py --config.max_iters=4 \
+      --config.eval_iters=1 [--nanogpt_dir=../nanoGPT]
 
 runs nanoGPT's training loop as its train.py does on the CPU (compile=False,
 float32): the same recipes and overrides as train.py, the same data set, its
@@ -15,156 +21,70 @@ has jaxgpt's malloc settings (importing jaxgpt applies them, jaxgpt/runtime.py),
 which nanoGPT has not: the bench starts it without them.
 """
 
+import argparse
+import functools
+import importlib.util
 import math
+import os
+import pathlib
 import sys
 import time
-from dataclasses import dataclass
+import types
 
 import ml_collections
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.nn import functional as F
 
 from jaxgpt import cli, data
 from jaxgpt.errors import JaxGPTError
 
-
-@dataclass
-class GPTConfig:
-  block_size: int = 1024
-  vocab_size: int = 50304
-  n_layer: int = 12
-  n_head: int = 12
-  n_embd: int = 768
-  dropout: float = 0.0
-  bias: bool = True
+NANOGPT_DIR_ENV = 'JAXGPT_NANOGPT_DIR'
+NANOGPT_URL = 'https://github.com/karpathy/nanoGPT'
 
 
-class LayerNorm(nn.Module):
-
-  def __init__(self, ndim, bias):
-    super().__init__()
-    self.weight = nn.Parameter(torch.ones(ndim))
-    self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-  def forward(self, input):
-    return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class CausalSelfAttention(nn.Module):
-
-  def __init__(self, config):
-    super().__init__()
-    self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-    self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-    self.attn_dropout = nn.Dropout(config.dropout)  # nanoGPT's manual attention's, unused with SDPA
-    self.resid_dropout = nn.Dropout(config.dropout)
-    self.n_head = config.n_head
-    self.n_embd = config.n_embd
-    self.dropout = config.dropout
-
-  def forward(self, x):
-    B, T, C = x.size()
-    q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-    k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-    q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-    v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0,
-                                       is_causal=True)
-    y = y.transpose(1, 2).contiguous().view(B, T, C)
-    return self.resid_dropout(self.c_proj(y))
+def find_model_py(nanogpt_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """model.py of the nanoGPT checkout in nanogpt_dir, else in $JAXGPT_NANOGPT_DIR,
+  else in ../nanoGPT; a JaxGPTError when it is not there."""
+  folder = nanogpt_dir or os.environ.get(NANOGPT_DIR_ENV) or '../nanoGPT'
+  path = pathlib.Path(folder).expanduser().resolve() / 'model.py'
+  if not path.is_file():
+    raise JaxGPTError(f"nanoGPT's model.py not found at {path}: clone {NANOGPT_URL} into {path.parent}, or name "
+                      f'a nanoGPT checkout with --nanogpt_dir=PATH or {NANOGPT_DIR_ENV}=PATH')
+  return path
 
 
-class MLP(nn.Module):
-
-  def __init__(self, config):
-    super().__init__()
-    self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-    self.gelu = nn.GELU()
-    self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-    self.dropout = nn.Dropout(config.dropout)
-
-  def forward(self, x):
-    return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+def checkout(nanogpt_dir: str | os.PathLike | None = None) -> types.ModuleType:
+  """nanoGPT's model.py (GPT, GPTConfig, ...) as a module, from the checkout find_model_py finds."""
+  return import_model_py(find_model_py(nanogpt_dir))
 
 
-class Block(nn.Module):
-
-  def __init__(self, config):
-    super().__init__()
-    self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-    self.attn = CausalSelfAttention(config)
-    self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-    self.mlp = MLP(config)
-
-  def forward(self, x):
-    x = x + self.attn(self.ln_1(x))
-    return x + self.mlp(self.ln_2(x))
+@functools.cache  # one module per file: the same GPT class at every call
+def import_model_py(path: pathlib.Path) -> types.ModuleType:
+  # by its path and under a private name, neither in sys.modules nor with its folder on
+  # sys.path: nothing else of the checkout (its train.py, configurator.py) becomes importable
+  spec = importlib.util.spec_from_file_location('nanogpt_model', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
-class GPT(nn.Module):
-
-  def __init__(self, config):
-    super().__init__()
-    self.config = config
-    self.transformer = nn.ModuleDict(dict(
-        wte=nn.Embedding(config.vocab_size, config.n_embd),
-        wpe=nn.Embedding(config.block_size, config.n_embd),
-        drop=nn.Dropout(config.dropout),
-        h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-        ln_f=LayerNorm(config.n_embd, bias=config.bias),
-    ))
-    self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-    self.transformer.wte.weight = self.lm_head.weight  # weight tying
-    self.apply(self._init_weights)
-    for pn, p in self.named_parameters():
-      if pn.endswith('c_proj.weight'):
-        torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-  def _init_weights(self, module):
-    if isinstance(module, nn.Linear):
-      torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-      if module.bias is not None:
-        torch.nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-      torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-  def forward(self, idx):
-    t = idx.size(1)
-    pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-    x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-    for block in self.transformer.h:
-      x = block(x)
-    return self.lm_head(self.transformer.ln_f(x))  # logits at every position
+def model_and_optimizer(nanogpt: types.ModuleType, c: ml_collections.ConfigDict,
+                        vocab_size: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+  """nanoGPT's GPT of the run config c, initialised as its __init__ does from
+  torch's seed, and its AdamW as train.py sets it up on the CPU (not fused)."""
+  model = nanogpt.GPT(nanogpt.GPTConfig(block_size=c.block_size, vocab_size=vocab_size, n_layer=c.n_layer,
+                                        n_head=c.n_head, n_embd=c.n_embd, dropout=c.dropout, bias=c.bias))
+  return model, model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), 'cpu')
 
 
-def configure_optimizers(model: GPT, weight_decay: float, learning_rate: float,
-                         betas: tuple[float, float]) -> torch.optim.AdamW:
-  """nanoGPT's GPT.configure_optimizers on the CPU (not fused), but for its prints."""
-  param_dict = {pn: p for pn, p in model.named_parameters()}  # the tied lm_head is named once
-  param_dict = {pn: p for pn, p in param_dict.items() if p.requires_grad}
-  decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]
-  nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]
-  optim_groups = [
-      {'params': decay_params, 'weight_decay': weight_decay},
-      {'params': nodecay_params, 'weight_decay': 0.0}
-  ]
-  return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-  """nanoGPT's loss, as its GPT.forward computes it when given targets."""
-  return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-
-
-def train_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                grad_clip: float) -> float:
   """One iteration of nanoGPT's train.py (one micro-batch, no scaler): forward,
   backward, clipping, AdamW; returns the loss, as its log line reads it."""
-  loss = cross_entropy(model(x), y)
+  _, loss = model(x, y)
   loss.backward()
-  torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+  if grad_clip != 0.0:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
   optimizer.step()
   optimizer.zero_grad(set_to_none=True)
   return loss.item()
@@ -174,7 +94,7 @@ def train_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def get_lr(c: ml_collections.ConfigDict, it: int) -> float:
-  """nanoGPT's get_lr: linear warmup, then cosine decay to min_lr."""
+  """nanoGPT's learning rate schedule: linear warmup, then cosine decay to min_lr."""
   if it < c.warmup_iters:
     return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
   if it > c.lr_decay_iters:
@@ -184,17 +104,15 @@ def get_lr(c: ml_collections.ConfigDict, it: int) -> float:
   return c.min_lr + coeff * (c.learning_rate - c.min_lr)
 
 
-def train(c: ml_collections.ConfigDict) -> None:
-  """nanoGPT's training loop on the CPU (no DDP, no gradient scaler, no
-  checkpoints), iterations 0..max_iters, with its log lines."""
+def train(c: ml_collections.ConfigDict, nanogpt: types.ModuleType) -> None:
+  """nanoGPT's training loop with its model.py on the CPU (no DDP, no gradient
+  scaler, no checkpoints), iterations 0..max_iters, with its log lines."""
   if c.device != 'cpu':
     raise JaxGPTError(f"nanoGPT's loop here runs on the CPU only: pass --config.device=cpu, not {c.device}")
   folder = data.ensure_prepared(c.dataset, c.gpt2_dir)
   vocab = data.load_vocab(folder)
   torch.manual_seed(1337)
-  model = GPT(GPTConfig(block_size=c.block_size, vocab_size=data.GPT2_VOCAB_SIZE if vocab is None else len(vocab),
-                        n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, dropout=c.dropout, bias=c.bias))
-  optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2))
+  model, optimizer = model_and_optimizer(nanogpt, c, data.GPT2_VOCAB_SIZE if vocab is None else len(vocab))
 
   def get_batch(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     # a memmap afresh each call: nanoGPT's guard against a memmap that leaks
@@ -209,7 +127,7 @@ def train(c: ml_collections.ConfigDict) -> None:
     model.eval()
     out = {}
     for split in ('train', 'val'):
-      losses = [cross_entropy(model(x), y).item() for x, y in (get_batch(split) for _ in range(c.eval_iters))]
+      losses = [model(x, y)[1].item() for x, y in (get_batch(split) for _ in range(c.eval_iters))]
       out[split] = sum(losses) / len(losses)
     model.train()
     return out
@@ -226,7 +144,7 @@ def train(c: ml_collections.ConfigDict) -> None:
     if iter_num == 0 and c.eval_only:
       break
     for _ in range(c.gradient_accumulation_steps):
-      loss = cross_entropy(model(x), y) / c.gradient_accumulation_steps
+      loss = model(x, y)[1] / c.gradient_accumulation_steps
       x, y = get_batch('train')  # nanoGPT's prefetch: the next batch, before backward
       loss.backward()
     if c.grad_clip != 0.0:
@@ -244,8 +162,12 @@ def train(c: ml_collections.ConfigDict) -> None:
 
 
 def main(argv: list[str]) -> int:
+  # --nanogpt_dir is this module's own flag; the rest is train.py's command line
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  parser.add_argument('--nanogpt_dir')
+  args, config_argv = parser.parse_known_args(argv[1:])
   try:
-    train(cli.parse_config(argv))
+    train(cli.parse_config(argv[:1] + config_argv), checkout(args.nanogpt_dir))
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -23,6 +23,10 @@ runtime.setup()  # as the entry points do: the speed settings the tests' runs as
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / 'tests' / 'fixtures'
 CORPUS_ENV = 'JAXGPT_TINYSHAKESPEARE'
+# the nanoGPT checkout whose own model.py the tests hold jaxgpt against (jaxgpt/nanogpt_torch.py
+# imports it): $JAXGPT_NANOGPT_DIR, else nanoGPT's model.py and licence in ../shared/reference/nanogpt
+NANOGPT_DIR = pathlib.Path(os.environ.get('JAXGPT_NANOGPT_DIR')
+                           or REPO_ROOT.parent / 'shared' / 'reference' / 'nanogpt')
 
 # the model of tests/fixtures/tiny.npz: 2 layers, 2 heads, 32 wide, block 16
 TINY = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)

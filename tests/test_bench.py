@@ -7,14 +7,19 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, make_workdir
+from conftest import NANOGPT_DIR, REPO_ROOT, make_workdir
 
 from jaxgpt import cli, nanogpt_torch
 
 
-def bench(*args, cwd=REPO_ROOT):
+def bench(*args, cwd=REPO_ROOT, env=None):
   return subprocess.run([sys.executable, '-m', 'jaxgpt.bench', *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=300, env=env)
+
+
+def without_nanogpt_dir_env() -> dict[str, str]:
+  """This process's environment but for JAXGPT_NANOGPT_DIR: a run finds nanoGPT only by --nanogpt_dir."""
+  return {k: v for k, v in os.environ.items() if k != 'JAXGPT_NANOGPT_DIR'}
 
 
 def test_bench_times_float32_and_bfloat16_by_turns():
@@ -41,7 +46,8 @@ def test_bench_one_dtype_and_bad_flags():
 
 
 def test_bench_times_nanogpt_by_turns():
-  proc = bench('--steps=25', '--config.n_layer=1', '--config.dtype=float32', '--nanogpt')
+  proc = bench('--steps=25', '--config.n_layer=1', '--config.dtype=float32', '--nanogpt',
+               f'--nanogpt_dir={NANOGPT_DIR}', env=without_nanogpt_dir_env())
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert re.fullmatch(r'nanoGPT \(PyTorch, eager\): median \d+\.\d\d ms/iter \(25 steps; 10% \d+\.\d\d, '
@@ -51,6 +57,16 @@ def test_bench_times_nanogpt_by_turns():
   proc = bench('--nanogpt', '--config.gradient_accumulation_steps=2')
   assert proc.returncode == 1
   assert proc.stderr == 'error: --nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1\n'
+
+
+def test_bench_without_a_nanogpt_checkout(tmp_path):
+  # the path it was given, before any run: --memory's jaxgpt run would take minutes
+  for mode in ('--nanogpt', '--memory'):
+    proc = bench(mode, f'--nanogpt_dir={tmp_path}', env=without_nanogpt_dir_env())
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: nanoGPT's model.py not found at {tmp_path / 'model.py'}: clone "
+                           f'https://github.com/karpathy/nanoGPT into {tmp_path}, or name a nanoGPT checkout with '
+                           '--nanogpt_dir=PATH or JAXGPT_NANOGPT_DIR=PATH\n'), mode
 
 
 def test_bench_nanogpt_without_torch(tmp_path):
@@ -72,7 +88,9 @@ TINY_OVERRIDES = ['--config.n_layer=1', '--config.n_embd=32', '--config.n_head=2
 def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
   workdir = make_workdir(tmp_path, shakespeare)
   recipe = str(REPO_ROOT / 'configs' / 'shakespeare_char.py')
-  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, cwd=workdir)
+  # no ../nanoGPT beside workdir, no JAXGPT_NANOGPT_DIR: nanoGPT's run needs --nanogpt_dir passed on
+  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, f'--nanogpt_dir={NANOGPT_DIR}', cwd=workdir,
+               env=without_nanogpt_dir_env())
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert len(lines) == 8, lines
@@ -96,7 +114,8 @@ def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
                       r'PyTorch .+ \(eager\)', lines[7]), lines[7]
   assert (workdir / 'data' / 'shakespeare_char' / 'train.bin').is_file()  # both read the data set prepared there
   # a run that fails shows the end of its stderr
-  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, '--config.block_size=200000', cwd=workdir)
+  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, '--config.block_size=200000',
+               f'--nanogpt_dir={NANOGPT_DIR}', cwd=workdir)
   assert proc.returncode == 1
   assert proc.stderr.startswith('error: shakespeare_char.py, jaxgpt failed (exit status 1), its stderr ending:\n')
   assert proc.stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
@@ -109,7 +128,7 @@ def test_nanogpt_loop_prints_nanogpts_lines(tmp_path, shakespeare, monkeypatch, 
   c = cli.parse_config(['nanogpt_torch', f'--config={REPO_ROOT / "configs" / "shakespeare_char.py"}', *TINY_OVERRIDES,
                         '--config.max_iters=2', '--config.eval_interval=2', '--config.log_interval=1',
                         '--config.eval_iters=2', '--config.gradient_accumulation_steps=2', '--config.dropout=0.2'])
-  nanogpt_torch.train(c)
+  nanogpt_torch.train(c, nanogpt_torch.checkout(NANOGPT_DIR))
   lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(('step ', 'iter '))]
   assert [line.split(':')[0] for line in lines] == ['step 0', 'iter 0', 'iter 1', 'step 2', 'iter 2']
   step_0 = re.fullmatch(r'step 0: train loss (\d\.\d{4}), val loss (\d\.\d{4})', lines[0])

@@ -1,4 +1,4 @@
-"""nanoGPT's ckpt.pt in and out, against nanoGPT's own model (jaxgpt/nanogpt_torch.py)."""
+"""nanoGPT's ckpt.pt in and out, against nanoGPT's own model.py (conftest.NANOGPT_DIR)."""
 
 import dataclasses
 import math
@@ -17,7 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import FIXTURES, REPO_ROOT, make_workdir
+from conftest import FIXTURES, NANOGPT_DIR, REPO_ROOT, make_workdir
 from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
@@ -43,9 +43,16 @@ def jax_logits(params) -> np.ndarray:
   return np.asarray(nnx.merge(graphdef, params)(tokens, tokens)[0])
 
 
-def torch_logits(model: nanogpt_torch.GPT) -> np.ndarray:
-  with torch.no_grad():
-    return model(torch.from_numpy(idx())).numpy()
+def nanogpt_gpt(**model_args) -> torch.nn.Module:
+  """nanoGPT's own GPT, from its model.py in NANOGPT_DIR, initialised from torch's seed."""
+  model_py = nanogpt_torch.checkout(NANOGPT_DIR)
+  return model_py.GPT(model_py.GPTConfig(**model_args))
+
+
+def torch_logits(model: torch.nn.Module) -> np.ndarray:
+  tokens = torch.from_numpy(idx())
+  with torch.no_grad():  # nanoGPT's GPT gives the logits of every position only with targets (any will do)
+    return model(tokens, tokens)[0].numpy()
 
 
 def save_jaxgpt_checkpoint(out_dir, params, step=10, val_loss=2.0):
@@ -79,9 +86,8 @@ def nanogpt_checkpoint(path, prefix='', dataset=DATASET, vocab=VOCAB):
   if vocab is not None:
     write_meta_pkl(path.parent.parent / 'data' / dataset, vocab)
   torch.manual_seed(0)
-  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**{
-      k: getattr(CONFIG, k) for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias')}))
   model_args = {k: getattr(CONFIG, k) for k in ckpt_pt.MODEL_ARGS}
+  model = nanogpt_gpt(**model_args)
   torch.save({'model': {prefix + k: v for k, v in model.state_dict().items()}, 'model_args': model_args,
               'iter_num': 7, 'best_val_loss': torch.tensor(2.5),
               'config': {'learning_rate': 1e-3, 'dataset': dataset, 'device': 'cuda'}}, path)
@@ -90,8 +96,9 @@ def nanogpt_checkpoint(path, prefix='', dataset=DATASET, vocab=VOCAB):
 
 def torch_step(model, optimizer, batch, grad_clip):
   """One iteration of nanoGPT's train.py on the batch (x, then y one token on)."""
-  nanogpt_torch.train_step(model, optimizer, torch.from_numpy(batch[:, :-1]), torch.from_numpy(batch[:, 1:]),
-                           grad_clip)
+  # contiguous, as nanoGPT's get_batch stacks them: its loss views the targets flat
+  x, y = (torch.from_numpy(np.ascontiguousarray(tokens)) for tokens in (batch[:, :-1], batch[:, 1:]))
+  nanogpt_torch.train_step(model, optimizer, x, y, grad_clip)
 
 
 def jax_train_step(c):
@@ -111,9 +118,10 @@ def test_export_loads_into_nanogpt_with_equal_logits(tmp_path):
   assert ckpt_pt.export_ckpt(str(tmp_path / 'out'), str(tmp_path / 'ckpt.pt')) == 10
   ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
   assert ckpt['iter_num'] == 10 and ckpt['best_val_loss'] == 2.0
-  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**ckpt['model_args']))
+  # tied in the file itself: the GPT ties them whatever the file holds, so only the file can show it
+  assert torch.equal(ckpt['model']['lm_head.weight'], ckpt['model']['transformer.wte.weight'])
+  model = nanogpt_gpt(**ckpt['model_args'])
   model.load_state_dict(ckpt['model'])  # strict: every name and shape as nanoGPT's
-  assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # still tied
   assert ckpt['optimizer']['state'] == {}  # no update done: a fresh optimizer's
   np.testing.assert_allclose(torch_logits(model), jax_logits(params), atol=LOGITS_TOL, rtol=0)
 
@@ -179,7 +187,7 @@ def test_import_continues_nanogpt_adamw(tmp_path, prefix):
   settings = dict(learning_rate=1e-3, decay_lr=False, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0)
   model = nanogpt_checkpoint(tmp_path / 'unused.pt', vocab=None)
   write_meta_pkl(tmp_path / 'meta')
-  optimizer = nanogpt_torch.configure_optimizers(model, settings['weight_decay'], settings['learning_rate'], (0.9, 0.99))
+  optimizer = model.configure_optimizers(settings['weight_decay'], settings['learning_rate'], (0.9, 0.99), 'cpu')
   batches = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (4, 4, CONFIG.block_size + 1))
   for batch in batches[:3]:
     torch_step(model, optimizer, batch, settings['grad_clip'])
@@ -236,9 +244,9 @@ def test_export_resumes_in_nanogpt_adamw(jaxgpt_run, tmp_path):
   out_dir, c, batches = jaxgpt_run
   ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'ckpt.pt'))
   ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
-  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**ckpt['model_args']))
+  model = nanogpt_gpt(**ckpt['model_args'])
   model.load_state_dict(ckpt['model'])
-  optimizer = nanogpt_torch.configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2))
+  optimizer = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), 'cpu')
   optimizer.load_state_dict(ckpt['optimizer'])
   lr = nanogpt_get_lr(3, c.learning_rate, c.warmup_iters, c.lr_decay_iters, c.min_lr)
   groups = ckpt['optimizer']['param_groups']
@@ -316,7 +324,7 @@ def test_char_model_without_vocabulary_is_refused_and_nothing_written(tmp_path, 
 
 def test_gpt2_vocabulary_needs_no_meta(tmp_path, monkeypatch):
   config = dataclasses.replace(CONFIG, vocab_size=50304)
-  model = nanogpt_torch.GPT(nanogpt_torch.GPTConfig(**{k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS}))
+  model = nanogpt_gpt(**{k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS})
   torch.save({'model': model.state_dict(), 'model_args': {k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS},
               'iter_num': 1, 'config': {'dataset': 'openwebtext'}}, tmp_path / 'ckpt.pt')
   monkeypatch.chdir(tmp_path)
@@ -369,8 +377,6 @@ def test_interrupted_export_leaves_the_target_as_it_was(jaxgpt_run, tmp_path, mo
   assert os.listdir(tmp_path) == ['ckpt.pt']
 
 
-# nanoGPT's own model.py: in $JAXGPT_NANOGPT_DIR (a nanoGPT checkout), else <repo>/../shared/reference/nanogpt
-NANOGPT_MODEL = pathlib.Path(os.environ.get('JAXGPT_NANOGPT_DIR') or REPO_ROOT.parent / 'shared' / 'reference' / 'nanogpt') / 'model.py'
 NANOGPT_SCRIPTS = ('train.py', 'sample.py', 'configurator.py', 'data/shakespeare_char/prepare.py')
 # one tiny run's settings, spelled for nanoGPT (--key=value) and jaxgpt (--config.key=value)
 ROUND_TRIP = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, gradient_accumulation_steps=1,
@@ -380,11 +386,11 @@ ROUND_TRIP = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, g
 
 def nanogpt_checkout(folder: pathlib.Path, corpus: pathlib.Path) -> pathlib.Path:
   """A nanoGPT checkout: its scripts (tests/fixtures/nanogpt), its model.py
-  (../shared/reference) and tiny Shakespeare prepared by its own prepare.py."""
+  (NANOGPT_DIR) and tiny Shakespeare prepared by its own prepare.py."""
   for name in NANOGPT_SCRIPTS:
     (folder / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(FIXTURES / 'nanogpt' / name, folder / name)
-  shutil.copy(NANOGPT_MODEL, folder / 'model.py')
+  shutil.copy(nanogpt_torch.find_model_py(NANOGPT_DIR), folder / 'model.py')
   shutil.copy(corpus, folder / 'data' / 'shakespeare_char' / 'input.txt')  # prepare.py downloads it only when absent
   run(['data/shakespeare_char/prepare.py'], folder)
   return folder
@@ -416,8 +422,6 @@ def test_nanogpt_round_trip(tmp_path, shakespeare):
   """nanoGPT's ckpt.pt -> import -> sample.py, resume -> export -> nanoGPT's
   sample.py and train.py --init_from=resume, from a fresh jaxgpt checkout
   beside a nanoGPT one, each side's own scripts in subprocesses."""
-  if not NANOGPT_MODEL.is_file():
-    pytest.skip(f"nanoGPT's model.py not found at {NANOGPT_MODEL}: set JAXGPT_NANOGPT_DIR to a nanoGPT checkout")
   pytest.importorskip('tiktoken', reason="nanoGPT's sample.py imports tiktoken")
   pytest.importorskip('requests', reason="nanoGPT's prepare.py imports requests")
   nano = nanogpt_checkout(tmp_path / 'nanoGPT', shakespeare)
