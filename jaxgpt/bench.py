@@ -48,12 +48,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
+import ml_collections
 import numpy as np
 
-from jaxgpt import cli
-from jaxgpt.errors import JaxGPTError
+from jaxgpt import cli, entry
+from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.generate import Generator
 from jaxgpt.optim import make_optimizer
 from jaxgpt.model import GPTConfig
@@ -70,13 +72,6 @@ NANOGPT = 'nanoGPT (PyTorch, eager)'
 REPOSITORY = pathlib.Path(__file__).parents[1]
 TRAIN_PY = REPOSITORY / 'train.py'
 MEMORY_RECIPES = [str(REPOSITORY / 'configs' / name) for name in ('shakespeare_char.py', 'shakespeare_char_gpu.py')]
-# `python -m jaxgpt.nanogpt_torch` without the malloc settings that importing jaxgpt applies
-# (runtime.setup, stubbed out here): nanoGPT's train.py has glibc's defaults, and with jaxgpt's
-# settings its peak RSS on the GPU recipe was 7.2 GB instead of 6.5 (2 iterations)
-NANOGPT_LOOP = ("import runpy, sys, types; jaxgpt_runtime = types.ModuleType('jaxgpt.runtime'); "
-                "jaxgpt_runtime.setup = lambda: None; sys.modules['jaxgpt.runtime'] = jaxgpt_runtime; "
-                "runpy.run_module('jaxgpt.nanogpt_torch', run_name='__main__')")
-
 # Starts argv[2:] and writes to file descriptor argv[1] its pid, then its exit
 # status and peak RSS (wait4's ru_maxrss, KB on Linux). A child's ru_maxrss
 # starts at its parent's high-water RSS (Linux carries it through fork and
@@ -85,14 +80,6 @@ START = ('import os, sys; fd, args = int(sys.argv[1]), sys.argv[2:]; pid = os.fo
          'if pid == 0: os.execv(args[0], args)\n'
          'os.write(fd, b"%d\\n" % pid); _, status, usage = os.wait4(pid, 0)\n'
          'os.write(fd, b"%d %d\\n" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))')
-
-
-def import_torch(mode: str):
-  try:
-    import torch
-  except ImportError:
-    raise JaxGPTError(f'{mode}: pip install -e ".[torch]"') from None
-  return torch
 
 
 def bench_generate(graphdef, params, config) -> None:
@@ -136,7 +123,7 @@ def build_nanogpt_step(c, nanogpt_dir: str | None):
   """nanoGPT's train step (PyTorch, eager) on the seed model, its model.py from
   the checkout in nanogpt_dir (nanogpt_torch.checkout), with a fixed random
   batch: run(i) does one iteration. Returns (run, first step seconds)."""
-  torch = import_torch('--nanogpt times PyTorch')
+  torch = optional_import('torch', '--nanogpt', 'torch')
   from jaxgpt import nanogpt_torch
 
   nanogpt = nanogpt_torch.checkout(nanogpt_dir)
@@ -212,7 +199,7 @@ def cpu_name() -> str:
 def bench_memory(recipes: list[str], iters: int, overrides: list[str], nanogpt_dir: str | None) -> None:
   """Peak RSS of train.py and of nanoGPT's loop (with the model.py of the
   checkout in nanogpt_dir) on each recipe, one run after another."""
-  torch = import_torch('--memory runs nanoGPT in PyTorch')
+  torch = optional_import('torch', '--memory', 'torch')
   from jaxgpt import nanogpt_torch
 
   model_py = nanogpt_torch.find_model_py(nanogpt_dir)  # a missing checkout answers now, not after jaxgpt's run
@@ -225,7 +212,7 @@ def bench_memory(recipes: list[str], iters: int, overrides: list[str], nanogpt_d
     with tempfile.TemporaryDirectory() as out_dir:
       # jaxgpt first: it prepares data/<dataset> in this folder, which both read
       commands = {'jaxgpt': [sys.executable, str(TRAIN_PY), *recipe_flags, f'--config.out_dir={out_dir}'],
-                  'nanoGPT': [sys.executable, '-c', NANOGPT_LOOP, *recipe_flags, f'--nanogpt_dir={model_py.parent}']}
+                  'nanoGPT': [sys.executable, '-m', 'jaxgpt.nanogpt_torch', *recipe_flags, f'--nanogpt_dir={model_py.parent}']}
       for name, args in commands.items():
         label = f'{pathlib.Path(recipe).name}, {name}'
         m = runs[recipe, name] = measure(label, args)
@@ -258,28 +245,28 @@ def main(argv: list[str]) -> int:
   for flag in ('steps', 'iters'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag}={getattr(args, flag)} must be >= 1')
-  try:
-    if args.memory:
-      # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag
-      recipes = [arg for arg in overrides if arg.endswith('.py') and not arg.startswith('-')]
-      bench_memory(recipes or MEMORY_RECIPES, args.iters, [arg for arg in overrides if arg not in recipes],
-                   args.nanogpt_dir)
-      return 0
-    c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)
-    if args.nanogpt and c.gradient_accumulation_steps != 1:
-      raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')
-    nanogpt_step = build_nanogpt_step(c, args.nanogpt_dir) if args.nanogpt else None
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  return entry.run(lambda: bench(args, overrides, cli.overridden_keys(argv)), 'interrupted: nothing was measured')
 
+
+def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[str]) -> None:
+  """The benchmark the flags ask for: training runs' memory, sampling, or train steps by turns."""
+  if args.memory:
+    # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag
+    recipes = [arg for arg in overrides if arg.endswith('.py') and not arg.startswith('-')]
+    bench_memory(recipes or MEMORY_RECIPES, args.iters, [arg for arg in overrides if arg not in recipes],
+                 args.nanogpt_dir)
+    return
+  c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)
+  if args.nanogpt and c.gradient_accumulation_steps != 1:
+    raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')
+  nanogpt_step = build_nanogpt_step(c, args.nanogpt_dir) if args.nanogpt else None
   pin_device(c.device)
   if args.generate:
     config = GPTConfig.from_run_config(c, SHAKESPEARE_VOCAB_SIZE)
     _, graphdef, params = init_model(config, c.seed)
     bench_generate(graphdef, params, config)
-    return 0
-  dtypes = [c.dtype] if 'dtype' in cli.overridden_keys(argv) else ['float32', 'bfloat16']
+    return
+  dtypes = [c.dtype] if 'dtype' in overridden else ['float32', 'bfloat16']
   steps = {}
   for dtype in dtypes:
     steps[dtype], compile_s = build_step(c, dtype)
@@ -287,10 +274,15 @@ def main(argv: list[str]) -> int:
   if nanogpt_step:
     steps[NANOGPT], first_s = nanogpt_step
     print(f'{NANOGPT}: first step {first_s:.2f} s')
-  # the steps take turns, 25 at a time: this VM's speed drifts from minute
-  # to minute, and turns expose them all to the same drift
+  report(c, time_by_turns(steps, args.steps), dtypes)
+
+
+def time_by_turns(steps: dict[str, Callable[[int], None]], count: int) -> dict[str, list[float]]:
+  """Seconds of each of count steps of each kind. The steps take turns, 25
+  at a time: this VM's speed drifts from minute to minute, and turns expose
+  them all to the same drift."""
   times = {name: [] for name in steps}
-  for turn in range(math.ceil(args.steps / 25)):
+  for turn in range(math.ceil(count / 25)):
     for name, run in steps.items():
       for i in range(5 if turn == 0 else 1):  # warm-up (caches, allocator) before the first turn's timings
         run(i + 1)
@@ -298,6 +290,11 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         run(i + 1)
         times[name].append(time.perf_counter() - t0)
+  return times
+
+
+def report(c: ml_collections.ConfigDict, times: dict[str, list[float]], dtypes: list[str]) -> None:
+  """The median ms/iter of each kind of step, their ratios, and this process's peak RSS."""
   tokens = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'config: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, '
         f'batch {c.batch_size}, compile={c.compile}, jax {jax.__version__}')
@@ -314,7 +311,6 @@ def main(argv: list[str]) -> int:
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   also = ", and PyTorch's" if NANOGPT in medians else ''
   print(f'peak RSS: {peak_mb:.0f} MB (this process, {" and ".join(dtypes)} steps compiled{also})')
-  return 0
 
 
 if __name__ == '__main__':

@@ -16,9 +16,9 @@ runs nanoGPT's training loop as its train.py does on the CPU (compile=False,
 float32): the same recipes and overrides as train.py, the same data set, its
 batches, evaluations, AdamW and log lines. It is there to be measured (`python
 -m jaxgpt.bench --memory` compares its peak memory with jaxgpt's), not to
-train with: it saves no checkpoint and logs to no wandb. Started this way it
-has jaxgpt's malloc settings (importing jaxgpt applies them, jaxgpt/runtime.py),
-which nanoGPT has not: the bench starts it without them.
+train with: it saves no checkpoint and logs to no wandb. It leaves out
+jaxgpt's process set-up (jaxgpt/runtime.py: malloc settings among them),
+which nanoGPT's train.py has not either.
 """
 
 import argparse

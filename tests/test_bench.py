@@ -74,11 +74,11 @@ def test_bench_nanogpt_without_torch(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'jaxgpt.bench', '--nanogpt'], cwd=REPO_ROOT, capture_output=True,
                         text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(tmp_path)})
   assert proc.returncode == 1
-  assert proc.stderr == 'error: --nanogpt times PyTorch: pip install -e ".[torch]"\n'
+  assert proc.stderr == 'error: --nanogpt needs torch: pip install -e ".[torch]"\n'
   proc = subprocess.run([sys.executable, '-m', 'jaxgpt.bench', '--memory'], cwd=REPO_ROOT, capture_output=True,
                         text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(tmp_path)})
   assert proc.returncode == 1
-  assert proc.stderr == 'error: --memory runs nanoGPT in PyTorch: pip install -e ".[torch]"\n'
+  assert proc.stderr == 'error: --memory needs torch: pip install -e ".[torch]"\n'
 
 
 TINY_OVERRIDES = ['--config.n_layer=1', '--config.n_embd=32', '--config.n_head=2', '--config.block_size=32',
