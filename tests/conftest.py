@@ -2,10 +2,13 @@
 and a tiny model reused across tests (each distinct shape costs a jit compile).
 """
 
+import contextlib
+import math
 import os
 import pathlib
 import pty
 import re
+import resource
 import shutil
 import subprocess
 
@@ -30,6 +33,9 @@ NANOGPT_DIR = pathlib.Path(os.environ.get('JAXGPT_NANOGPT_DIR')
 
 # the model of tests/fixtures/tiny.npz: 2 layers, 2 heads, 32 wide, block 16
 TINY = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+# the model and batches of the tiny training runs in subprocesses (each test adds its own schedule): the
+# same shapes everywhere, so that a shared compilation cache serves them all
+TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8)
 
 
 def corpus_path() -> pathlib.Path:
@@ -50,12 +56,47 @@ def shakespeare() -> pathlib.Path:
   return path
 
 
-def make_workdir(path: pathlib.Path, shakespeare: pathlib.Path) -> pathlib.Path:
-  """path, made to hold data/shakespeare_char/input.txt, from which train.py
-  prepares dataset=shakespeare_char on first use (no download)."""
-  (path / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, path / 'data' / 'shakespeare_char' / 'input.txt')
+def make_workdir(path: pathlib.Path, shakespeare: pathlib.Path, dataset: str = 'shakespeare_char') -> pathlib.Path:
+  """path, made to hold data/<dataset>/input.txt, from which train.py
+  prepares the data set on first use (no download)."""
+  (path / 'data' / dataset).mkdir(parents=True, exist_ok=True)
+  shutil.copy(shakespeare, path / 'data' / dataset / 'input.txt')
   return path
+
+
+# the end-to-end runs' schedule: 40 iterations, evaluated at 0, 20 and 40
+E2E_RUN = TINY_RUN | dict(max_iters=40, eval_interval=20, eval_iters=5, log_interval=5, dropout=0.0, warmup_iters=5,
+                          lr_decay_iters=40)
+
+
+def config_flags(settings: dict, prefix: str = '--config.') -> list[str]:
+  """{'n_layer': 2, ...} as train.py's --config.n_layer=2 ... (prefix '--': nanoGPT's spelling)"""
+  return [f'{prefix}{key}={value}' for key, value in settings.items()]
+
+
+# nanoGPT's log lines
+STEP_LINE = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})$')
+ITER_LINE = re.compile(r'^iter (\d+): loss (\d+\.\d{4}), time \d+\.\d{2}ms, mfu -?\d+\.\d{2}%$')
+
+
+def parse_log(stdout: str) -> tuple[dict[int, tuple[float, float]], dict[int, float]]:
+  """({iteration: (train loss, val loss)} of the evaluations, {iteration: loss} of the iterations) a run printed."""
+  steps = {int(m[1]): (float(m[2]), float(m[3])) for m in map(STEP_LINE.match, stdout.splitlines()) if m}
+  iters = {int(m[1]): float(m[2]) for m in map(ITER_LINE.match, stdout.splitlines()) if m}
+  return steps, iters
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, tuple[bool, int, int]]:
+  """Every path under folder (folder too) with its size and mtime: what a
+  command must leave as it was. A folder's mtime changes when an entry is
+  added or removed in it, a temporary one included."""
+  return {str(p.relative_to(folder)): (p.is_dir(), p.lstat().st_size, p.lstat().st_mtime_ns)
+          for p in [folder, *sorted(folder.rglob('*'))]}
+
+
+def max_diff(a, b) -> float:
+  """The largest absolute difference between two pytrees of arrays."""
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def load_trace(name: str) -> dict[str, np.ndarray]:
@@ -111,3 +152,29 @@ def run_in_terminal(args, cwd, timeout=300) -> tuple[int, str]:
     output += chunk
   os.close(main_fd)
   return popen.wait(timeout=timeout), re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', output.decode(errors='replace'))
+
+
+def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+  """nanoGPT train.py's get_lr, verbatim but for the globals."""
+  # 1) linear warmup for warmup_iters steps
+  if it < warmup_iters:
+    return learning_rate * (it + 1) / (warmup_iters + 1)
+  # 2) if it > lr_decay_iters, return min learning rate
+  if it > lr_decay_iters:
+    return min_lr
+  # 3) in between, use cosine decay down to min learning rate
+  decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+  assert 0 <= decay_ratio <= 1
+  coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+  return min_lr + coeff * (learning_rate - min_lr)
+
+
+@contextlib.contextmanager
+def file_size_limit(size):
+  """Writes past size bytes fail with EFBIG (Python ignores SIGXFSZ)."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

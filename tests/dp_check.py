@@ -2,19 +2,20 @@
 data parallel (and with fsdp) against the single-device step on the same
 global batches. Prints JSON: the largest differences, and the shardings seen."""
 
+import dataclasses
 import json
 import sys
 
 import jax
 import numpy as np
 
+from conftest import TINY, max_diff
 from jaxgpt import parallel
 from jaxgpt.config import base_config
-from jaxgpt.model import GPTConfig
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
 
-CONFIG = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=float(sys.argv[1]))
+CONFIG = dataclasses.replace(TINY, dropout=float(sys.argv[1]))
 STEPS = 3
 
 
@@ -39,10 +40,6 @@ def train(mesh, fsdp):
     losses.append(float(metrics.loss))
     after_first = after_first or jax.tree.map(np.asarray, params)
   return losses, params, opt_state, after_first
-
-
-def max_diff(a, b) -> float:
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def main():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import NANOGPT_DIR, REPO_ROOT, make_workdir
+from conftest import NANOGPT_DIR, REPO_ROOT, TINY_RUN, config_flags, make_workdir
 
 from jaxgpt import cli, nanogpt_torch
 
@@ -22,6 +22,7 @@ def without_nanogpt_dir_env() -> dict[str, str]:
   return {k: v for k, v in os.environ.items() if k != 'JAXGPT_NANOGPT_DIR'}
 
 
+@pytest.mark.slow
 def test_bench_times_float32_and_bfloat16_by_turns():
   proc = bench('--steps=25', '--config.n_layer=1', '--config.compile=True')
   assert proc.returncode == 0, proc.stderr
@@ -36,6 +37,7 @@ def test_bench_times_float32_and_bfloat16_by_turns():
   assert re.fullmatch(r'peak RSS: \d+ MB \(this process, float32 and bfloat16 steps compiled\)', lines[-1])
 
 
+@pytest.mark.slow
 def test_bench_one_dtype_and_bad_flags():
   proc = bench('--steps=25', '--config.n_layer=1', '--config.dtype=bfloat16')
   assert proc.returncode == 0, proc.stderr
@@ -45,6 +47,7 @@ def test_bench_one_dtype_and_bad_flags():
   assert proc.stderr.startswith('error: n_embd=130 is not divisible by n_head=4')
 
 
+@pytest.mark.slow
 def test_bench_times_nanogpt_by_turns():
   proc = bench('--steps=25', '--config.n_layer=1', '--config.dtype=float32', '--nanogpt',
                f'--nanogpt_dir={NANOGPT_DIR}', env=without_nanogpt_dir_env())
@@ -59,6 +62,7 @@ def test_bench_times_nanogpt_by_turns():
   assert proc.stderr == 'error: --nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1\n'
 
 
+@pytest.mark.slow
 def test_bench_without_a_nanogpt_checkout(tmp_path):
   # the path it was given, before any run: --memory's jaxgpt run would take minutes
   for mode in ('--nanogpt', '--memory'):
@@ -69,6 +73,7 @@ def test_bench_without_a_nanogpt_checkout(tmp_path):
                            '--nanogpt_dir=PATH or JAXGPT_NANOGPT_DIR=PATH\n'), mode
 
 
+@pytest.mark.slow
 def test_bench_nanogpt_without_torch(tmp_path):
   (tmp_path / 'torch.py').write_text('raise ImportError("no torch here")\n')  # shadows the installed torch
   proc = subprocess.run([sys.executable, '-m', 'jaxgpt.bench', '--nanogpt'], cwd=REPO_ROOT, capture_output=True,
@@ -81,10 +86,10 @@ def test_bench_nanogpt_without_torch(tmp_path):
   assert proc.stderr == 'error: --memory needs torch: pip install -e ".[torch]"\n'
 
 
-TINY_OVERRIDES = ['--config.n_layer=1', '--config.n_embd=32', '--config.n_head=2', '--config.block_size=32',
-                  '--config.batch_size=4']
+TINY_OVERRIDES = config_flags(TINY_RUN | dict(n_layer=1, batch_size=4))
 
 
+@pytest.mark.slow
 def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
   workdir = make_workdir(tmp_path, shakespeare)
   recipe = str(REPO_ROOT / 'configs' / 'shakespeare_char.py')

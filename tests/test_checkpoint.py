@@ -19,14 +19,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, finish, make_workdir
+from conftest import REPO_ROOT, TINY_RUN, config_flags, finish, make_workdir, snapshot
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
-TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout=0.1, eval_interval=10,
-                always_save_checkpoint=True, log_interval=2, eval_iters=3, warmup_iters=5, lr_decay_iters=40)
+SCHEDULE = dict(dropout=0.1, eval_interval=10, always_save_checkpoint=True, log_interval=2, eval_iters=3,
+                warmup_iters=5, lr_decay_iters=40)
 # nanoGPT's log lines; the loss text, not the time
 LOSS_LINE = re.compile(r'^(iter|step) (\d+): (loss \d+\.\d{4}|train loss \d+\.\d{4}, val loss \d+\.\d{4})')
 
@@ -43,7 +43,7 @@ def env(tmp_path_factory):
 
 def start_train(env, workdir, out_dir, **settings):
   """Starts train.py on the tiny run, cwd=workdir; finish() waits for it."""
-  args = [f'--config.{key}={value}' for key, value in (TINY_RUN | settings | {'out_dir': out_dir}).items()]
+  args = config_flags(TINY_RUN | SCHEDULE | settings | {'out_dir': out_dir})
   return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *args],
                           cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -56,14 +56,6 @@ def loss_lines(stdout, since):
       assert (m[1], int(m[2])) not in found
       found[m[1], int(m[2])] = m[3]
   return found
-
-
-def snapshot(folder):
-  """Every path under folder (folder too) with its size and mtime: what a run
-  must leave as it was. A folder's mtime changes when an entry is added or
-  removed in it, a temporary one included."""
-  return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
-          for p in [folder, *sorted(folder.rglob('*'))]}
 
 
 @pytest.fixture(scope='module')
@@ -123,6 +115,7 @@ def runs(tmp_path_factory, shakespeare, env):
         popen.communicate()
 
 
+@pytest.mark.slow
 def test_runs_succeed(runs):
   for name in ('a', 'b1', 'b2'):
     assert runs[name].returncode == 0, runs[name].stdout + runs[name].stderr
@@ -130,6 +123,7 @@ def test_runs_succeed(runs):
   assert 'Resuming training from' not in runs['a'].stdout + runs['b1'].stdout
 
 
+@pytest.mark.slow
 def test_resumed_run_logs_what_the_uninterrupted_run_logs(runs):
   # the same batches (drawn from seed and iter_num), the same dropout masks
   # (keys from seed and iter_num), the same optimizer state
@@ -143,6 +137,7 @@ def test_resumed_run_logs_what_the_uninterrupted_run_logs(runs):
                                                      if k[1] <= 20}
 
 
+@pytest.mark.slow
 def test_resumed_weights_are_bit_identical(runs):
   weights = []
   for out_dir in (runs['out_a'], runs['out_b']):
@@ -229,6 +224,7 @@ ERRORS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ERRORS)
 def test_bad_out_dir_is_one_error_line_and_changes_nothing(runs, name):
   proc, out_dir, before = runs['errors'][name]

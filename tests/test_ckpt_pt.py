@@ -17,17 +17,15 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import FIXTURES, NANOGPT_DIR, REPO_ROOT, make_workdir
+from conftest import FIXTURES, NANOGPT_DIR, REPO_ROOT, TINY, make_workdir, nanogpt_get_lr
 from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
-from jaxgpt.model import GPTConfig
 from jaxgpt.errors import JaxGPTError
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
-from test_optim import nanogpt_get_lr
 
-CONFIG = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+CONFIG = TINY
 # float32 through two implementations of the same graph: the reference README
 # measured 1e-6 on logits; 1e-5 leaves headroom and still catches any wrong weight
 LOGITS_TOL = 1e-5
@@ -152,6 +150,7 @@ def run_cli(*args, cwd):
   return subprocess.run([sys.executable, '-m', 'jaxgpt.ckpt_pt', *args], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_bad_files_are_one_error_line(tmp_path):
   (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
   torch.save({'model': {'transformer.wte.weight': torch.zeros(3, 3)}, 'model_args': {
@@ -170,6 +169,7 @@ def test_bad_files_are_one_error_line(tmp_path):
   assert not (tmp_path / 'x.pt').exists()
 
 
+@pytest.mark.slow
 def test_module_runs_from_the_repository(tmp_path):
   # the documented command line, end to end
   ckpt = tmp_path / 'out-nanogpt' / 'ckpt.pt'
@@ -271,6 +271,7 @@ def test_export_resumes_in_nanogpt_adamw(jaxgpt_run, tmp_path):
   assert worst < 1e-5, worst
 
 
+@pytest.mark.slow
 def test_export_then_import_keeps_the_adamw_state(jaxgpt_run, tmp_path):
   # the documented command lines, jaxgpt -> ckpt.pt -> jaxgpt
   out_dir, c, _ = jaxgpt_run
@@ -418,6 +419,7 @@ def samples(stdout: str) -> list[str]:
   return stdout.split('\n---------------\n')[:-1]
 
 
+@pytest.mark.slow
 def test_nanogpt_round_trip(tmp_path, shakespeare):
   """nanoGPT's ckpt.pt -> import -> sample.py, resume -> export -> nanoGPT's
   sample.py and train.py --init_from=resume, from a fresh jaxgpt checkout

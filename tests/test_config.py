@@ -5,7 +5,7 @@ import pytest
 
 from conftest import FIXTURES, REPO_ROOT
 from jaxgpt.cli import parse_config
-from jaxgpt.config import ConfigError, base_config, validate
+from jaxgpt.config import ConfigError, base_config
 from jaxgpt.model import GPTConfig
 
 NANOGPT_CONFIGS = FIXTURES / 'nanogpt' / 'config'  # nanoGPT's config/*.py as they are (see its README)
@@ -22,9 +22,8 @@ def test_recipes_found():
 
 
 @pytest.mark.parametrize('recipe', RECIPES)
-def test_recipe_loads_and_validates(recipe):
+def test_recipe_loads_with_the_base_keys_only(recipe):
   c = parse_config(['train', f'--config=configs/{recipe}'])
-  validate(c)
   assert set(c) == set(base_config())  # recipes override keys, never add any
 
 

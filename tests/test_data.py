@@ -11,10 +11,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import make_workdir
+from conftest import file_size_limit, make_workdir
 from jaxgpt import data, gpt2
 from jaxgpt.data import BatchSampler, DataError
-from test_prepare import file_size_limit
 
 # nanoGPT's shakespeare_char vocabulary: the sorted characters of input.txt
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -174,9 +173,7 @@ def test_missing_val_split(tmp_path, monkeypatch):
 
 def test_ensure_prepared_prepares_shakespeare(shakespeare, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  folder = tmp_path / 'data' / 'shakespeare_char'
-  folder.mkdir(parents=True)
-  shutil.copy(shakespeare, folder / 'input.txt')
+  folder = make_workdir(tmp_path, shakespeare) / 'data' / 'shakespeare_char'
   assert data.ensure_prepared('shakespeare_char').resolve() == folder
   assert (folder / 'train.bin').stat().st_size == 2 * 1_003_854
   assert len(data.load_vocab(folder)) == 65
@@ -202,8 +199,7 @@ def test_data_module_command(shakespeare, tmp_path, monkeypatch, capsys):
     data.main(['jaxgpt.data', 'openwebtext'])
   assert e.value.code == 2
   assert "argument dataset: invalid choice: 'openwebtext' (choose from 'shakespeare_char', 'shakespeare')" in capsys.readouterr().err
-  (tmp_path / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, tmp_path / 'data' / 'shakespeare_char' / 'input.txt')
+  make_workdir(tmp_path, shakespeare)
   assert data.main(['jaxgpt.data', 'shakespeare_char']) == 0
   assert (tmp_path / 'data' / 'shakespeare_char' / 'val.bin').stat().st_size == 2 * 111_540
 

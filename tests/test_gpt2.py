@@ -7,6 +7,7 @@ GPT-2) and a tiny byte-level BPE vocabulary stand in for OpenAI's files: the
 tests never download.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import transformers
 from flax import nnx
 from safetensors import numpy as safetensors_numpy
 
-from conftest import REPO_ROOT, finish
+from conftest import REPO_ROOT, TINY, finish, make_workdir
 from jaxgpt import gpt2
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.model import GPTConfig
@@ -172,7 +173,7 @@ def test_weights_errors(pretrained, tmp_path):
 # weights out
 
 def test_saved_folder_loads_in_transformers_with_the_same_logits(tmp_path):
-  config = GPTConfig(block_size=16, vocab_size=70, n_layer=2, n_head=2, n_embd=32, bias=True)
+  config = dataclasses.replace(TINY, vocab_size=70)  # not GPT-2's: any vocabulary saves
   _, _, params = init_model(config, seed=3)
   gpt2.save_pretrained(tmp_path, config, params)
   assert json.loads((tmp_path / gpt2.CONFIG).read_text())['activation_function'] == 'gelu'
@@ -212,6 +213,7 @@ def run(workdir, script, *args, env=None, timeout=300):
                                  stderr=subprocess.PIPE, text=True), timeout=timeout)
 
 
+@pytest.mark.slow
 def test_sample_from_gpt2_in_the_hub_cache_offline(pretrained, tmp_path):
   folder, _ = pretrained
   hub_cache(tmp_path / 'hub', folder)
@@ -243,9 +245,7 @@ FINETUNE = REPO_ROOT / 'configs' / 'finetune_shakespeare.py'
 def finetuned(pretrained, tmp_path_factory, shakespeare):
   """train.py with the finetune recipe from the tiny GPT-2, block_size 16, then its export."""
   folder, _ = pretrained
-  workdir = tmp_path_factory.mktemp('finetune')
-  (workdir / 'data' / 'shakespeare').mkdir(parents=True)
-  shutil.copy(shakespeare, workdir / 'data' / 'shakespeare' / 'input.txt')
+  workdir = make_workdir(tmp_path_factory.mktemp('finetune'), shakespeare, 'shakespeare')
   train = run(workdir, 'train.py', f'--config={FINETUNE}', '--config.init_from=gpt2', f'--config.gpt2_dir={folder}',
               '--config.block_size=16', '--config.batch_size=4', '--config.gradient_accumulation_steps=2',
               '--config.max_iters=4', '--config.eval_interval=2', '--config.eval_iters=2',
@@ -253,6 +253,7 @@ def finetuned(pretrained, tmp_path_factory, shakespeare):
   return workdir, train
 
 
+@pytest.mark.slow
 def test_finetune_recipe_trains_from_gpt2_and_samples(finetuned, pretrained):
   workdir, train = finetuned
   assert train.returncode == 0, train.stderr
@@ -267,6 +268,7 @@ def test_finetune_recipe_trains_from_gpt2_and_samples(finetuned, pretrained):
   assert sample.stdout.startswith('But the') and sample.stdout.endswith('\n---------------\n')
 
 
+@pytest.mark.slow
 def test_export_of_the_finetuned_run_loads_in_transformers(finetuned, pretrained):
   workdir, _ = finetuned
   proc = run(workdir, '-m', 'jaxgpt.gpt2', 'export', '--out_dir=out-shakespeare', 'exported')
@@ -285,17 +287,16 @@ def test_export_of_the_finetuned_run_loads_in_transformers(finetuned, pretrained
   assert np.abs(ours - hf_logits(pretrained[1], idx)).max() > 1e-2  # finetuning moved the weights
 
 
+@pytest.mark.slow
 def test_gpt2_init_errors(pretrained, tmp_path, shakespeare):
   folder, _ = pretrained
-  (tmp_path / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, tmp_path / 'data' / 'shakespeare_char' / 'input.txt')
+  make_workdir(tmp_path, shakespeare)
   proc = run(tmp_path, 'train.py', f'--config={FINETUNE}', '--config.init_from=gpt2', f'--config.gpt2_dir={folder}',
              '--config.dataset=shakespeare_char')
   assert proc.returncode == 1
   assert proc.stderr.splitlines()[-1] == ('error: dataset shakespeare_char is character-level; gpt2 reads GPT-2 '
                                           'tokens: prepare the data set in GPT-2 tokens (as data/shakespeare)')
-  (tmp_path / 'data' / 'shakespeare').mkdir(parents=True)
-  shutil.copy(shakespeare, tmp_path / 'data' / 'shakespeare' / 'input.txt')
+  make_workdir(tmp_path, shakespeare, 'shakespeare')
   proc = run(tmp_path, 'train.py', f'--config={FINETUNE}', '--config.init_from=gpt2', f'--config.gpt2_dir={folder}',
              '--config.n_layer=3')
   assert proc.returncode == 1
@@ -304,6 +305,7 @@ def test_gpt2_init_errors(pretrained, tmp_path, shakespeare):
   assert not (tmp_path / 'out-shakespeare').exists() or not any((tmp_path / 'out-shakespeare').iterdir())
 
 
+@pytest.mark.slow
 def test_export_refuses_a_folder_holding_a_model_and_replaces_it_whole_with_overwrite(finetuned, capsys):
   """An export over a GPT-2 folder: refused, then, with --overwrite, replaced
   file by file, each moved in whole."""

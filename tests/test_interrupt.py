@@ -10,13 +10,11 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, finish, make_workdir
+from conftest import REPO_ROOT, TINY_RUN, config_flags, finish, make_workdir
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
-TINY_RUN = ['--config.n_layer=2', '--config.n_head=2', '--config.n_embd=32', '--config.block_size=32',
-            '--config.batch_size=8', '--config.eval_interval=20', '--config.eval_iters=3',
-            '--config.log_interval=1', '--config.dropout=0.1', '--config.warmup_iters=5',
-            '--config.lr_decay_iters=100']
+TINY_FLAGS = config_flags(TINY_RUN | dict(eval_interval=20, eval_iters=3, log_interval=1, dropout=0.1, warmup_iters=5,
+                                          lr_decay_iters=100))
 LOSS_LINE = re.compile(r'^(iter|step) (\d+): (.*?)(, time .*)?$')
 
 
@@ -26,7 +24,7 @@ def workdir(tmp_path_factory, shakespeare):
 
 
 def start(workdir, *args):
-  return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *TINY_RUN, *args],
+  return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *TINY_FLAGS, *args],
                           cwd=workdir, env=os.environ | {'PYTHONUNBUFFERED': '1'},
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -41,6 +39,7 @@ def losses_from(stdout: str, first: int) -> dict[tuple[str, int], str]:
   return found
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues_exactly(workdir):
   uninterrupted = finish(start(workdir, '--config.max_iters=40', f'--config.out_dir={workdir / "a"}'))
   assert uninterrupted.returncode == 0, uninterrupted.stderr
@@ -70,6 +69,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(workdir):
   assert losses_from(resumed.stdout, stopped_at) == expected
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_evaluation_abandons_it_and_saves(workdir):
   # an evaluation of 100,000 batches would take minutes: the stop ends it
   # between two batches, and the checkpoint holds the state before it
@@ -118,6 +118,7 @@ def test_a_stop_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys
   assert capsys.readouterr().err.splitlines() == [message]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
 def test_a_stop_during_start_up_is_one_line_and_writes_nothing(workdir, signum):
   """Ctrl-C or SIGTERM while the data set is read and the step compiles: it

@@ -10,7 +10,7 @@ import sys
 import pytest
 from flax import nnx
 
-from conftest import REPO_ROOT, make_workdir
+from conftest import REPO_ROOT, TINY, make_workdir
 from jaxgpt import memory
 from jaxgpt.model import GPTConfig
 from jaxgpt.model import GPT
@@ -19,7 +19,7 @@ CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 
 
 @pytest.mark.parametrize('config', [
-    GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, bias=True),
+    TINY,
     GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False),
 ])
 def test_num_params_counts_the_model_without_building_it(config):
@@ -45,6 +45,7 @@ def test_check_names_the_need_what_is_available_and_the_keys_to_lower(monkeypatc
       'activations rather than keep them); or pass --config.check_memory=False to try anyway')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('overrides, need', [
     # 50 billion parameters: found from the config alone, before compiling
     (['--config.n_layer=1000', '--config.n_embd=2048', '--config.n_head=16'],
@@ -64,6 +65,7 @@ def test_a_run_too_big_for_the_machine_stops_at_once_writing_nothing(tmp_path, s
   assert not (workdir / 'out').exists()
 
 
+@pytest.mark.slow
 def test_the_estimate_is_logged_and_check_memory_false_skips_the_check(tmp_path, shakespeare):
   workdir = make_workdir(tmp_path, shakespeare)
   # a memory limit the run cannot meet: a cgroup would say so the same way

@@ -8,25 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY, flat_params
+from conftest import TINY, flat_params, nanogpt_get_lr
 from jaxgpt.config import ConfigError, base_config, validate
 from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer
 from jaxgpt.step import init_model
-
-
-def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-  """nanoGPT train.py's get_lr, verbatim but for the globals."""
-  # 1) linear warmup for warmup_iters steps
-  if it < warmup_iters:
-    return learning_rate * (it + 1) / (warmup_iters + 1)
-  # 2) if it > lr_decay_iters, return min learning rate
-  if it > lr_decay_iters:
-    return min_lr
-  # 3) in between, use cosine decay down to min learning rate
-  decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-  assert 0 <= decay_ratio <= 1
-  coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
-  return min_lr + coeff * (learning_rate - min_lr)
 
 
 def config(**overrides):

@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, make_workdir
-from test_train_e2e import CONFIG, overrides, parse_log
+from conftest import E2E_RUN, REPO_ROOT, config_flags, make_workdir, parse_log
+
+CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 
 FOUR_DEVICES = os.environ | {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
 
@@ -24,6 +25,7 @@ def run(*args, env=FOUR_DEVICES, cwd=REPO_ROOT):
                         timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dropout', ['0.0', '0.1'])
 def test_data_parallel_step_is_the_single_device_step(dropout):
   proc = run(REPO_ROOT / 'tests' / 'dp_check.py', dropout)
@@ -43,6 +45,7 @@ def test_data_parallel_step_is_the_single_device_step(dropout):
   assert len(set(result['losses'])) == 3  # the steps did train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', [['--data_parallel'], ['--data_parallel', '--fsdp']])
 def test_parity_trace_replayed_data_parallel(mode):
   proc = run('-m', 'jaxgpt.parity', 'tests/fixtures/seed_model.npz', *mode)
@@ -55,9 +58,10 @@ def workdir(tmp_path_factory, shakespeare):
   return make_workdir(tmp_path_factory.mktemp('dp'), shakespeare)
 
 
+@pytest.mark.slow
 def test_train_on_four_devices_then_resume_on_one(workdir):
   settings = dict(batch_size=2, gradient_accumulation_steps=4, max_iters=20, eval_interval=10, log_interval=1)
-  four = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', *overrides('--config.', out_dir='out-4', **settings),
+  four = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir='out-4', **settings)),
              cwd=workdir)
   assert four.returncode == 0, four.stderr
   lines = four.stdout.splitlines()
@@ -67,7 +71,7 @@ def test_train_on_four_devices_then_resume_on_one(workdir):
   assert sorted(iters) == list(range(21)) and sorted(steps) == [0, 10, 20]
   assert steps[20][1] < steps[0][1] - 0.3  # it learns
   resumed = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', '--config.init_from=resume',
-                *overrides('--config.', out_dir='out-4', **(settings | {'max_iters': 22})), env=os.environ, cwd=workdir)
+                *config_flags(E2E_RUN | dict(out_dir='out-4', **(settings | {'max_iters': 22}))), env=os.environ, cwd=workdir)
   assert resumed.returncode == 0, resumed.stderr
   assert parse_log(resumed.stdout)[1].keys() == {21, 22}  # on from the final state, before iteration 21
 
@@ -75,13 +79,14 @@ def test_train_on_four_devices_then_resume_on_one(workdir):
 MULTI = dict(batch_size=4, gradient_accumulation_steps=2, max_iters=10, eval_interval=5, log_interval=1, dropout=0.1)
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_process_with_two_devices(workdir):
   """Each device draws its own rows from (seed, stream, iteration, device),
   however devices are spread over processes: the same losses."""
   launched = run('-m', 'jaxgpt.launch', '--nproc=2', REPO_ROOT / 'train.py', f'--config={CONFIG}',
-                 *overrides('--config.', out_dir='out-2p', **MULTI), env=os.environ, cwd=workdir)
+                 *config_flags(E2E_RUN | dict(out_dir='out-2p', **MULTI)), env=os.environ, cwd=workdir)
   assert launched.returncode == 0, launched.stderr
-  one = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', *overrides('--config.', out_dir='out-2d', **MULTI),
+  one = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir='out-2d', **MULTI)),
             env=os.environ | {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, cwd=workdir)
   assert one.returncode == 0, one.stderr
   assert 'data parallel over 2 devices in 2 process(es), params replicated' in launched.stdout.splitlines()
@@ -92,11 +97,12 @@ def test_two_processes_train_as_one_process_with_two_devices(workdir):
   # the best and the final state, each written once, that a single process resumes
   assert sorted(p.name for p in (workdir / 'out-2p').iterdir() if p.name.isdigit()) == ['10', '11']
   resumed = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', '--config.init_from=resume',
-                *overrides('--config.', out_dir='out-2p', **(MULTI | {'max_iters': 12})), env=os.environ, cwd=workdir)
+                *config_flags(E2E_RUN | dict(out_dir='out-2p', **(MULTI | {'max_iters': 12}))), env=os.environ, cwd=workdir)
   assert resumed.returncode == 0, resumed.stderr
   assert parse_log(resumed.stdout)[1].keys() == {11, 12}
 
 
+@pytest.mark.slow
 def test_launch_stops_every_process_when_one_fails(workdir):
   proc = run('-m', 'jaxgpt.launch', '--nproc=2', REPO_ROOT / 'train.py', f'--config={CONFIG}',
              '--config.n_embd=33', env=os.environ, cwd=workdir)
@@ -106,8 +112,9 @@ def test_launch_stops_every_process_when_one_fails(workdir):
   assert proc.returncode == 2 and '--nproc=0 must be >= 1' in proc.stderr
 
 
+@pytest.mark.slow
 def test_accumulation_must_divide_by_the_devices(workdir):
-  proc = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', *overrides('--config.', out_dir='out-bad'), cwd=workdir)
+  proc = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir='out-bad')), cwd=workdir)
   assert proc.returncode == 1
   assert proc.stderr.splitlines()[-1] == (
       'error: gradient_accumulation_steps=1 is not divisible by the 4 devices training together: make it a '

@@ -2,21 +2,18 @@
 read in chunks; the same files as shakespeare_char's preparation; clean
 errors that write nothing; and train.py on the result."""
 
-import contextlib
 import errno
 import json
 import os
 import pathlib
-import resource
 import signal
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_in_terminal
+from conftest import REPO_ROOT, file_size_limit, make_workdir, run_in_terminal
 from jaxgpt import data, prepare
 
 
@@ -27,8 +24,7 @@ def read_set(folder):
 
 def test_char_set_is_shakespeare_chars_preparation(shakespeare, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
-  (tmp_path / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, tmp_path / 'data' / 'shakespeare_char' / 'input.txt')
+  make_workdir(tmp_path, shakespeare)
   data.prepare_shakespeare_char(tmp_path / 'data' / 'shakespeare_char')
   monkeypatch.setattr(prepare, 'CHUNK_BYTES', 100_003)  # 12 chunks, the split inside one of them
   assert prepare.main(['prepare', 'char', str(shakespeare), '--name', 'mine']) == 0
@@ -58,6 +54,7 @@ def test_bad_text_is_one_error_and_writes_nothing(tmp_path, monkeypatch, capsys,
   assert not (tmp_path / 'data').exists()
 
 
+@pytest.mark.slow
 def test_train_on_a_prepared_text(tmp_path):
   text = 'the quick brown fox jumps over the lazy dog. ' * 400 + 'ünïcödé ✓\n' * 50
   (tmp_path / 'fox.txt').write_text(text, encoding='utf-8')
@@ -76,6 +73,7 @@ def test_train_on_a_prepared_text(tmp_path):
   assert 'iter 4: loss ' in proc.stdout
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal(shakespeare, tmp_path):
   status, text = run_in_terminal([sys.executable, '-m', 'jaxgpt.prepare', 'char', str(shakespeare), '--name', 'tty'],
                                  cwd=tmp_path)
@@ -170,17 +168,6 @@ def test_disk_full_midway_leaves_the_old_data_set(tmp_path, monkeypatch, capsys)
       'error: cannot write to data/mine (File too large): free some space or fix its permissions, then run again; '
       'its files are as they were']
   assert files_of(tmp_path / 'data' / 'mine') == before
-
-
-@contextlib.contextmanager
-def file_size_limit(size):
-  """Writes past size bytes fail with EFBIG (Python ignores SIGXFSZ)."""
-  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
-  try:
-    yield
-  finally:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_data_folder_not_writable(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROGRAM = 'import jax, os; from jaxgpt import runtime; runtime.setup(); jax.jit(lambda x: x + 1)(1).block_until_ready(); ' \
           'print(jax.config.jax_compilation_cache_dir); print(os.environ["XLA_FLAGS"])'
 
@@ -14,6 +16,7 @@ def run(env, program=PROGRAM):
   return subprocess.run([sys.executable, '-c', program], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_importing_jaxgpt_changes_nothing_in_the_process(tmp_path):
   proc = run({'XDG_CACHE_HOME': str(tmp_path)},
              'import jax, os; import jaxgpt, jaxgpt.model, jaxgpt.train, jaxgpt.sample; '
@@ -24,6 +27,7 @@ def test_importing_jaxgpt_changes_nothing_in_the_process(tmp_path):
   assert not (tmp_path / 'jaxgpt').exists()
 
 
+@pytest.mark.slow
 def test_compiled_programs_are_kept_in_the_user_cache(tmp_path):
   proc = run({'XDG_CACHE_HOME': str(tmp_path)})
   assert proc.returncode == 0, proc.stderr
@@ -33,6 +37,7 @@ def test_compiled_programs_are_kept_in_the_user_cache(tmp_path):
   assert '--xla_disable_hlo_passes=cse_barrier_expander' in xla_flags.split()
 
 
+@pytest.mark.slow
 def test_a_cache_dir_of_ones_own_is_kept(tmp_path):
   proc = run({'XDG_CACHE_HOME': str(tmp_path / 'xdg'), 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'mine'),
               'XLA_FLAGS': '--xla_cpu_enable_fast_math=false'})

@@ -18,7 +18,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,16 +28,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO_ROOT, finish, run_in_terminal
+from conftest import REPO_ROOT, TINY, TINY_RUN, config_flags, finish, make_workdir, run_in_terminal, snapshot
 from jaxgpt import generate as generate_module
 from jaxgpt import memory, sample
 from jaxgpt.checkpoint import Checkpoints
-from jaxgpt.model import GPTConfig
 from jaxgpt.generate import Generator, sample_next
 from jaxgpt.step import init_model
 
-BLOCK = 16
-CONFIG = GPTConfig(block_size=BLOCK, vocab_size=65, n_layer=2, n_head=2, n_embd=32)
+CONFIG = TINY
+BLOCK = CONFIG.block_size
 
 
 @pytest.fixture(scope='module')
@@ -185,10 +183,8 @@ def test_sample_next_with_a_tiny_temperature_is_the_argmax():
 # sample.py end to end
 
 TRAIN_CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
-# test_checkpoint.py's tiny run (the same programs, so a shared compilation cache serves both)
-TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout=0.1, eval_interval=10,
-                always_save_checkpoint=True, log_interval=2, eval_iters=3, warmup_iters=5, lr_decay_iters=40,
-                max_iters=20)
+SCHEDULE = dict(dropout=0.1, eval_interval=10, always_save_checkpoint=True, log_interval=2, eval_iters=3,
+                warmup_iters=5, lr_decay_iters=40, max_iters=20)
 SAMPLE_ARGS = ['--num_samples=2', '--max_new_tokens=30', '--seed=7']
 SEPARATOR = '\n---------------\n'
 
@@ -208,12 +204,6 @@ ERRORS = {
 }
 
 
-def snapshot(folder):
-  """Every path under folder (folder too) with its size and mtime."""
-  return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
-          for p in [folder, *sorted(folder.rglob('*'))]}
-
-
 def run_all(env, workdir):
   """train.py, 20 iterations; then sample.py on its out_dir: once alone (it
   fills the compilation cache), with the ERRORS runs beside it; then again,
@@ -228,7 +218,7 @@ def run_all(env, workdir):
     return started[-1]
 
   found = {'train': finish(start(env, workdir, 'train.py', f'--config={TRAIN_CONFIG}', f'--config.out_dir={out_dir}',
-                                 *(f'--config.{key}={value}' for key, value in TINY_RUN.items())))}
+                                 *config_flags(TINY_RUN | SCHEDULE)))}
   if found['train'].returncode != 0:
     return found
   found['before'] = snapshot(out_dir)
@@ -259,8 +249,7 @@ def background(request, tmp_path_factory):
     return
   shakespeare = request.getfixturevalue('shakespeare')
   workdir = tmp_path_factory.mktemp('sample')
-  (workdir / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, workdir / 'data' / 'shakespeare_char' / 'input.txt')
+  make_workdir(workdir, shakespeare)
   cache = tmp_path_factory.getbasetemp() / 'jax-compilation-cache'
   cache.mkdir(exist_ok=True)
   env = os.environ | {'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
@@ -278,6 +267,7 @@ def runs(background):
   return found | {'workdir': workdir, 'out_dir': workdir / 'out'}
 
 
+@pytest.mark.slow
 def test_samples_are_nanogpts_output(runs):
   proc = runs['first']
   assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -291,6 +281,7 @@ def test_samples_are_nanogpts_output(runs):
   assert 'tokens/s' in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['again', 'no_cache', 'file'])
 def test_same_samples_again_without_the_cache_and_from_a_file(runs, name):
   proc = runs[name]
@@ -298,12 +289,14 @@ def test_same_samples_again_without_the_cache_and_from_a_file(runs, name):
   assert proc.stdout == runs['first'].stdout
 
 
+@pytest.mark.slow
 def test_sampling_leaves_out_dir_as_it_was(runs):
   assert any(p.name.isdigit() for p in runs['out_dir'].iterdir())  # a checkpoint
   assert runs['after'] == runs['before']  # read only
   assert not (runs['workdir'] / 'missing').exists()  # not created
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(ERRORS))
 def test_bad_sampling_flag_is_one_error_line(runs, name):
   proc = runs[name]
@@ -315,6 +308,7 @@ def test_bad_sampling_flag_is_one_error_line(runs, name):
   assert re.search(ERRORS[name][1], line), line
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal(runs):
   status, text = run_in_terminal([sys.executable, str(REPO_ROOT / 'sample.py'), f'--out_dir={runs["out_dir"]}',
                                   '--start=ROMEO:', '--num_samples=2', '--max_new_tokens=30'], cwd=runs['workdir'])
@@ -323,6 +317,7 @@ def test_progress_on_a_terminal(runs):
   assert text.count('ROMEO:') == 2 and text.count(SEPARATOR.strip()) == 2
 
 
+@pytest.mark.slow
 def test_memory_too_small_for_the_generation_is_one_line_before_the_weights_are_read(runs, monkeypatch, capsys):
   monkeypatch.setattr(memory, 'available_bytes', lambda: (16 * 10**9, 'MemAvailable'))
   monkeypatch.setattr(Checkpoints, 'params', lambda *args: pytest.fail('the weights were read'))
@@ -334,6 +329,7 @@ def test_memory_too_small_for_the_generation_is_one_line_before_the_weights_are_
                               '16.00 GB available (MemAvailable): lower --max_new_tokens or --num_samples']
 
 
+@pytest.mark.slow
 def test_the_memory_estimate_of_a_small_generation_is_small(runs, monkeypatch, capsys):
   monkeypatch.setattr(memory, 'available_bytes', lambda: (10**8, 'MemAvailable'))  # 100 MB
   assert sample.main(['sample.py', f'--out_dir={runs["out_dir"]}', *SAMPLE_ARGS, '--start=ROMEO:']) == 0
@@ -353,6 +349,7 @@ def signals_fail_the_test():
     signal.signal(s, handler)
 
 
+@pytest.mark.slow
 def test_a_signal_while_sampling_prints_the_samples_so_far(runs, monkeypatch, capsys, signals_fail_the_test):
   """In process: SIGTERM arrives while the 6th token is drawn; the 6 tokens
   drawn are printed, as a finished sample would be."""
@@ -373,6 +370,7 @@ def test_a_signal_while_sampling_prints_the_samples_so_far(runs, monkeypatch, ca
   assert signal.getsignal(signal.SIGTERM) is signals_fail_the_test  # main's handler is gone with it
 
 
+@pytest.mark.slow
 def test_a_signal_while_the_checkpoint_is_read_waits_for_it_then_stops(runs, monkeypatch, capsys,
                                                                       signals_fail_the_test):
   real_params = Checkpoints.params
@@ -416,6 +414,7 @@ def interrupt_while_sampling(runs, signum) -> tuple[int, str, str]:
   return popen.returncode, text[text.find('ROMEO:'):], stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['SIGINT', 'SIGTERM'])
 def test_a_signal_while_sampling_prints_the_samples_so_far_and_exits_130(runs, name):
   signum = signal.Signals[name]

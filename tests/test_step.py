@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, max_diff
 from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import TrainStep, _loss_and_grads, init_model, make_eval_loss
@@ -24,11 +24,6 @@ def batch():
   rng = np.random.default_rng(0)
   xs = rng.integers(0, TINY.vocab_size, (3, 8, TINY.block_size), dtype=np.int32)
   return xs, np.roll(xs, -1, axis=-1)
-
-
-def max_diff(a, b) -> float:
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-             zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_accumulated_micro_batches_average_like_one_batch(batch):

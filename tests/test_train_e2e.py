@@ -15,14 +15,10 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, run_in_terminal
+from conftest import (E2E_RUN, ITER_LINE as ITER, REPO_ROOT, STEP_LINE as STEP, config_flags, make_workdir, parse_log,
+                      run_in_terminal)
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
-# nanoGPT's log lines
-STEP = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})$')
-ITER = re.compile(r'^iter (\d+): loss (\d+\.\d{4}), time \d+\.\d{2}ms, mfu -?\d+\.\d{2}%$')
-TINY_RUN = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=40, eval_interval=20,
-                eval_iters=5, log_interval=5, dropout=0.0, warmup_iters=5, lr_decay_iters=40)
 
 
 def train(workdir, *args, timeout=300, env=None):
@@ -32,40 +28,31 @@ def train(workdir, *args, timeout=300, env=None):
 
 
 def overrides(prefix, **settings):
-  return [f'{prefix}{key}={value}' for key, value in (TINY_RUN | settings).items()]
+  return config_flags(E2E_RUN | settings, prefix)
 
 
 @pytest.fixture
 def workdir(tmp_path, shakespeare):
-  folder = tmp_path / 'data' / 'shakespeare_char'
-  folder.mkdir(parents=True)
-  shutil.copy(shakespeare, folder / 'input.txt')
-  return tmp_path
-
-
-def parse_log(stdout):
-  steps = {int(m[1]): (float(m[2]), float(m[3])) for m in map(STEP.match, stdout.splitlines()) if m}
-  iters = {int(m[1]): float(m[2]) for m in map(ITER.match, stdout.splitlines()) if m}
-  return steps, iters
+  return make_workdir(tmp_path, shakespeare)
 
 
 @pytest.fixture(scope='module')
 def fused_run(tmp_path_factory, shakespeare):
   """The --config spelling, compile=True (the default): 40 iterations, evaluated at 0, 20, 40."""
-  workdir = tmp_path_factory.mktemp('fused')
-  (workdir / 'data' / 'shakespeare_char').mkdir(parents=True)
-  shutil.copy(shakespeare, workdir / 'data' / 'shakespeare_char' / 'input.txt')
+  workdir = make_workdir(tmp_path_factory.mktemp('fused'), shakespeare)
   out_dir = workdir / 'out'
   proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir))
   return proc, out_dir
 
 
+@pytest.mark.slow
 def test_run_succeeds(fused_run):
   proc, _ = fused_run
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stderr == ''  # no warning, no log noise
 
 
+@pytest.mark.slow
 def test_prepares_data_and_reports_the_model(fused_run):
   lines = fused_run[0].stdout.splitlines()
   assert re.fullmatch(r"memory: ~0\.\d\d GB estimated \(this process 0\.\d\d GB, weights and AdamW state 0\.00 GB, "
@@ -83,6 +70,7 @@ def test_prepares_data_and_reports_the_model(fused_run):
   ]
 
 
+@pytest.mark.slow
 def test_log_lines_are_nanogpts(fused_run):
   proc, _ = fused_run
   steps, iters = parse_log(proc.stdout)
@@ -93,6 +81,7 @@ def test_log_lines_are_nanogpts(fused_run):
   assert other == []
 
 
+@pytest.mark.slow
 def test_loss_goes_down(fused_run):
   steps, iters = parse_log(fused_run[0].stdout)
   assert 4.0 < steps[0][1] < 4.35  # about ln(65) = 4.17 at init
@@ -100,6 +89,7 @@ def test_loss_goes_down(fused_run):
   assert iters[40] < iters[0] - 0.3
 
 
+@pytest.mark.slow
 def test_checkpoint_after_improving_evals_never_at_step_0(fused_run):
   proc, out_dir = fused_run
   lines = proc.stdout.splitlines()
@@ -116,6 +106,7 @@ def test_checkpoint_after_improving_evals_never_at_step_0(fused_run):
   assert meta['config']['max_iters'] == 40
 
 
+@pytest.mark.slow
 def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
   # nanoGPT's `train.py CONFIG --key=value`, and compile=False: the same run, the same numbers
   out_dir = workdir / 'out'
@@ -133,6 +124,7 @@ def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
   assert (out_dir / '40' / 'params').is_dir()
 
 
+@pytest.mark.slow
 def test_each_program_compiles_once_in_a_run_and_in_a_resumed_one(workdir):
   # jax logs every compilation; a step input placed otherwise than the step's
   # output (the optimizer's step count was) compiles the step again at iteration 1.
@@ -149,6 +141,7 @@ def test_each_program_compiles_once_in_a_run_and_in_a_resumed_one(workdir):
       assert compiled.count(program) == 1, (init_from, program, compiled)
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_holds_every_logged_iteration_and_evaluation(fused_run):
   proc, out_dir = fused_run
   records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
@@ -170,6 +163,7 @@ def test_metrics_jsonl_holds_every_logged_iteration_and_evaluation(fused_run):
   assert logged[0]['mfu'] is None and logged[-1]['mfu'] > 0  # nanoGPT skips the first 5 iterations
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_at_once_and_keeps_the_checkpoints(workdir):
   out_dir = workdir / 'out'
   proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir, max_iters=20, eval_interval=10))
@@ -190,6 +184,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_checkpoints(workdir):
   assert after == before
 
 
+@pytest.mark.slow
 def test_eval_fixed_evaluates_the_same_batches_every_time(workdir):
   """With a learning rate too small to move the weights, only the batches can
   change the eval losses: fixed, every eval prints the same numbers."""
@@ -204,6 +199,7 @@ def test_eval_fixed_evaluates_the_same_batches_every_time(workdir):
   assert moving_steps[5] != moving_steps[0] and moving_steps[10] != moving_steps[5]
 
 
+@pytest.mark.slow
 def test_eval_only(workdir):
   out_dir = workdir / 'out'
   proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir, eval_only=True))
@@ -215,6 +211,7 @@ def test_eval_only(workdir):
 
 
 
+@pytest.mark.slow
 def test_eval_only_on_resume_evaluates_the_checkpoint_and_keeps_it(fused_run, tmp_path):
   """nanoGPT's `iter_num == 0 and eval_only` would train a resumed run on,
   and the rotation would delete the checkpoint it resumed from."""
@@ -232,6 +229,7 @@ def test_eval_only_on_resume_evaluates_the_checkpoint_and_keeps_it(fused_run, tm
   assert sorted(p.name for p in (work / 'out').iterdir()) == before
 
 
+@pytest.mark.slow
 def test_the_final_state_is_saved_when_no_evaluation_comes(workdir):
   proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir='out', max_iters=10, eval_interval=100))
   assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -243,6 +241,7 @@ def test_the_final_state_is_saved_when_no_evaluation_comes(workdir):
   assert sorted(parse_log(resumed.stdout)[1]) == [11, 12]  # on from where the first run ended
 
 
+@pytest.mark.slow
 def test_a_second_writer_on_a_training_out_dir_is_one_error_line(workdir):
   """Two trainings in one out_dir: the second stops at once with one line
   (orbax's tracebacks before); the first trains on untouched."""
@@ -266,6 +265,7 @@ def test_a_second_writer_on_a_training_out_dir_is_one_error_line(workdir):
   assert first.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args, message', [
     (['--config.batch_size=abc'], 'error: --config.batch_size=abc is not an int: pass e.g. --config.batch_size=12'),
     (['--config.n_embd=130'], 'error: n_embd=130 is not divisible by n_head=4'),
@@ -281,6 +281,7 @@ def test_bad_override_is_one_error_line(tmp_path, args, message):
   assert not (tmp_path / 'data').exists()  # nothing ran
 
 
+@pytest.mark.slow
 def test_missing_config_file_is_one_error_line(tmp_path):
   proc = train(tmp_path, '--config=configs/nope.py', timeout=60)
   assert proc.returncode == 1
@@ -289,6 +290,7 @@ def test_missing_config_file_is_one_error_line(tmp_path):
   assert line.startswith('error: ') and "configs/nope.py" in line
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_one_error_line(tmp_path):
   proc = train(tmp_path, f'--config={CONFIG}', '--config.dataset=openwebtext', timeout=120)
   assert proc.returncode == 1
@@ -297,6 +299,7 @@ def test_missing_dataset_is_one_error_line(tmp_path):
   assert line.startswith('error: data/openwebtext/train.bin not found: prepare the data set first')
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal(workdir):
   """On a terminal a rich progress bar sits under the log lines; piped (every
   other test here) the output is the log lines alone."""
@@ -321,6 +324,7 @@ def finish():
 '''
 
 
+@pytest.mark.slow
 def test_wandb_logs_nanogpts_keys_at_every_evaluation(workdir, tmp_path):
   """wandb itself is an optional extra (its offline mode was tried by hand):
   a stand-in module records what train.py hands it."""
@@ -342,6 +346,7 @@ def test_wandb_logs_nanogpts_keys_at_every_evaluation(workdir, tmp_path):
   assert logged[0]['mfu'] == -100  # nanoGPT's value before its first estimate
 
 
+@pytest.mark.slow
 def test_wandb_missing_is_one_error_line(workdir, tmp_path):
   (tmp_path / 'stub' / 'wandb').mkdir(parents=True)
   (tmp_path / 'stub' / 'wandb' / '__init__.py').write_text('raise ImportError("no wandb here")')
