@@ -16,8 +16,8 @@ them, so the comparison holds however fast the machine is that minute. Prints
 the compile times, the median ms/iter over --steps steps (each waited for),
 tokens/s and the peak RSS. With --generate it times sampling instead: one
 prompt character, block_size new tokens, 10 samples at once, after a warm-up
-run (so compiling is left out). nanoGPT (PyTorch 2.13, eager) runs this step at
-34.1 ms/iter on a 2-core AVX-512 machine.
+run (so compiling is left out). The figures measured so far, with their
+machines: docs/performance.md and the README.
 
   python -m jaxgpt.bench --memory [--iters=20] [--nanogpt_dir=PATH] [RECIPE ...]   # training runs' peak RSS (torch extra)
 
@@ -30,8 +30,8 @@ other in child processes, --iters iterations each with eval_iters=1 and any
 `--config.key=value` passed to both. Both read data/<dataset> (train.py
 prepares it on first use). Prints each run's peak RSS
 (ru_maxrss) and its RSS when it logged iterations 2 and --iters, then a table
-of them, with the CPU. The GPU recipe takes ~10 s an iteration and several GB
-on a 2-core CPU: try it with --iters=2 first.
+of them, with the CPU. The GPU recipe takes seconds an iteration and
+gigabytes on a laptop's CPU: try it with --iters=2 first.
 """
 
 import argparse
