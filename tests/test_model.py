@@ -211,7 +211,13 @@ def test_names_and_layouts_are_nanogpt(tiny_params, tiny_trace):
   for name, array in state_dict.items():
     assert array.shape == reference[name].shape, name  # torch's (out, in) Linear layout
   assert state_dict['transformer.h.0.attn.c_attn.weight'].shape == (3 * 32, 32)
-  np.testing.assert_array_equal(state_dict['lm_head.weight'], state_dict['transformer.wte.weight'])
+  params = flat_params(tiny_params)
+  for name, path in [('transformer.wte.weight', 'wte/embedding'), ('transformer.wpe.weight', 'wpe/embedding'),
+                     ('transformer.h.1.mlp.c_fc.weight', 'h/1/mlp/c_fc/weight'),
+                     ('transformer.h.0.attn.c_proj.bias', 'h/0/attn/c_proj/bias'),
+                     ('transformer.ln_f.weight', 'ln_f/weight'),
+                     ('lm_head.weight', 'wte/embedding')]:  # tied: the lm_head is the token embedding
+    np.testing.assert_array_equal(state_dict[name], params[path], err_msg=name)
 
 
 def test_round_trip(tiny_params):
@@ -268,23 +274,24 @@ def bf16_rounded(x) -> jax.Array:
     ('...i,oi->...o', (2, 5, 8), (6, 8)),  # Linear
     ('bhqd,bhkd->bhqk', (2, 3, 5, 4), (2, 3, 5, 4)),  # attention scores
     ('bhqk,bhkd->bhqd', (2, 3, 5, 5), (2, 3, 5, 4)),  # attention-weighted values
+    ('...c,vc->...v', (2, 5, 8), (65, 8)),  # the tied lm_head
 ])
 def test_bf16_einsum_is_the_float32_product_of_rounded_operands(spec, a_shape, b_shape):
-  """Products of bfloat16 numbers are exact in float32: forward and both
-  gradients equal float32 einsums of the bfloat16-rounded operands (and
-  cotangent), up to the order of the float32 sums."""
+  """Products of bfloat16 numbers are exact in float32: the forward and both
+  gradients equal those of a float32 einsum (jax.vjp's) of the
+  bfloat16-rounded operands and cotangent, up to the order of the sums."""
   rng = np.random.default_rng(0)
   a, b = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in (a_shape, b_shape))
   y, vjp = jax.vjp(lambda a, b: bf16_einsum(spec, a, b), a, b)
   g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   da, db = vjp(g)
   assert y.dtype == da.dtype == db.dtype == jnp.float32
-  inputs, out = spec.split('->')
-  a_spec, b_spec = inputs.split(',')
-  a16, b16, g16 = bf16_rounded(a), bf16_rounded(b), bf16_rounded(g)
-  np.testing.assert_allclose(y, jnp.einsum(spec, a16, b16), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(da, jnp.einsum(f'{out},{b_spec}->{a_spec}', g16, b16), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(db, jnp.einsum(f'{out},{a_spec}->{b_spec}', g16, a16), rtol=1e-5, atol=1e-5)
+  expected_y, expected_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), bf16_rounded(a), bf16_rounded(b))
+  expected_da, expected_db = expected_vjp(bf16_rounded(g))
+  assert da.shape == a.shape and db.shape == b.shape
+  np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(da, expected_da, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(db, expected_db, rtol=1e-5, atol=1e-5)
   # and the rounding is real: the float32 product differs
   assert np.abs(np.asarray(y) - np.asarray(jnp.einsum(spec, a, b))).max() > 1e-3
 
