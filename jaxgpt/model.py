@@ -51,14 +51,17 @@ _STD = 0.02  # GPT-2's init scale for every Linear and Embedding weight
 
 @jax.custom_vjp
 def residual_barrier(x: jax.Array) -> jax.Array:
-  """Identity that XLA may not fuse across, forward or backward.
+  """Identity that XLA may not fuse across, forward or backward, when
+  differentiated.
 
   Without it XLA:CPU fuses the elementwise chain of the whole residual stream
   into the transpose feeding every weight-gradient dot, so the backward pass
   recomputes it once per layer: O(n_layer^2) work, see docs/performance.md.
-  Needs `jaxgpt.runtime`'s XLA flag, or XLA drops the barrier.
+  Needs `jaxgpt.runtime`'s XLA flag, or XLA drops the barrier. A program
+  with no backward pass (evaluation, sampling) has nothing to recompute, and
+  there the barrier only splits fusions: a plain identity.
   """
-  return jax.lax.optimization_barrier(x)
+  return x
 
 
 def _barrier_fwd(x):

@@ -191,6 +191,17 @@ def test_gelu_is_exact_erf():
   np.testing.assert_allclose(gelu(jnp.asarray(xs)), exact, rtol=0, atol=1e-6)
 
 
+def test_residual_barriers_only_where_there_is_a_backward_pass(split, tokens, targets):
+  """Training keeps XLA from fusing across them, forward and backward;
+  a forward alone (evaluation, sampling) has nothing to recompute."""
+  graphdef, state = split
+  backward = jax.jit(jax.grad(lambda s: logits_and_loss(graphdef, s, tokens, targets)[1])).lower(state)
+  forward = jax.jit(lambda s: nnx.merge(graphdef, s)(tokens)[0]).lower(state)
+  per_pass = 3 * TINY.n_layer + 1  # each block's two residuals and MLP hidden, and the last residual
+  assert backward.as_text().count('stablehlo.optimization_barrier') == 2 * per_pass
+  assert forward.as_text().count('stablehlo.optimization_barrier') == 0
+
+
 def test_jit_equals_no_jit(tiny_model, split, forward, tokens, targets):
   eager = cross_entropy(tiny_model(tokens)[0], targets)
   assert float(forward(split[1], tokens, targets)[1]) == pytest.approx(float(eager), rel=1e-6)
