@@ -1,11 +1,11 @@
 """Autoregressive generation, as nanoGPT's GPT.generate, with a key/value cache.
 
 While the sequence fits in block_size, each new token is one position through
-the model (`GPT.decode`), the keys and values of earlier positions read from
-the cache. Beyond block_size the context is cropped to the last block_size
-tokens as nanoGPT does, which moves every token's position, so each further
-token recomputes the whole window (`GPT.logits_at`), as nanoGPT does for
-every token. All model calls are jitted once per shape.
+the model, the keys and values of earlier positions read from the cache
+(`GPT.init_cache`). Beyond block_size the context is cropped to the last
+block_size tokens as nanoGPT does, which moves every token's position, so
+each further token recomputes the whole window without a cache, as nanoGPT
+does for every token. All model calls are jitted once per shape.
 
 `Generator.stream` hands out the tokens after each new one, so a caller
 stopped midway (Ctrl-C) keeps what was drawn; `generation_bytes` is what a
@@ -44,11 +44,11 @@ class Generator:
     self.block_size = config.block_size
     def prefill(p, idx):
       model = nnx.merge(graphdef, p)
-      return model.decode(idx, model.init_cache(idx.shape[0]), 0)
+      return model(idx, cache=model.init_cache(idx.shape[0]), index=idx.shape[1] - 1)
 
     self._prefill = jax.jit(prefill)
-    self._decode = jax.jit(lambda p, idx, cache, pos: nnx.merge(graphdef, p).decode(idx, cache, pos))
-    self._window = jax.jit(lambda p, idx, index: nnx.merge(graphdef, p).logits_at(idx, index))
+    self._decode = jax.jit(lambda p, idx, cache: nnx.merge(graphdef, p)(idx, cache=cache, index=0))
+    self._window = jax.jit(lambda p, idx, index: nnx.merge(graphdef, p)(idx, index=index)[0])
     self._sample = jax.jit(functools.partial(sample_next, temperature=temperature, top_k=top_k))
 
   def __call__(self, prompt: np.ndarray, max_new_tokens: int, seed: int, *,
@@ -76,7 +76,7 @@ class Generator:
         if cache is None:
           logits, cache = self._prefill(self.params, tokens[:, :length])
         else:
-          logits, cache = self._decode(self.params, tokens[:, length - 1:length], cache, length - 1)
+          logits, cache = self._decode(self.params, tokens[:, length - 1:length], cache)
       else:
         start = max(0, length - self.block_size)
         window = np.zeros((batch, self.block_size), np.int32)  # zeros past the context are ignored

@@ -8,13 +8,12 @@ importing nanoGPT or GPT-2 weights is a name map (jaxgpt/nanogpt.py).
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-
 
 
 def _fixed_by_weights(default):
@@ -52,15 +51,17 @@ _STD = 0.02  # GPT-2's init scale for every Linear and Embedding weight
 
 @jax.custom_vjp
 def residual_barrier(x: jax.Array) -> jax.Array:
-  """Identity that XLA may not fuse across, forward or backward.
+  """Identity that XLA may not fuse across, forward or backward, when
+  differentiated.
 
   Without it XLA:CPU fuses the elementwise chain of the whole residual stream
   into the transpose feeding every weight-gradient dot, so the backward pass
-  recomputes it once per layer (O(n_layer^2) work: without barriers 57 and
-  140 ms/iter for 4 and 8 layers here, with them 48 and 93). Needs
-  `jaxgpt.runtime`'s XLA flag, or XLA drops the barrier.
+  recomputes it once per layer: O(n_layer^2) work, see docs/performance.md.
+  Needs `jaxgpt.runtime`'s XLA flag, or XLA drops the barrier. A program
+  with no backward pass (evaluation, sampling) has nothing to recompute, and
+  there the barrier only splits fusions: a plain identity.
   """
-  return jax.lax.optimization_barrier(x)
+  return x
 
 
 def _barrier_fwd(x):
@@ -80,11 +81,12 @@ def bf16_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   bfloat16, the products accumulated and returned in float32; the same for
   the two gradient products (dtype=bfloat16's matmuls).
 
-  bfloat16 x bfloat16 -> float32 is the form that runs fast here (AMX: 3-5x
-  float32's GFLOP/s). A bfloat16 result, or autodiff's float32 cotangent
-  meeting a bfloat16 operand, takes slower paths: hence the custom gradient,
-  which rounds the cotangent too. spec: a product of two operands in which
-  every index appears in two of the three terms (a matmul, batched or not).
+  bfloat16 x bfloat16 -> float32 is the form that runs fast on a CPU with
+  AMX. A bfloat16 result, or autodiff's float32 cotangent meeting a bfloat16
+  operand, takes slower paths (docs/performance.md): hence the custom
+  gradient, which rounds the cotangent too. spec: a product of two operands in
+  which every index appears in two of the three terms (a matmul, batched or
+  not).
   """
   return _bf16_einsum_fwd(spec, a, b)[0]
 
@@ -107,6 +109,15 @@ def _bf16_einsum_bwd(spec, operands, g):
 bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
 
 
+Matmul = Callable[[str, jax.Array, jax.Array], jax.Array]
+
+
+def matmul_for(dtype: str) -> Matmul:
+  """The product every matmul of a model computing in dtype goes through:
+  einsum(spec, a, b), float32 in and out either way."""
+  return bf16_einsum if dtype == 'bfloat16' else jnp.einsum
+
+
 def gelu(x: jax.Array) -> jax.Array:
   """The exact GELU, x * Phi(x), written as torch's nn.GELU() computes it.
 
@@ -126,22 +137,19 @@ class Linear(nnx.Module):
   """y = x @ weight.T + bias, with weight (out, in) as torch stores it.
 
   Not nnx.Linear: its (in, out) kernel makes every forward dot contract the
-  weight on its first dimension, a form XLA:CPU runs ~12% slower here. With
-  dtype bfloat16 the product goes through `bf16_einsum`; x, y and the
-  weights stay float32.
+  weight on its first dimension, a form XLA:CPU runs slower (see
+  docs/performance.md). The product is the model's matmul (`matmul_for`); x,
+  y and the weights stay float32.
   """
 
   def __init__(self, in_features: int, out_features: int, config: GPTConfig, *,
                rngs: nnx.Rngs, std: float = _STD):
     self.weight = nnx.Param(std * jax.random.normal(rngs.params(), (out_features, in_features)))
     self.bias = nnx.Param(jnp.zeros((out_features,))) if config.bias else None
-    self.dtype = config.dtype
+    self.matmul = matmul_for(config.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.dtype == 'bfloat16':
-      y = bf16_einsum('...i,oi->...o', x, self.weight[...])
-    else:
-      y = jax.lax.dot_general(x, self.weight[...], (((x.ndim - 1,), (1,)), ((), ())))
+    y = self.matmul('...i,oi->...o', x, self.weight[...])
     return y if self.bias is None else y + self.bias[...]
 
 
@@ -166,33 +174,58 @@ class LayerNorm(nnx.Module):
     return x
 
 
-class KVCache(NamedTuple):
-  """One layer's keys and values of the positions seen so far: (B, nh, block_size, hs)."""
+class LayerCache(NamedTuple):
+  """One layer's keys and values, (B, nh, block_size, hs) each."""
   k: jax.Array
   v: jax.Array
 
 
+class KVCache(NamedTuple):
+  """Every layer's keys and values of the tokens generated so far, so that
+  each new token costs one position through the model, not the whole context
+  (`GPT.init_cache`)."""
+  layers: tuple[LayerCache, ...]
+  length: jax.Array  # positions written so far: the next token's position
+
+
 class CausalSelfAttention(nnx.Module):
+  """Multi-head self-attention in which each position sees only itself and
+  the positions before it.
+
+  So one forward trains the next-token prediction at every position of a
+  sequence at once, and a position's keys and values never change once
+  computed: generation keeps them in a cache instead of recomputing them.
+  """
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
     self.n_head = config.n_head
-    self.dtype = config.dtype
+    self.matmul = matmul_for(config.dtype)
     self.c_attn = Linear(config.n_embd, 3 * config.n_embd, config, rngs=rngs)  # q, k, v at once
     self.c_proj = Linear(config.n_embd, config.n_embd, config, rngs=rngs, std=_c_proj_std(config))
     self.attn_dropout = nnx.Dropout(config.dropout)
     self.resid_dropout = nnx.Dropout(config.dropout)
 
-  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None, cache: LayerCache | None = None,
+               pos: jax.Array | int = 0) -> tuple[jax.Array, LayerCache | None]:
+    """Attention of x (B, T, C), the tokens at positions pos..pos+T-1, each to
+    itself and the positions before it. With a cache, x's keys and values are
+    written into it at pos and the earlier ones read from it; without, x holds
+    them all (pos 0)."""
     B, T, C = x.shape
-    q, k, v = self._heads(x)
-    att = self._scores(q, k) * (1.0 / math.sqrt(C // self.n_head))  # (B, nh, T, T)
-    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
-    att = jnp.where(causal, att, -jnp.inf)
+    q, k, v = self._heads(x)  # (B, nh, T, hs)
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, 0, pos, 0))
+      v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, 0, pos, 0))
+      cache = LayerCache(k, v)
+    att = self.matmul('bhqd,bhkd->bhqk', q, k) * (1.0 / math.sqrt(C // self.n_head))  # (B, nh, T, keys)
+    query_pos = pos + jnp.arange(T)[:, None]
+    key_pos = jnp.arange(k.shape[2])[None, :]
+    att = jnp.where(key_pos <= query_pos, att, -jnp.inf)  # causal: a cache's unwritten slots lie ahead too
     att = jax.nn.softmax(att, axis=-1)
     att = self.attn_dropout(att, deterministic=rngs is None, rngs=rngs)
-    y = self._mix(att, v)  # (B, nh, T, hs)
+    y = self.matmul('bhqk,bhkd->bhqd', att, v)  # (B, nh, T, hs)
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
-    return self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs)
+    return self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs), cache
 
   def _heads(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Queries, keys and values of x (B, T, C), each (B, nh, T, hs)."""
@@ -200,36 +233,10 @@ class CausalSelfAttention(nnx.Module):
     return tuple(a.reshape(B, T, self.n_head, C // self.n_head).transpose(0, 2, 1, 3)
                  for a in jnp.split(self.c_attn(x), 3, axis=-1))
 
-  def _scores(self, q: jax.Array, k: jax.Array) -> jax.Array:
-    """q @ k^T per head: (B, nh, Tq, hs), (B, nh, Tk, hs) -> (B, nh, Tq, Tk)."""
-    if self.dtype == 'bfloat16':
-      return bf16_einsum('bhqd,bhkd->bhqk', q, k)
-    return q @ k.swapaxes(-2, -1)
-
-  def _mix(self, att: jax.Array, v: jax.Array) -> jax.Array:
-    """The values weighted by attention: (B, nh, Tq, Tk), (B, nh, Tk, hs) -> (B, nh, Tq, hs)."""
-    if self.dtype == 'bfloat16':
-      return bf16_einsum('bhqk,bhkd->bhqd', att, v)
-    return att @ v
-
-  def decode(self, x: jax.Array, cache: KVCache, pos: jax.Array) -> tuple[jax.Array, KVCache]:
-    """Attention for T new tokens at positions pos..pos+T-1, keys and values of
-    earlier positions read from the cache (B, nh, block_size, hs). No dropout."""
-    B, T, C = x.shape
-    hs = C // self.n_head
-    q, k, v = self._heads(x)
-    k_cache = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, 0, pos, 0))
-    v_cache = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, 0, pos, 0))
-    att = self._scores(q, k_cache) * (1.0 / math.sqrt(hs))  # (B, nh, T, block_size)
-    query_pos = pos + jnp.arange(T)[:, None]
-    key_pos = jnp.arange(k_cache.shape[2])[None, :]
-    att = jnp.where(key_pos <= query_pos, att, -jnp.inf)  # causal, and unwritten slots masked
-    att = jax.nn.softmax(att, axis=-1)
-    y = self._mix(att, v_cache).transpose(0, 2, 1, 3).reshape(B, T, C)
-    return self.c_proj(y), KVCache(k_cache, v_cache)
-
 
 class MLP(nnx.Module):
+  """Each position on its own through a 4x wider hidden layer and GELU: where
+  attention moves information between positions, this computes on it."""
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
     self.c_fc = Linear(config.n_embd, 4 * config.n_embd, config, rngs=rngs)
@@ -243,14 +250,20 @@ class MLP(nnx.Module):
 
 # remat=True: what backward keeps of each block. A matmul's output costs a
 # matmul to recompute, so it is kept; the rest (LayerNorm, attention's (T, T)
-# scores and probabilities, GELU, dropout masks) is recomputed from it. For
-# nanoGPT's GPU recipe (6 x 384, block 256, batch 64) the train step's
-# working memory falls from 7.2 to 2.4 GB and the step gets no slower on a
-# CPU; for the seed model it saves 30 MB and costs ~2% (docs/performance.md).
+# scores and probabilities, GELU, dropout masks) is recomputed from it. It
+# cuts the working memory of nanoGPT's GPU recipe (6 x 384, block 256, batch
+# 64) to a third at no cost in speed on a CPU; for the small seed model it
+# saves little and costs a little: see docs/performance.md.
 REMAT_POLICY = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
 class Block(nnx.Module):
+  """A transformer block as GPT-2's: attention, then the MLP, each reading a
+  LayerNorm of the residual stream x and adding its output to it. The
+  additions carry the gradient to the early layers undiminished; the
+  LayerNorm before each part, not after, gives it a normalized input however
+  the stream grows, which keeps deep stacks trainable.
+  """
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
     self.ln_1 = LayerNorm(config)
@@ -258,18 +271,24 @@ class Block(nnx.Module):
     self.ln_2 = LayerNorm(config)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None, cache: LayerCache | None = None,
+               pos: jax.Array | int = 0) -> tuple[jax.Array, LayerCache | None]:
     x = residual_barrier(x)
-    x = residual_barrier(x + self.attn(self.ln_1(x), rngs))
-    return x + self.mlp(self.ln_2(x), rngs)
-
-  def decode(self, x: jax.Array, cache: KVCache, pos: jax.Array) -> tuple[jax.Array, KVCache]:
-    y, cache = self.attn.decode(self.ln_1(x), cache, pos)
-    x = x + y
-    return x + self.mlp(self.ln_2(x), None), cache
+    y, cache = self.attn(self.ln_1(x), rngs, cache, pos)
+    x = residual_barrier(x + y)
+    return x + self.mlp(self.ln_2(x), rngs), cache
 
 
 class GPT(nnx.Module):
+  """nanoGPT's GPT: token and position embeddings, n_layer blocks, a final
+  LayerNorm, and the lm_head, which is the token embedding itself (weight
+  tying, as GPT-2: one matrix reads tokens in and writes them out, which
+  saves GPT-2 small 38M parameters).
+
+  One forward serves training and generation: given a KVCache it continues
+  the tokens the cache holds, reading their keys and values from it, and
+  returns it with the new tokens' added, as Flax's Gemma example does.
+  """
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
     self.config = config
@@ -279,64 +298,44 @@ class GPT(nnx.Module):
     self.drop = nnx.Dropout(config.dropout)
     self.h = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layer)])
     self.ln_f = LayerNorm(config)
-    # lm_head is tied to wte (weight tying): logits = x @ wte.T, see `_logits`
+    self.matmul = matmul_for(config.dtype)  # for the lm_head, x @ wte.T
 
-  def __call__(self, idx: jax.Array, targets: jax.Array | None = None, *,
-               rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array | None]:
-    """Returns (logits, loss). `rngs` with a `dropout` stream enables dropout.
+  def __call__(self, idx: jax.Array, *, cache: KVCache | None = None, index: int | jax.Array | None = None,
+               rngs: nnx.Rngs | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Returns (logits, cache): the next-token logits (B, T, vocab) after each
+    token of idx (B, T), and the cache with idx's keys and values added.
 
-    With targets: logits at every position and the mean cross entropy over
-    targets that are not -1. Without: logits of the last position only (all
-    that generation needs), and loss None.
+    cache: idx continues the tokens the cache holds, from position
+    cache.length on, and attends to them through it (cache.length + T <=
+    block_size); None: idx starts at position 0, and no cache is returned.
+    index: the logits after idx[:, index] alone (B, vocab), all that
+    generation needs. rngs with a `dropout` stream enables dropout.
     """
-    x = self._hidden(idx, rngs)
-    if targets is None:
-      return self._logits(x[:, -1:, :]), None  # (B, 1, vocab)
-    logits = self._logits(x)  # (B, T, vocab)
-    return logits, cross_entropy(logits, targets)
-
-  def _hidden(self, idx: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-    """The final hidden states (B, T, C), after ln_f."""
-    _, T = idx.shape
+    T = idx.shape[1]
     if T > self.config.block_size:
       raise ValueError(f'cannot forward a sequence of length {T}: block_size is {self.config.block_size}')
-    x = self.wte(idx) + self.wpe(jnp.arange(T))  # (B, T, C)
+    pos = 0 if cache is None else cache.length
+    x = self.wte(idx) + self.wpe(pos + jnp.arange(T))  # (B, T, C)
     x = self.drop(x, deterministic=rngs is None, rngs=rngs)
     block_call = nnx.remat(Block.__call__, policy=REMAT_POLICY) if self.config.remat else Block.__call__
-    for block in self.h:
-      x = block_call(block, x, rngs)
-    return self.ln_f(residual_barrier(x))
+    layer_caches = (None,) * len(self.h) if cache is None else cache.layers
+    layers = []
+    for block, layer_cache in zip(self.h, layer_caches):
+      x, layer_cache = block_call(block, x, rngs, layer_cache, pos)
+      layers.append(layer_cache)
+    x = residual_barrier(x)
+    if index is not None:
+      x = jax.lax.dynamic_index_in_dim(x, index, axis=1, keepdims=False)  # (B, C)
+    logits = self.matmul('...c,vc->...v', self.ln_f(x), self.wte.embedding[...])  # the tied lm_head
+    return logits, None if cache is None else KVCache(tuple(layers), pos + T)
 
-  def logits_at(self, idx: jax.Array, index: jax.Array) -> jax.Array:
-    """Next-token logits (B, vocab) given idx[:, :index + 1]: the whole window is
-    computed, as nanoGPT's generate does, and what follows index is ignored
-    (causal), so one compiled program serves every context length."""
-    x = jax.lax.dynamic_index_in_dim(self._hidden(idx, None), index, axis=1, keepdims=False)
-    return self._logits(x)
-
-  def _logits(self, x: jax.Array) -> jax.Array:
-    """The tied lm_head: x @ wte.T."""
-    if self.config.dtype == 'bfloat16':
-      return bf16_einsum('...c,vc->...v', x, self.wte.embedding[...])
-    return self.wte.attend(x)
-
-  def init_cache(self, batch_size: int) -> list[KVCache]:
-    shape = (batch_size, self.config.n_head, self.config.block_size, self.config.n_embd // self.config.n_head)
-    return [KVCache(jnp.zeros(shape, self.config.dtype), jnp.zeros(shape, self.config.dtype))
-            for _ in self.h]
-
-  def decode(self, idx: jax.Array, cache: list[KVCache], pos: jax.Array) -> tuple[jax.Array, list[KVCache]]:
-    """Next-token logits (B, vocab) after the tokens idx (B, T) placed at
-    positions pos..pos+T-1, earlier positions read from the cache: each new
-    token costs one position, not the whole context. pos + T <= block_size."""
-    T = idx.shape[1]
-    x = self.wte(idx) + self.wpe(pos + jnp.arange(T))
-    new_cache = []
-    for block, layer_cache in zip(self.h, cache):
-      x, layer_cache = block.decode(x, layer_cache, pos)
-      new_cache.append(layer_cache)
-    x = self.ln_f(x[:, -1, :])
-    return self._logits(x), new_cache
+  def init_cache(self, batch_size: int) -> KVCache:
+    """An empty cache for batch_size sequences of up to block_size tokens,
+    in the compute dtype (the matmuls that read it round to it anyway)."""
+    c = self.config
+    shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+    return KVCache(tuple(LayerCache(jnp.zeros(shape, c.dtype), jnp.zeros(shape, c.dtype)) for _ in self.h),
+                   jnp.zeros((), jnp.int32))
 
   def num_params(self, non_embedding: bool = True) -> int:
     """Parameter count, as nanoGPT reports it: the position embedding is not

@@ -67,8 +67,8 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
   model, graphdef, params = init_model(GPTConfig.from_run_config(c, meta['model']['vocab_size']), seed=0)
   params = nanogpt.from_nanogpt(init, params)
 
-  full_logits = jax.jit(lambda p, x, y: nnx.merge(graphdef, p)(x, y)[0])
-  logits0 = full_logits(params, trace['x'][0, 0], trace['y'][0, 0])
+  full_logits = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)[0])
+  logits0 = full_logits(params, trace['x'][0, 0])
 
   tx = make_optimizer(c)
   batches = trace['x'], trace['y']

@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from jaxgpt import runtime
-from jaxgpt.model import GPT
+from jaxgpt.model import GPT, cross_entropy
 
 Params = dict  # nested {module: {param: array}}, from nnx.to_pure_dict
 
@@ -30,8 +30,8 @@ def _loss(graphdef: nnx.GraphDef, params: Params, x: jax.Array, y: jax.Array,
           dropout_key: jax.Array | None) -> jax.Array:
   model = nnx.merge(graphdef, params)
   rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-  _, loss = model(x, y, rngs=rngs)
-  return loss
+  logits, _ = model(x, rngs=rngs)
+  return cross_entropy(logits, y)
 
 
 def _loss_and_grads(graphdef, params, xs, ys, step_key):

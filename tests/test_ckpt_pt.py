@@ -38,7 +38,7 @@ def idx() -> np.ndarray:
 def jax_logits(params) -> np.ndarray:
   graphdef = init_model(CONFIG, seed=0)[1]
   tokens = idx().astype(np.int32)
-  return np.asarray(nnx.merge(graphdef, params)(tokens, tokens)[0])
+  return np.asarray(nnx.merge(graphdef, params)(tokens)[0])
 
 
 def nanogpt_gpt(**model_args) -> torch.nn.Module:

@@ -79,7 +79,7 @@ def tokens(seed, shape, vocab_size):
 
 def jaxgpt_logits(config: GPTConfig, params, idx) -> np.ndarray:
   graphdef, _ = abstract_params(config)
-  logits, _ = nnx.merge(graphdef, params)(idx, idx)  # targets: logits at every position
+  logits, _ = nnx.merge(graphdef, params)(idx)
   return np.asarray(logits)
 
 

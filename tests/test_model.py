@@ -1,4 +1,5 @@
-"""The GPT model: size, causality, loss, init, jit, and the nanoGPT name map."""
+"""The GPT model: size, causality, loss, init, jit, the key/value cache, and
+the nanoGPT name map."""
 
 import dataclasses
 import math
@@ -12,7 +13,7 @@ from flax import nnx
 from conftest import TINY, flat_params, load_trace
 from jaxgpt import nanogpt
 from jaxgpt.model import GPTConfig
-from jaxgpt.model import GPT, bf16_einsum, gelu
+from jaxgpt.model import GPT, bf16_einsum, cross_entropy, gelu
 from jaxgpt.step import init_model
 
 # the seed command's model: 4 layers, 4 heads, 128 wide, block 64, 65 characters
@@ -46,11 +47,15 @@ def split(tiny_model):
   return nnx.split(tiny_model)
 
 
+def logits_and_loss(graphdef, state, x, y):
+  logits, _ = nnx.merge(graphdef, state)(x)
+  return logits, cross_entropy(logits, y)
+
+
 @pytest.fixture(scope='module')
 def forward(split):
   """(state, idx, targets) -> (logits, loss), jitted once for the module."""
-  graphdef, _ = split
-  return jax.jit(lambda state, x, y: nnx.merge(graphdef, state)(x, y))
+  return jax.jit(lambda state, x, y: logits_and_loss(split[0], state, x, y))
 
 
 @pytest.mark.parametrize('bias, count', [(True, 801_664), (False, 795_904)])
@@ -83,8 +88,7 @@ def test_future_tokens_do_not_change_past_logits(split, forward, tokens, targets
 @pytest.fixture(scope='module')
 def grad(split):
   """(state, idx, targets) -> gradient of the loss, jitted once for the module."""
-  graphdef, _ = split
-  return jax.jit(jax.grad(lambda state, x, y: nnx.merge(graphdef, state)(x, y)[1]))
+  return jax.jit(jax.grad(lambda state, x, y: logits_and_loss(split[0], state, x, y)[1]))
 
 
 @pytest.mark.parametrize('t', [0, 9])
@@ -96,14 +100,38 @@ def test_loss_at_t_has_no_gradient_from_later_positions(split, grad, tokens, tar
   assert np.all(np.abs(wpe[:t + 1]).max(axis=-1) > 0.0)
 
 
-def test_no_targets_gives_last_position_logits(split, forward, tokens, targets):
+def test_index_gives_that_positions_logits_alone(split, forward, tokens, targets):
   graphdef, state = split
-  logits, loss = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, tokens)
+  at_index = jax.jit(lambda state, x, index: nnx.merge(graphdef, state)(x, index=index))
   full, _ = forward(state, tokens, targets)
-  assert loss is None
-  assert logits.shape == (2, 1, TINY.vocab_size)
-  assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, full[:, -1:], rtol=0, atol=1e-6)
+  assert full.shape == (2, TINY.block_size, TINY.vocab_size)
+  for index in (0, 7, TINY.block_size - 1):
+    logits, cache = at_index(state, tokens, index)
+    assert cache is None  # none was given
+    assert logits.shape == (2, TINY.vocab_size) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, full[:, index], rtol=0, atol=1e-6, err_msg=f'index {index}')
+  assert np.abs(full[:, 7] - full[:, 6]).max() > 1e-3  # positions do differ
+
+
+@pytest.mark.parametrize('dtype, remat', [('float32', False), ('bfloat16', False), ('float32', True)])
+def test_the_cache_gives_the_logits_of_the_whole_sequence(tokens, dtype, remat):
+  """The prompt at once, then one token at a time through the cache: the same
+  logits as the whole sequence without it, and the cache counts the tokens."""
+  config = dataclasses.replace(TINY, dtype=dtype, remat=remat)
+  model, graphdef, params = init_model(config, seed=0)
+  forward = jax.jit(lambda p, x, cache: nnx.merge(graphdef, p)(x, cache=cache))
+  full, no_cache = forward(params, tokens, None)
+  assert no_cache is None
+  prompt = 5
+  logits, cache = forward(params, tokens[:, :prompt], model.init_cache(2))
+  got = [logits]
+  for pos in range(prompt, TINY.block_size):
+    assert int(cache.length) == pos
+    logits, cache = forward(params, tokens[:, pos:pos + 1], cache)
+    got.append(logits)
+  assert int(cache.length) == TINY.block_size
+  assert all(layer.k.dtype == layer.v.dtype == jnp.dtype(dtype) for layer in cache.layers)
+  np.testing.assert_allclose(np.concatenate(got, axis=1), full, rtol=0, atol=1e-5)
 
 
 def test_loss_ignores_targets_of_minus_one(split, forward, tokens, targets):
@@ -163,8 +191,19 @@ def test_gelu_is_exact_erf():
   np.testing.assert_allclose(gelu(jnp.asarray(xs)), exact, rtol=0, atol=1e-6)
 
 
+def test_residual_barriers_only_where_there_is_a_backward_pass(split, tokens, targets):
+  """Training keeps XLA from fusing across them, forward and backward;
+  a forward alone (evaluation, sampling) has nothing to recompute."""
+  graphdef, state = split
+  backward = jax.jit(jax.grad(lambda s: logits_and_loss(graphdef, s, tokens, targets)[1])).lower(state)
+  forward = jax.jit(lambda s: nnx.merge(graphdef, s)(tokens)[0]).lower(state)
+  per_pass = 3 * TINY.n_layer + 1  # each block's two residuals and MLP hidden, and the last residual
+  assert backward.as_text().count('stablehlo.optimization_barrier') == 2 * per_pass
+  assert forward.as_text().count('stablehlo.optimization_barrier') == 0
+
+
 def test_jit_equals_no_jit(tiny_model, split, forward, tokens, targets):
-  eager = tiny_model(tokens, targets)[1]
+  eager = cross_entropy(tiny_model(tokens)[0], targets)
   assert float(forward(split[1], tokens, targets)[1]) == pytest.approx(float(eager), rel=1e-6)
 
 
@@ -183,7 +222,13 @@ def test_names_and_layouts_are_nanogpt(tiny_params, tiny_trace):
   for name, array in state_dict.items():
     assert array.shape == reference[name].shape, name  # torch's (out, in) Linear layout
   assert state_dict['transformer.h.0.attn.c_attn.weight'].shape == (3 * 32, 32)
-  np.testing.assert_array_equal(state_dict['lm_head.weight'], state_dict['transformer.wte.weight'])
+  params = flat_params(tiny_params)
+  for name, path in [('transformer.wte.weight', 'wte/embedding'), ('transformer.wpe.weight', 'wpe/embedding'),
+                     ('transformer.h.1.mlp.c_fc.weight', 'h/1/mlp/c_fc/weight'),
+                     ('transformer.h.0.attn.c_proj.bias', 'h/0/attn/c_proj/bias'),
+                     ('transformer.ln_f.weight', 'ln_f/weight'),
+                     ('lm_head.weight', 'wte/embedding')]:  # tied: the lm_head is the token embedding
+    np.testing.assert_array_equal(state_dict[name], params[path], err_msg=name)
 
 
 def test_round_trip(tiny_params):
@@ -240,23 +285,24 @@ def bf16_rounded(x) -> jax.Array:
     ('...i,oi->...o', (2, 5, 8), (6, 8)),  # Linear
     ('bhqd,bhkd->bhqk', (2, 3, 5, 4), (2, 3, 5, 4)),  # attention scores
     ('bhqk,bhkd->bhqd', (2, 3, 5, 5), (2, 3, 5, 4)),  # attention-weighted values
+    ('...c,vc->...v', (2, 5, 8), (65, 8)),  # the tied lm_head
 ])
 def test_bf16_einsum_is_the_float32_product_of_rounded_operands(spec, a_shape, b_shape):
-  """Products of bfloat16 numbers are exact in float32: forward and both
-  gradients equal float32 einsums of the bfloat16-rounded operands (and
-  cotangent), up to the order of the float32 sums."""
+  """Products of bfloat16 numbers are exact in float32: the forward and both
+  gradients equal those of a float32 einsum (jax.vjp's) of the
+  bfloat16-rounded operands and cotangent, up to the order of the sums."""
   rng = np.random.default_rng(0)
   a, b = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in (a_shape, b_shape))
   y, vjp = jax.vjp(lambda a, b: bf16_einsum(spec, a, b), a, b)
   g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   da, db = vjp(g)
   assert y.dtype == da.dtype == db.dtype == jnp.float32
-  inputs, out = spec.split('->')
-  a_spec, b_spec = inputs.split(',')
-  a16, b16, g16 = bf16_rounded(a), bf16_rounded(b), bf16_rounded(g)
-  np.testing.assert_allclose(y, jnp.einsum(spec, a16, b16), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(da, jnp.einsum(f'{out},{b_spec}->{a_spec}', g16, b16), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(db, jnp.einsum(f'{out},{a_spec}->{b_spec}', g16, a16), rtol=1e-5, atol=1e-5)
+  expected_y, expected_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), bf16_rounded(a), bf16_rounded(b))
+  expected_da, expected_db = expected_vjp(bf16_rounded(g))
+  assert da.shape == a.shape and db.shape == b.shape
+  np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(da, expected_da, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(db, expected_db, rtol=1e-5, atol=1e-5)
   # and the rounding is real: the float32 product differs
   assert np.abs(np.asarray(y) - np.asarray(jnp.einsum(spec, a, b))).max() > 1e-3
 
@@ -270,11 +316,11 @@ def test_bf16_model_is_the_float32_model_within_bf16_rounding(tokens, targets):
   graphdef16 = init_model(bf16, seed=0)[1]
 
   def loss_and_grads(graphdef):
-    return jax.jit(jax.value_and_grad(lambda p: nnx.merge(graphdef, p)(tokens, targets)[1]))(params)
+    return jax.jit(jax.value_and_grad(lambda p: logits_and_loss(graphdef, p, tokens, targets)[1]))(params)
 
   (loss32, grads32), (loss16, grads16) = loss_and_grads(graphdef32), loss_and_grads(graphdef16)
-  logits32 = jax.jit(lambda p: nnx.merge(graphdef32, p)(tokens, targets)[0])(params)
-  logits16 = jax.jit(lambda p: nnx.merge(graphdef16, p)(tokens, targets)[0])(params)
+  logits32 = jax.jit(lambda p: nnx.merge(graphdef32, p)(tokens)[0])(params)
+  logits16 = jax.jit(lambda p: nnx.merge(graphdef16, p)(tokens)[0])(params)
   assert logits16.dtype == loss16.dtype == jnp.float32
   np.testing.assert_allclose(logits16, logits32, rtol=0, atol=2e-2)
   assert float(loss16) == pytest.approx(float(loss32), abs=1e-2)

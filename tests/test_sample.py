@@ -49,11 +49,11 @@ def tiny():
 def jitted(tiny):
   """The model's three entry points, each jitted once (a compile per shape)."""
   _, graphdef, params = tiny
-  full = jax.jit(lambda p, idx: nnx.merge(graphdef, p)(idx, idx)[0])  # targets: logits at every position
-  decode = jax.jit(lambda p, idx, cache, pos: nnx.merge(graphdef, p).decode(idx, cache, pos))
-  logits_at = jax.jit(lambda p, idx, index: nnx.merge(graphdef, p).logits_at(idx, index))
+  full = jax.jit(lambda p, idx: nnx.merge(graphdef, p)(idx)[0])  # logits at every position
+  decode = jax.jit(lambda p, idx, cache: nnx.merge(graphdef, p)(idx, cache=cache, index=idx.shape[1] - 1))
+  logits_at = jax.jit(lambda p, idx, index: nnx.merge(graphdef, p)(idx, index=index)[0])
   return dict(full=lambda idx: np.asarray(full(params, idx)),
-              decode=lambda idx, cache, pos: decode(params, idx, cache, pos),
+              decode=lambda idx, cache: decode(params, idx, cache),
               logits_at=lambda idx, index: np.asarray(logits_at(params, idx, index)))
 
 
@@ -69,10 +69,10 @@ def test_decode_with_the_cache_is_the_full_forward(tiny, jitted):
   full = jitted['full'](idx)  # (2, 16, 65)
   assert full.shape == (2, BLOCK, CONFIG.vocab_size)
   prompt = 5
-  logits, cache = jitted['decode'](idx[:, :prompt], model.init_cache(2), 0)  # the prompt at once
+  logits, cache = jitted['decode'](idx[:, :prompt], model.init_cache(2))  # the prompt at once
   got = {prompt - 1: np.asarray(logits)}
   for pos in range(prompt, BLOCK):  # then one token at a time, up to block_size
-    logits, cache = jitted['decode'](idx[:, pos:pos + 1], cache, pos)
+    logits, cache = jitted['decode'](idx[:, pos:pos + 1], cache)
     got[pos] = np.asarray(logits)
   for pos, logits in got.items():
     np.testing.assert_allclose(logits, full[:, pos], rtol=0, atol=1e-5, err_msg=f'position {pos}')
