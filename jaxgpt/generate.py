@@ -37,6 +37,9 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: in
 
 
 class Generator:
+  """Draws tokens from a model's weights, as nanoGPT's GPT.generate: its
+  jitted programs (the prompt into the cache, one token through the cache, a
+  whole window without it) are built once and kept across calls."""
 
   def __init__(self, graphdef: nnx.GraphDef, params, config: GPTConfig, *,
                temperature: float = 1.0, top_k: int | None = None):
