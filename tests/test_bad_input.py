@@ -506,6 +506,7 @@ def test_bench_usage_errors(capsys):
     assert e.value.code == 2 and f'{flag} must be >= 1' in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains several steps in process
 def test_disk_full_while_saving_is_one_error_line_and_keeps_earlier_checkpoints(folder, monkeypatch, capsys):
   """A save that fails for want of space (ENOSPC, as orbax would raise it):
   the run stops with one line, and the checkpoint already in out is whole."""

@@ -180,6 +180,7 @@ def test_module_runs_from_the_repository(tmp_path):
                                       f'imported {ckpt} (iteration 7) into {tmp_path / "out"}']
 
 
+@pytest.mark.slow  # trains several steps in process
 @pytest.mark.parametrize('prefix', ['', '_orig_mod.'])
 def test_import_continues_nanogpt_adamw(tmp_path, prefix):
   # nanoGPT trains 3 steps and saves (weights + AdamW moments); its 4th step
@@ -238,6 +239,7 @@ def restore(out_dir, c, step=3):
   return Checkpoints(str(out_dir), read_only=True).state(step, like, make_optimizer(c).init(like))
 
 
+@pytest.mark.slow  # trains several steps in process
 def test_export_resumes_in_nanogpt_adamw(jaxgpt_run, tmp_path):
   # nanoGPT's train.py resumes the exported run (configure_optimizers, then
   # load_state_dict); its next step and jaxgpt's must give the same weights

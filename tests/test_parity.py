@@ -50,6 +50,7 @@ def test_tolerances_are_the_reference_ones(tiny_trace):
   assert parity.tolerances(seed_trace)['weights'] == 1e-5
 
 
+@pytest.mark.slow  # trains several steps in process
 def test_corrupted_trace_fails(tiny_trace, tmp_path, capsys):
   corrupted = dict(tiny_trace)
   corrupted['logits0'] = tiny_trace['logits0'] + 1e-3  # 100x the tolerance
