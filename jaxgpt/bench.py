@@ -2,6 +2,7 @@
 
   python -m jaxgpt.bench [--steps=300] [--config.compile=True] [--config.dtype=bfloat16]
   python -m jaxgpt.bench --nanogpt [--nanogpt_dir=PATH]   # nanoGPT's PyTorch step too, by turns (the torch extra)
+  python -m jaxgpt.bench --nanogpt --cores=1,2,4   # the same once per core count: the ratio as cores grow
   python -m jaxgpt.bench --generate   # sampling speed, with and without the key/value cache
 
 The config is the seed command's (configs/shakespeare_char.py with 4 layers,
@@ -14,7 +15,10 @@ jaxgpt/nanogpt_torch.py, with the model.py of the nanoGPT checkout in
 --nanogpt_dir, else $JAXGPT_NANOGPT_DIR, else ../nanoGPT) takes turns with
 them, so the comparison holds however fast the machine is that minute. Prints
 the compile times, the median ms/iter over --steps steps (each waited for),
-tokens/s and the peak RSS. With --generate it times sampling instead: one
+tokens/s and the peak RSS. With --cores, one child process per core count runs the same, pinned to
+that many cores (its CPU affinity; XLA:CPU sizes its threads from it, and
+PyTorch's thread count is set to match), and a table of the medians and the
+nanoGPT / jaxgpt speed-ups follows. With --generate it times sampling instead: one
 prompt character, block_size new tokens, 10 samples at once, after a warm-up
 run (so compiling is left out). The figures measured so far, with their
 machines: docs/performance.md and the README.
@@ -127,6 +131,7 @@ def build_nanogpt_step(c, nanogpt_dir: str | None):
   from jaxgpt import nanogpt_torch
 
   nanogpt = nanogpt_torch.checkout(nanogpt_dir)
+  torch.set_num_threads(len(os.sched_getaffinity(0)))  # PyTorch's intra-op threads: the cores this process may use
   torch.manual_seed(c.seed)
   with contextlib.redirect_stdout(io.StringIO()):  # its parameter counts and optimizer groups: not the bench's figures
     model, optimizer = nanogpt_torch.model_and_optimizer(nanogpt, c, SHAKESPEARE_VOCAB_SIZE)
@@ -232,7 +237,8 @@ def bench_memory(recipes: list[str], iters: int, overrides: list[str], nanogpt_d
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog='python -m jaxgpt.bench', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps', type=int, default=300, help='timed steps of each kind, after 5 warm-up steps')
   parser.add_argument('--nanogpt', action='store_true', help="time nanoGPT's PyTorch step too, by turns")
   parser.add_argument('--nanogpt_dir', help="the nanoGPT checkout whose model.py --nanogpt and --memory run "
@@ -241,11 +247,61 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--memory', action='store_true',
                       help="peak RSS of train.py and of nanoGPT's loop, in child processes, per RECIPE")
   parser.add_argument('--iters', type=int, default=20, help='iterations of each --memory run')
+  parser.add_argument('--cores', type=core_counts, help='e.g. 1,2,4: the steps by turns once per core count, each '
+                      'in a child process pinned to that many cores')
   args, overrides = parser.parse_known_args(argv[1:])
   for flag in ('steps', 'iters'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag}={getattr(args, flag)} must be >= 1')
+  if args.cores and (args.memory or args.generate):
+    parser.error('--cores times the train step: leave out --memory and --generate')
+  if args.cores:
+    child_argv = [arg for arg in argv[1:] if not arg.startswith('--cores')]
+    return entry.run(lambda: bench_cores(args.cores, child_argv), 'interrupted: nothing was measured')
   return entry.run(lambda: bench(args, overrides, cli.overridden_keys(argv)), 'interrupted: nothing was measured')
+
+
+def core_counts(text: str) -> list[int]:
+  """--cores=1,2,4 as [1, 2, 4]; each at least 1 and at most the CPUs this process may use."""
+  usable = len(os.sched_getaffinity(0))
+  try:
+    counts = [int(part) for part in text.split(',')]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{text!r} is not a list of core counts: pass e.g. --cores=1,2') from None
+  if not all(1 <= n <= usable for n in counts):
+    raise argparse.ArgumentTypeError(f'{text}: each core count must be 1 to {usable}, the CPUs this process may use')
+  return counts
+
+
+MEDIAN_LINE = re.compile(r'^(.+?): median ([\d.]+) ms/iter')
+
+
+def bench_cores(counts: list[int], child_argv: list[str]) -> None:
+  """The train steps by turns (as without --cores) once per core count, each
+  in a child process whose CPU affinity is that many cores: XLA:CPU sizes its
+  thread pool from the affinity, and PyTorch's and OpenMP's thread counts are
+  set to match. Prints each child's medians, then one row per core count."""
+  cpus = sorted(os.sched_getaffinity(0))
+  rows = {}
+  for n in counts:
+    threads = {name: str(n) for name in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+    proc = subprocess.run([sys.executable, '-m', 'jaxgpt.bench', *child_argv], env=os.environ | threads,
+                          preexec_fn=lambda n=n: os.sched_setaffinity(0, cpus[:n]), capture_output=True, text=True)
+    if proc.returncode:
+      raise JaxGPTError(f'the run on {n} core(s) failed: {(proc.stderr.strip().splitlines() or ["no message"])[-1]}')
+    if f', {n} cores' not in proc.stdout:  # the child's config line says how many cores it ran on
+      raise JaxGPTError(f'the run meant for {n} core(s) did not run on them: {proc.stdout[-300:]}')
+    rows[n] = {m[1]: float(m[2]) for m in map(MEDIAN_LINE.match, proc.stdout.splitlines()) if m}
+    print(f'{n} core(s): ' + ', '.join(f'{name} {ms:.2f} ms/iter' for name, ms in rows[n].items()), flush=True)
+  names = list(next(iter(rows.values())))
+  jaxgpt_names = [name for name in names if name != NANOGPT]
+  speedups = [f'{NANOGPT} / {name}' for name in jaxgpt_names] if NANOGPT in names else []
+  print(f'\n{cpu_name()}, {len(cpus)} CPUs usable; jax {jax.__version__}')
+  print('| cores | ' + ' | '.join(f'{name} ms/iter' for name in names) + ''.join(f' | {s}' for s in speedups) + ' |')
+  print('| ---: |' + ' ---: |' * (len(names) + len(speedups)))
+  for n, medians in rows.items():
+    ratios = [f'{medians[NANOGPT] / medians[name]:.2f}x' for name in jaxgpt_names] if speedups else []
+    print(f'| {n} | ' + ' | '.join(f'{medians[name]:.2f}' for name in names) + ''.join(f' | {r}' for r in ratios) + ' |')
 
 
 def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[str]) -> None:
@@ -297,7 +353,7 @@ def report(c: ml_collections.ConfigDict, times: dict[str, list[float]], dtypes: 
   """The median ms/iter of each kind of step, their ratios, and this process's peak RSS."""
   tokens = c.gradient_accumulation_steps * c.batch_size * c.block_size
   print(f'config: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, '
-        f'batch {c.batch_size}, compile={c.compile}, jax {jax.__version__}')
+        f'batch {c.batch_size}, compile={c.compile}, jax {jax.__version__}, {len(os.sched_getaffinity(0))} cores')
   medians = {}
   for name, t in times.items():
     ms, ms_p10, ms_p90 = (1000 * float(np.percentile(t, q)) for q in (50, 10, 90))

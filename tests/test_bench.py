@@ -28,7 +28,7 @@ def test_bench_times_float32_and_bfloat16_by_turns():
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert lines[2] == ('config: 1 layers, 4 heads, 128 wide, block 64, batch 12, compile=True, '
-                      f'jax {__import__("jax").__version__}')
+                      f'jax {__import__("jax").__version__}, {len(os.sched_getaffinity(0))} cores')
   for dtype in ('float32', 'bfloat16'):
     assert any(re.fullmatch(rf'{dtype}: compile \+ first step \d+\.\d\d s', line) for line in lines), lines
     assert any(re.fullmatch(rf'{dtype}: median \d+\.\d\d ms/iter \(25 steps; 10% \d+\.\d\d, 90% \d+\.\d\d\), '
@@ -45,6 +45,21 @@ def test_bench_one_dtype_and_bad_flags():
   proc = bench('--config.n_embd=130')
   assert proc.returncode == 1
   assert proc.stderr.startswith('error: n_embd=130 is not divisible by n_head=4')
+
+
+@pytest.mark.slow
+def test_bench_cores_times_the_steps_once_per_core_count_each_pinned():
+  proc = bench('--cores=1', '--steps=25', '--config.n_layer=1', '--config.dtype=float32', '--nanogpt',
+               f'--nanogpt_dir={NANOGPT_DIR}')
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert re.fullmatch(r'1 core\(s\): float32 \d+\.\d\d ms/iter, nanoGPT \(PyTorch, eager\) \d+\.\d\d ms/iter', lines[0])
+  assert lines[-3] == ('| cores | float32 ms/iter | nanoGPT (PyTorch, eager) ms/iter | '
+                       'nanoGPT (PyTorch, eager) / float32 |')
+  assert re.fullmatch(r'\| 1 \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \|', lines[-1]), lines
+  for cores, message in (('0', 'each core count must be 1 to'), ('1,x', "'1,x' is not a list of core counts")):
+    proc = bench(f'--cores={cores}')
+    assert proc.returncode == 2 and message in proc.stderr
 
 
 @pytest.mark.slow
