@@ -9,11 +9,13 @@ first jax array, to run at the speed docs/performance.md reports.
 """
 
 import ctypes
+import functools
 import ctypes.util
 import os
 import warnings
 
 import jax
+import jax.numpy as jnp
 
 from jaxgpt.errors import JaxGPTError
 
@@ -105,20 +107,39 @@ def _cache_compiled_programs() -> None:
 UNCACHEABLE_ONEDNN_PROGRAM = r'Error writing persistent compilation cache entry .*onednn-fusion'
 
 
+# oneDNN's matmuls for a program's dots; INDIVIDUAL_DOT hands oneDNN the bare
+# dots: with DOT it also takes attention's mask and scale into them, and XLA
+# aborted compiling a 2-layer, 32-wide model ("partition compile failed")
+ONEDNN_OPTIONS = {'xla_cpu_use_onednn': True,
+                  'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+@functools.cache
+def has_onednn() -> bool:
+  """Whether this jaxlib's XLA:CPU turns dots into oneDNN matmuls, asked
+  once by compiling one. The x86-64 Linux wheels do; a jaxlib built without
+  oneDNN (other platforms') either refuses the options or compiles the dots
+  as XLA's own, and then the options are left out."""
+  if jax.default_backend() != 'cpu':
+    return False
+  operand = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+  try:
+    program = jax.jit(jnp.matmul, compiler_options=ONEDNN_OPTIONS).lower(operand, operand).compile()
+  except (RuntimeError, ValueError):  # an option this XLA does not know, or oneDNN failing to compile
+    return False
+  return '__onednn_fusion' in program.as_text()
+
+
 def compiler_options(dtype: str) -> dict[str, str | bool]:
   """XLA options for the train and eval programs of a model computing in dtype.
 
   Float32 matmuls run faster as oneDNN's than as YNNPACK's, XLA:CPU's
   default; bfloat16 ones run slower under oneDNN, and so does sampling's
-  small decode step: those keep the default (docs/performance.md).
-  INDIVIDUAL_DOT hands oneDNN the bare dots; with DOT it also takes attention's
-  mask and scale into them, and XLA aborted compiling a 2-layer, 32-wide model
-  ("partition compile failed").
+  small decode step: those keep the default (docs/performance.md). Where
+  this jaxlib has no oneDNN (`has_onednn`), float32 keeps the default too:
+  XLA's own dots, or YNNPACK's where it has that.
   """
-  if dtype != 'float32':
-    return {}
-  return {'xla_cpu_use_onednn': True,
-          'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+  return ONEDNN_OPTIONS if dtype == 'float32' and has_onednn() else {}
 
 
 def setup() -> None:

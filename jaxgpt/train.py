@@ -235,6 +235,8 @@ class Trainer:
     wandb = optional_import('wandb', 'wandb_log=True', 'wandb', instead='pass --config.wandb_log=False') \
         if c.wandb_log and main_process else None  # before anything is written
     self.print = print = builtins.print if main_process else _silent
+    if c.device == 'cpu' and c.dtype == 'float32' and not runtime.has_onednn():
+      print("float32 matmuls: XLA's own, not oneDNN's (this jaxlib has no oneDNN): slower than on x86-64 Linux")
     self.stop = cleanup.enter_context(StopSignals(print))
     # nanoGPT's count: micro-batches of the whole world, each batch_size rows
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size

@@ -1,13 +1,17 @@
 """The train step: gradient accumulation, fused vs staged, dropout keys, matmul library."""
 
 import dataclasses
+import platform
+import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from conftest import TINY, max_diff
+from jaxgpt import runtime
 from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import TrainStep, _loss_and_grads, init_model, make_eval_loss
@@ -88,3 +92,25 @@ def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype, library):
     hlo = program.as_text()
     assert library in hlo, name
     assert ('__onednn_fusion' in hlo) == (dtype == 'float32'), name
+
+
+def test_the_x86_64_linux_jaxlib_is_found_to_have_onednn():
+  assert runtime.has_onednn() == (platform.machine() == 'x86_64' and sys.platform == 'linux')
+
+
+def test_without_onednn_float32_compiles_xlas_own_dots_to_the_same_losses(batch, monkeypatch):
+  """A jaxlib without oneDNN (forced here): the float32 step leaves the
+  options out, compiles, and trains as the oneDNN one does."""
+  _, graphdef, params = init_model(TINY, seed=0)
+  tx = make_optimizer(run_config())
+  losses = {}
+  for has_onednn in (True, False):
+    monkeypatch.setattr(runtime, 'has_onednn', lambda: has_onednn)
+    step = TrainStep(graphdef, tx, dtype='float32', dropout=False, seed=0, fused=True)
+    [program] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
+    assert ('__onednn_fusion' in program.as_text()) == has_onednn
+    state = (jax.tree.map(jnp.copy, params), tx.init(params))
+    for i in range(2):
+      *state, metrics = step(*state, batch[0][i:i + 1], batch[1][i:i + 1], i)
+    losses[has_onednn] = float(metrics.loss)
+  assert losses[False] == pytest.approx(losses[True], abs=1e-5)

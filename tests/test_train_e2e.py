@@ -17,6 +17,7 @@ import pytest
 
 from conftest import (E2E_RUN, ITER_LINE as ITER, REPO_ROOT, STEP_LINE as STEP, config_flags, make_workdir, parse_log,
                       run_in_terminal)
+from jaxgpt import cli, runtime
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 
@@ -357,3 +358,16 @@ def test_wandb_missing_is_one_error_line(workdir, tmp_path):
   assert proc.stderr.splitlines()[-1] == ('error: wandb_log=True needs wandb: pip install -e ".[wandb]", or pass '
                                           '--config.wandb_log=False')
   assert not (workdir / 'out').exists()  # it stops before writing anything
+
+
+@pytest.mark.slow  # trains in process
+def test_without_onednn_training_says_so_in_one_line_and_trains(workdir, monkeypatch, capsys):
+  monkeypatch.chdir(workdir)
+  monkeypatch.setattr(runtime, 'has_onednn', lambda: False)  # as on a jaxlib built without oneDNN
+  assert cli.main(['train.py', f'--config={CONFIG}', *overrides('--config.', out_dir='out', max_iters=4,
+                                                                eval_interval=4, log_interval=1)]) == 0
+  stdout = capsys.readouterr().out
+  assert stdout.splitlines().count("float32 matmuls: XLA's own, not oneDNN's (this jaxlib has no oneDNN): slower "
+                                   'than on x86-64 Linux') == 1
+  steps, iters = parse_log(stdout)
+  assert sorted(steps) == [0, 4] and sorted(iters) == [0, 1, 2, 3, 4]
