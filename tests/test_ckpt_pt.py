@@ -26,7 +26,7 @@ from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
 
 CONFIG = TINY
-# float32 through two implementations of the same graph: the reference README
+# float32 through two implementations of the same graph: tests/fixtures/README.md
 # measured 1e-6 on logits; 1e-5 leaves headroom and still catches any wrong weight
 LOGITS_TOL = 1e-5
 

@@ -1,6 +1,6 @@
 """jaxgpt against nanoGPT, number by number: the replay of the traces in tests/fixtures.
 
-The tolerances are jaxgpt.parity's, from ../shared/reference/README.md: a
+The tolerances are jaxgpt.parity's, from tests/fixtures/README.md: a
 faithful float32 port lands within 2e-6 of nanoGPT's loss and 1e-6 of its
 logits, so 1e-5 holds with headroom, and a real difference (a wrong GELU or
 schedule) moves the loss by 1e-4 or more within a few steps.
