@@ -2,7 +2,9 @@
 and a tiny model reused across tests (each distinct shape costs a jit compile).
 """
 
+import ast
 import contextlib
+import functools
 import math
 import os
 import pathlib
@@ -11,6 +13,7 @@ import re
 import resource
 import shutil
 import subprocess
+import types
 
 import jax
 import numpy as np
@@ -154,19 +157,20 @@ def run_in_terminal(args, cwd, timeout=300) -> tuple[int, str]:
   return popen.wait(timeout=timeout), re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', output.decode(errors='replace'))
 
 
+@functools.cache
+def _nanogpt_get_lr() -> types.CodeType:
+  """The definition of get_lr in nanoGPT's own train.py (tests/fixtures/nanogpt), compiled alone."""
+  tree = ast.parse((FIXTURES / 'nanogpt' / 'train.py').read_text())
+  [definition] = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == 'get_lr']
+  return compile(ast.Module([definition], type_ignores=[]), str(FIXTURES / 'nanogpt' / 'train.py'), 'exec')
+
+
 def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-  """nanoGPT train.py's get_lr, verbatim but for the globals."""
-  # 1) linear warmup for warmup_iters steps
-  if it < warmup_iters:
-    return learning_rate * (it + 1) / (warmup_iters + 1)
-  # 2) if it > lr_decay_iters, return min learning rate
-  if it > lr_decay_iters:
-    return min_lr
-  # 3) in between, use cosine decay down to min learning rate
-  decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-  assert 0 <= decay_ratio <= 1
-  coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
-  return min_lr + coeff * (learning_rate - min_lr)
+  """nanoGPT's get_lr(it), run with these settings as the globals its train.py gives it."""
+  namespace = dict(math=math, learning_rate=learning_rate, warmup_iters=warmup_iters,
+                   lr_decay_iters=lr_decay_iters, min_lr=min_lr)
+  exec(_nanogpt_get_lr(), namespace)
+  return namespace['get_lr'](it)
 
 
 @contextlib.contextmanager

@@ -186,7 +186,7 @@ def test_saved_folder_loads_in_transformers_with_the_same_logits(tmp_path):
 
 
 def test_saving_a_model_without_biases_is_an_error(tmp_path):
-  config = GPTConfig(block_size=16, vocab_size=65, n_layer=1, n_head=2, n_embd=32, bias=False)
+  config = dataclasses.replace(TINY, n_layer=1, bias=False)
   with pytest.raises(JaxGPTError, match='GPT-2 has biases in every Linear and LayerNorm'):
     gpt2.save_pretrained(tmp_path, config, init_model(config, seed=0)[2])
   assert not list(tmp_path.iterdir())

@@ -42,6 +42,7 @@ def test_accumulated_micro_batches_average_like_one_batch(batch):
   assert max_diff(one_grads, jax.tree.map(np.zeros_like, one_grads)) > 1e-3  # gradients are not all zero
 
 
+@pytest.mark.slow  # trains several steps in process
 def test_staged_step_equals_fused_step(batch):
   # compile=False (two programs) and compile=True (one): the same numbers, to float32 rounding
   c = run_config()
@@ -61,6 +62,7 @@ def test_staged_step_equals_fused_step(batch):
   assert max_diff(staged_params, fused_params) < 1e-6
 
 
+@pytest.mark.slow  # trains several steps in process
 def test_dropout_keys_follow_the_iteration(batch):
   # the dropout key of a step comes from (seed, iter_num): the same iteration
   # draws the same masks (what exact resume needs), another iteration others
