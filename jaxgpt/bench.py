@@ -256,7 +256,9 @@ def main(argv: list[str]) -> int:
   if args.cores and (args.memory or args.generate):
     parser.error('--cores times the train step: leave out --memory and --generate')
   if args.cores:
-    child_argv = [arg for arg in argv[1:] if not arg.startswith('--cores')]
+    # the same command line for each child, without --cores=N,.. (or --cores N,..)
+    at = next(i for i, arg in enumerate(argv) if arg.startswith('--cores'))
+    child_argv = argv[1:at] + argv[at + (1 if '=' in argv[at] else 2):]
     return entry.run(lambda: bench_cores(args.cores, child_argv), 'interrupted: nothing was measured')
   return entry.run(lambda: bench(args, overrides, cli.overridden_keys(argv)), 'interrupted: nothing was measured')
 
