@@ -81,6 +81,22 @@ def map_large_buffers() -> None:
     libc.mallopt(m_mmap_max, 65536)  # glibc's default
 
 
+def release_free_memory() -> None:
+  """Hand the free pages of glibc's heap back to the OS (malloc_trim).
+
+  `_keep_freed_memory` keeps freed memory in the heap, to be reused without
+  page faults. Compiling leaves ~150 MB of it behind, freed by the compiler
+  and never reused by a run this small, and the heap keeps growing a little
+  as a step's temp buffer now and then meets the previous one's not yet
+  freed. Released after compiling and after each evaluation, these pages no
+  longer count towards the run's resident memory; the step's buffers fault
+  their pages back in once, at the next step (docs/performance.md).
+  """
+  libc = _libc()
+  if libc is not None:
+    libc.malloc_trim(0)
+
+
 def _cache_compiled_programs() -> None:
   """Keep XLA's compiled programs on disk, so a rerun does not compile again.
 
@@ -142,11 +158,27 @@ def compiler_options(dtype: str) -> dict[str, str | bool]:
   return ONEDNN_OPTIONS if dtype == 'float32' and has_onednn() else {}
 
 
+def _run_programs_inline() -> None:
+  """Run each XLA:CPU program on the thread that calls it, returning when it
+  has finished (jax's `jax_cpu_enable_async_dispatch` off).
+
+  Dispatched asynchronously, a program's outputs are ready a moment before
+  XLA frees its temp buffer, and the next step, dispatched at once, now and
+  then allocates its own while the last one's is still held: the heap grows
+  by a temp buffer each time (tens of MB, docs/performance.md). Inline, the
+  buffer is freed before the call returns. The steps take as long either
+  way. JAX_CPU_ENABLE_ASYNC_DISPATCH, when set, wins.
+  """
+  if 'JAX_CPU_ENABLE_ASYNC_DISPATCH' not in os.environ:
+    jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
 def setup() -> None:
   """Sets the process up for training and sampling. Before jax starts its
   CPU backend (the first array or device query): XLA reads its flags then."""
   _disable_barrier_expander()
   _keep_freed_memory()
+  _run_programs_inline()
   _cache_compiled_programs()
   warnings.filterwarnings('ignore', message=UNCACHEABLE_ONEDNN_PROGRAM, category=UserWarning)
 

@@ -117,23 +117,62 @@ class TrainStep:
     return [grads_program, self.apply_update.lower(params, opt_state, grads).compile()]
 
 
-def make_eval_loss(graphdef: nnx.GraphDef, dtype: str) -> Callable[[Params, jax.Array, jax.Array, int], jax.Array]:
-  """Returns eval_loss(params, xs, ys, i) -> the loss of micro-batch i of the
-  batches xs, ys: (n, B, T), in one jitted program (dropout off). One batch a
-  call, so a long evaluation can stop between batches."""
+# Evaluation batches are grouped into calls of about this many tokens: one
+# batch of the seed recipe (768 tokens) makes dots too small for XLA:CPU to
+# spread over cores, and a call of 5 takes ~30% less time a batch
+# (docs/performance.md); a larger batch is evaluated alone, as before
+EVAL_TOKENS_PER_CALL = 4096
+
+
+def eval_batches_per_call(eval_iters: int, batch_size: int, block_size: int) -> int:
+  """How many of an evaluation's eval_iters batches one eval program call takes."""
+  return max(1, min(eval_iters, EVAL_TOKENS_PER_CALL // (batch_size * block_size)))
+
+
+def eval_calls(eval_iters: int, batches_per_call: int) -> list[tuple[int, int]]:
+  """(first, skip) for each eval program call that together take batches
+  0, ..., eval_iters - 1 once each: a call evaluates batches first, ...,
+  first + batches_per_call - 1, of which the first `skip` were counted by the
+  call before (the last call moves back to stay within the batches)."""
+  calls = []
+  for start in range(0, eval_iters, batches_per_call):
+    first = min(start, eval_iters - batches_per_call)
+    calls.append((first, start - first))
+  return calls
+
+
+def make_eval_losses(graphdef: nnx.GraphDef, dtype: str,
+                   batches_per_call: int) -> Callable[[Params, jax.Array, jax.Array, int], jax.Array]:
+  """Returns eval_losses(params, xs, ys, first) -> the losses of micro-batches
+  first, ..., first + batches_per_call - 1 of the batches xs, ys: (n, B, T),
+  each batch's mean as if evaluated alone, in one jitted program (dropout
+  off). A few batches a call, so a long evaluation can stop between calls."""
 
   @functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
-  def eval_loss(params, xs, ys, i):
-    x, y = (jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (xs, ys))
-    return _loss(graphdef, params, x, y, None)
-  return eval_loss
+  def eval_losses(params, xs, ys, first):
+    x, y = (jax.lax.dynamic_slice_in_dim(a, first, batches_per_call) for a in (xs, ys))
+    logits, _ = nnx.merge(graphdef, params)(x.reshape(-1, x.shape[-1]))
+    return jax.vmap(cross_entropy)(logits.reshape(*y.shape, -1), y)
+  return eval_losses
 
 
 def init_model(config, seed: int) -> tuple[GPT, nnx.GraphDef, Params]:
-  """A freshly initialised model, its graph definition and its params."""
-  model = GPT(config, rngs=nnx.Rngs(seed))
-  graphdef, state = nnx.split(model)
-  return model, graphdef, nnx.to_pure_dict(state)
+  """A freshly initialised model, its graph definition and its params.
+
+  The weights are drawn by one compiled program: drawn eagerly, each weight
+  shape's jax.random.normal compiles a program of its own, seconds of a
+  fresh machine's start and megabytes of memory kept for programs that run
+  once (docs/performance.md). Compiled without XLA's backend optimisations:
+  the program runs once, in milliseconds, and compiles faster that way.
+  """
+  graphdef, _ = abstract_params(config)
+
+  @functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+  def draw_weights() -> Params:
+    return nnx.to_pure_dict(nnx.state(GPT(config, rngs=nnx.Rngs(seed))))
+
+  params = draw_weights()
+  return nnx.merge(graphdef, params), graphdef, params
 
 
 def abstract_params(config) -> tuple[nnx.GraphDef, Params]:

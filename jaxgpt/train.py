@@ -264,7 +264,8 @@ class Trainer:
     tx = make_optimizer(c)
     self.train_step = step.TrainStep(graphdef, tx, dtype=c.dtype, dropout=c.dropout > 0, seed=c.seed,
                                      fused=c.compile)
-    self.eval_loss = step.make_eval_loss(graphdef, c.dtype)
+    self.eval_batches_per_call = step.eval_batches_per_call(c.eval_iters, c.batch_size, c.block_size)
+    self.eval_losses = step.make_eval_losses(graphdef, c.dtype, self.eval_batches_per_call)
     self.xs, self.ys = self.train_batches(start.iter_num, self.micro_steps)
     self._compile_within_memory(mesh, tx, abstract_params, start.iter_num)
 
@@ -298,7 +299,7 @@ class Trainer:
     abstract_state = (parallel.abstract_state(mesh, abstract_params, c.fsdp),
                       parallel.abstract_state(mesh, jax.eval_shape(tx.init, abstract_params), c.fsdp))
     programs = self.train_step.compile(*abstract_state, self.xs, self.ys, iter_num) + \
-        [self.eval_loss.lower(abstract_state[0], *self.eval_batches['val'](0, c.eval_iters), 0).compile()]
+        [self.eval_losses.lower(abstract_state[0], *self.eval_batches['val'](0, c.eval_iters), 0).compile()]
     estimate = memory.run_estimate(programs, abstract_state)
     available = memory.available_bytes()
     self.print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))
@@ -306,6 +307,7 @@ class Trainer:
       memory.check(estimate.total, 'for this run', memory.smaller_run(c.remat) + memory.TRY_ANYWAY)
     if estimate.working > runtime.LARGE_BUFFER_BYTES:
       runtime.map_large_buffers()
+    runtime.release_free_memory()  # the compiler's working memory
 
   def train(self) -> dict[str, float]:
     """nanoGPT's loop; returns the last evaluation's losses."""
@@ -325,6 +327,7 @@ class Trainer:
             if state.iter_num > 0 and not self.saved():  # not the one resumed from
               self.print(f'saving checkpoint to {c.out_dir}')
               self.save(losses['val'])
+          runtime.release_free_memory()  # the next step faults its temp buffer in again: ~0.1 s
           self.logger.restart_clock(state.iter_num)  # iteration times leave evaluation out
         if c.eval_only:  # nanoGPT's `iter_num == 0 and eval_only` would let a resumed run train on
           break
@@ -345,18 +348,19 @@ class Trainer:
     return losses
 
   def estimate_loss(self) -> dict[str, float] | None:
-    """The mean loss of eval_iters batches of each split, read batch by
-    batch, so that a stop ends it at once: then None."""
+    """The mean loss of eval_iters batches of each split, read a few batches
+    a call, so that a stop ends it at once: then None."""
     c = self.c
     drawn_at = 0 if c.eval_fixed else self.state.iter_num  # eval_fixed: the same batches at every evaluation
     losses = {}
     for split, batches in self.eval_batches.items():
       xs, ys = batches(drawn_at, c.eval_iters)
       total = 0.0
-      for i in range(c.eval_iters):
+      for first, skip in step.eval_calls(c.eval_iters, self.eval_batches_per_call):
         if self.stop.requested():
           return None
-        total += float(self.eval_loss(self.state.params, xs, ys, i))
+        for loss in self.eval_losses(self.state.params, xs, ys, first).tolist()[skip:]:
+          total += loss
       losses[split] = total / c.eval_iters
     return losses
 

@@ -14,7 +14,8 @@ from conftest import TINY, max_diff
 from jaxgpt import runtime
 from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import TrainStep, _loss_and_grads, init_model, make_eval_loss
+from jaxgpt.step import (TrainStep, _loss, _loss_and_grads, eval_batches_per_call, eval_calls, init_model,
+                         make_eval_losses)
 
 
 def run_config(**overrides) -> ml_collections.ConfigDict:
@@ -89,11 +90,36 @@ def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype, library):
   step = TrainStep(graphdef, tx, dtype=dtype, dropout=False, seed=0, fused=True)
   [train_program] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
   programs = {'train': train_program,
-              'eval': make_eval_loss(graphdef, dtype).lower(params, batch[0][:2], batch[1][:2], 0).compile()}
+              'eval': make_eval_losses(graphdef, dtype, 2).lower(params, batch[0][:2], batch[1][:2], 0).compile()}
   for name, program in programs.items():
     hlo = program.as_text()
     assert library in hlo, name
     assert ('__onednn_fusion' in hlo) == (dtype == 'float32'), name
+
+
+@pytest.mark.parametrize('first', [0, 1])
+def test_grouped_evaluation_gives_each_batchs_own_loss(batch, first):
+  _, graphdef, params = init_model(TINY, seed=0)
+  xs, ys = batch
+  losses = make_eval_losses(graphdef, 'float32', 2)(params, xs, ys, first)
+  alone = jnp.stack([_loss(graphdef, params, xs[i], ys[i], None) for i in (first, first + 1)])
+  assert losses.shape == (2,)
+  assert max_diff(losses, alone) < 2e-6  # a few float32 ulps: the sums run in another order
+  assert abs(float(losses[0]) - float(losses[1])) > 1e-3  # two different batches, not one twice
+
+
+@pytest.mark.parametrize('eval_iters', range(1, 13))
+def test_eval_calls_count_every_batch_once(eval_iters):
+  for per_call in range(1, eval_iters + 1):
+    counted = [first + i for first, skip in eval_calls(eval_iters, per_call) for i in range(skip, per_call)]
+    assert counted == list(range(eval_iters)), (eval_iters, per_call)
+    assert all(0 <= first <= eval_iters - per_call for first, _ in eval_calls(eval_iters, per_call))
+
+
+def test_evaluation_groups_only_small_batches():
+  assert eval_batches_per_call(20, 12, 64) == 5  # the seed recipe: 768 tokens a batch
+  assert eval_batches_per_call(3, 12, 64) == 3  # no more than an evaluation has
+  assert eval_batches_per_call(200, 64, 256) == 1  # the GPU recipe's 16k tokens: one a call, as nanoGPT
 
 
 def test_the_x86_64_linux_jaxlib_is_found_to_have_onednn():

@@ -138,7 +138,7 @@ def test_each_program_compiles_once_in_a_run_and_in_a_resumed_one(workdir):
         log_interval=1, out_dir=workdir / 'out'), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     compiled = re.findall(r'Compiling jit\((\w+)\)', proc.stderr)
-    for program in step_programs + ['eval_loss']:
+    for program in step_programs + ['eval_losses']:
       assert compiled.count(program) == 1, (init_from, program, compiled)
 
 
