@@ -146,16 +146,30 @@ def has_onednn() -> bool:
   return '__onednn_fusion' in program.as_text()
 
 
+# Float32 matmuls run faster as oneDNN's than as YNNPACK's (XLA:CPU's
+# default) under jax 0.12, the seed step 27.1 against 30.0 ms/iter; under jax
+# 0.10.2 (Python 3.11's newest) YNNPACK's are as fast (32.2 against 33.2), and
+# the compilation cache keeps their programs, which it cannot keep with
+# oneDNN's: the seed command took 69-70 s against 74-77 (docs/performance.md)
+ONEDNN_FOR_FLOAT32 = jax.__version_info__ >= (0, 12)
+
+
 def compiler_options(dtype: str) -> dict[str, str | bool]:
   """XLA options for the train and eval programs of a model computing in dtype.
 
-  Float32 matmuls run faster as oneDNN's than as YNNPACK's, XLA:CPU's
-  default; bfloat16 ones run slower under oneDNN, and so does sampling's
-  small decode step: those keep the default (docs/performance.md). Where
-  this jaxlib has no oneDNN (`has_onednn`), float32 keeps the default too:
-  XLA's own dots, or YNNPACK's where it has that.
+  oneDNN's matmuls for float32 where they are the faster (`ONEDNN_FOR_FLOAT32`);
+  bfloat16 ones run slower under oneDNN, and so does sampling's small decode
+  step: those keep XLA's default (docs/performance.md). Where this jaxlib has
+  no oneDNN (`has_onednn`), float32 keeps the default too: XLA's own dots, or
+  YNNPACK's where it has that.
   """
-  return ONEDNN_OPTIONS if dtype == 'float32' and has_onednn() else {}
+  return ONEDNN_OPTIONS if dtype == 'float32' and ONEDNN_FOR_FLOAT32 and has_onednn() else {}
+
+
+def lacks_onednn(dtype: str) -> bool:
+  """Whether a model computing in dtype would take oneDNN's matmuls, but this
+  jaxlib has none (train.py says so)."""
+  return dtype == 'float32' and ONEDNN_FOR_FLOAT32 and not has_onednn()
 
 
 def _run_programs_inline() -> None:

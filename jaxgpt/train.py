@@ -235,7 +235,7 @@ class Trainer:
     wandb = optional_import('wandb', 'wandb_log=True', 'wandb', instead='pass --config.wandb_log=False') \
         if c.wandb_log and main_process else None  # before anything is written
     self.print = print = builtins.print if main_process else _silent
-    if c.device == 'cpu' and c.dtype == 'float32' and not runtime.has_onednn():
+    if c.device == 'cpu' and runtime.lacks_onednn(c.dtype):
       print("float32 matmuls: XLA's own, not oneDNN's (this jaxlib has no oneDNN): slower than on x86-64 Linux")
     self.stop = cleanup.enter_context(StopSignals(print))
     # nanoGPT's count: micro-batches of the whole world, each batch_size rows
