@@ -85,12 +85,10 @@ def release_free_memory() -> None:
   """Hand the free pages of glibc's heap back to the OS (malloc_trim).
 
   `_keep_freed_memory` keeps freed memory in the heap, to be reused without
-  page faults. Compiling leaves ~150 MB of it behind, freed by the compiler
-  and never reused by a run this small, and the heap keeps growing a little
-  as a step's temp buffer now and then meets the previous one's not yet
-  freed. Released after compiling and after each evaluation, these pages no
-  longer count towards the run's resident memory; the step's buffers fault
-  their pages back in once, at the next step (docs/performance.md).
+  page faults. Compiling leaves tens of MB of it behind (~80 MB for the seed
+  recipe's two programs), freed by the compiler and never reused by a run
+  this small. Released once compiling is done, these pages no longer count
+  towards the run's resident memory (docs/performance.md).
   """
   libc = _libc()
   if libc is not None:
