@@ -85,10 +85,14 @@ def release_free_memory() -> None:
   """Hand the free pages of glibc's heap back to the OS (malloc_trim).
 
   `_keep_freed_memory` keeps freed memory in the heap, to be reused without
-  page faults. Compiling leaves tens of MB of it behind (~80 MB for the seed
-  recipe's two programs), freed by the compiler and never reused by a run
-  this small. Released once compiling is done, these pages no longer count
-  towards the run's resident memory (docs/performance.md).
+  page faults. Compiling leaves tens of MB of it behind, freed by the
+  compiler and never reused by a run this small; and as small allocations
+  settle in the space a step's temp buffer freed, the next step's buffer
+  takes fresh heap, so that a seed run's heap grows by ~50 MB every few
+  hundred steps, all of it resident. Released after compiling and after
+  each evaluation, these pages no longer count towards the run's resident
+  memory; the next step faults its buffer's pages in again, once
+  (docs/performance.md).
   """
   libc = _libc()
   if libc is not None:

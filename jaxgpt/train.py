@@ -327,6 +327,7 @@ class Trainer:
             if state.iter_num > 0 and not self.saved():  # not the one resumed from
               self.print(f'saving checkpoint to {c.out_dir}')
               self.save(losses['val'])
+          runtime.release_free_memory()  # the next step faults its temp buffer in again
           self.logger.restart_clock(state.iter_num)  # iteration times leave evaluation out
         if c.eval_only:  # nanoGPT's `iter_num == 0 and eval_only` would let a resumed run train on
           break
