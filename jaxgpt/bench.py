@@ -109,7 +109,7 @@ def build_step(c, dtype: str):
   _, graphdef, params = init_model(config, c.seed)
   tx = make_optimizer(c)
   state = [params, tx.init(params)]
-  step = TrainStep(graphdef, tx, dtype=dtype, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
+  step = TrainStep(graphdef, tx, config=config, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
   rng = np.random.default_rng(0)
   shape = (c.gradient_accumulation_steps, c.batch_size, c.block_size)
   xs, ys = (rng.integers(0, SHAKESPEARE_VOCAB_SIZE, shape, dtype=np.int32) for _ in range(2))

@@ -64,7 +64,8 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
   meta = json.loads(str(trace['meta']))
   c = trace_config(meta)
   init = {k.removeprefix('init/'): trace[k] for k in trace if k.startswith('init/')}
-  model, graphdef, params = init_model(GPTConfig.from_run_config(c, meta['model']['vocab_size']), seed=0)
+  config = GPTConfig.from_run_config(c, meta['model']['vocab_size'])
+  model, graphdef, params = init_model(config, seed=0)
   params = nanogpt.from_nanogpt(init, params)
 
   full_logits = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)[0])
@@ -78,7 +79,7 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
     opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
   else:
     opt_state = jax.jit(tx.init)(params)
-  step = TrainStep(graphdef, tx, dtype=c.dtype, dropout=False, seed=c.seed, fused=fused)
+  step = TrainStep(graphdef, tx, config=config, dropout=False, seed=c.seed, fused=fused)
   losses, grad_norms = [], []
   for i in range(meta['steps']):
     params, opt_state, metrics = step(params, opt_state, batches[0][i], batches[1][i], i)

@@ -148,30 +148,35 @@ def has_onednn() -> bool:
   return '__onednn_fusion' in program.as_text()
 
 
-# Float32 matmuls run faster as oneDNN's than as YNNPACK's (XLA:CPU's
-# default) under jax 0.12, the seed step 27.1 against 30.0 ms/iter; under jax
-# 0.10.2 (Python 3.11's newest) YNNPACK's are as fast (32.2 against 33.2), and
-# the compilation cache keeps their programs, which it cannot keep with
-# oneDNN's: the seed command took 69-70 s against 74-77 (docs/performance.md)
-ONEDNN_FOR_FLOAT32 = jax.__version_info__ >= (0, 12)
+def prefers_onednn(n_embd: int) -> bool:
+  """Whether a model this wide runs its float32 matmuls faster as oneDNN's
+  than as YNNPACK's (XLA:CPU's default), by what was measured: the fused
+  step by turns (docs/performance.md). Under jax 0.12, always (the seed
+  model 27.1 against 30.0 ms/iter). Under jax 0.10.2 (Python 3.11's newest),
+  from 384 wide (6 x 384: 235.5 against 243.4 ms/iter; the GPU recipe 10.45
+  against 11.66 s); at 256 they are level (131.0 against 131.8) and at 128
+  YNNPACK is the faster (32.2 against 33.2), and the compilation cache keeps
+  YNNPACK's programs, which it cannot keep with oneDNN's."""
+  return jax.__version_info__ >= (0, 12) or n_embd > 256
 
 
-def compiler_options(dtype: str) -> dict[str, str | bool]:
-  """XLA options for the train and eval programs of a model computing in dtype.
+def compiler_options(dtype: str, n_embd: int) -> dict[str, str | bool]:
+  """XLA options for the train and eval programs of a model n_embd wide
+  computing in dtype.
 
-  oneDNN's matmuls for float32 where they are the faster (`ONEDNN_FOR_FLOAT32`);
+  oneDNN's matmuls for float32 where they are the faster (`prefers_onednn`);
   bfloat16 ones run slower under oneDNN, and so does sampling's small decode
   step: those keep XLA's default (docs/performance.md). Where this jaxlib has
   no oneDNN (`has_onednn`), float32 keeps the default too: XLA's own dots, or
   YNNPACK's where it has that.
   """
-  return ONEDNN_OPTIONS if dtype == 'float32' and ONEDNN_FOR_FLOAT32 and has_onednn() else {}
+  return ONEDNN_OPTIONS if dtype == 'float32' and prefers_onednn(n_embd) and has_onednn() else {}
 
 
-def lacks_onednn(dtype: str) -> bool:
-  """Whether a model computing in dtype would take oneDNN's matmuls, but this
-  jaxlib has none (train.py says so)."""
-  return dtype == 'float32' and ONEDNN_FOR_FLOAT32 and not has_onednn()
+def lacks_onednn(dtype: str, n_embd: int) -> bool:
+  """Whether a model n_embd wide computing in dtype would take oneDNN's
+  matmuls, but this jaxlib has none (train.py says so)."""
+  return dtype == 'float32' and prefers_onednn(n_embd) and not has_onednn()
 
 
 def _run_programs_inline() -> None:

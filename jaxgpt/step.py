@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from jaxgpt import runtime
-from jaxgpt.model import GPT, cross_entropy
+from jaxgpt.model import GPT, GPTConfig, cross_entropy
 
 Params = dict  # nested {module: {param: array}}, from nnx.to_pure_dict
 
@@ -70,12 +70,12 @@ class TrainStep:
   (compile=False): gradients and the update are two jitted programs, the
   closest analogue of uncompiled PyTorch; same numbers. The dropout key of
   each step is derived from (seed, iter_num), so a resumed run draws the same.
-  dtype is the model's compute dtype, which picks XLA's matmul library.
+  config is the model's: its compute dtype and width pick XLA's matmul library.
   """
 
-  def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, dtype: str,
+  def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, config: GPTConfig,
                dropout: bool, seed: int, fused: bool):
-    jit = functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
+    jit = functools.partial(jax.jit, compiler_options=runtime.compiler_options(config.dtype, config.n_embd))
     base_key = jax.random.key(seed)
 
     def loss_and_grads(params, xs, ys, iter_num):
@@ -141,14 +141,14 @@ def eval_calls(eval_iters: int, batches_per_call: int) -> list[tuple[int, int]]:
   return calls
 
 
-def make_eval_losses(graphdef: nnx.GraphDef, dtype: str,
+def make_eval_losses(graphdef: nnx.GraphDef, config: GPTConfig,
                    batches_per_call: int) -> Callable[[Params, jax.Array, jax.Array, int], jax.Array]:
   """Returns eval_losses(params, xs, ys, first) -> the losses of micro-batches
   first, ..., first + batches_per_call - 1 of the batches xs, ys: (n, B, T),
   each batch's mean as if evaluated alone, in one jitted program (dropout
   off). A few batches a call, so a long evaluation can stop between calls."""
 
-  @functools.partial(jax.jit, compiler_options=runtime.compiler_options(dtype))
+  @functools.partial(jax.jit, compiler_options=runtime.compiler_options(config.dtype, config.n_embd))
   def eval_losses(params, xs, ys, first):
     x, y = (jax.lax.dynamic_slice_in_dim(a, first, batches_per_call) for a in (xs, ys))
     logits, _ = nnx.merge(graphdef, params)(x.reshape(-1, x.shape[-1]))

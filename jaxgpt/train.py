@@ -235,7 +235,7 @@ class Trainer:
     wandb = optional_import('wandb', 'wandb_log=True', 'wandb', instead='pass --config.wandb_log=False') \
         if c.wandb_log and main_process else None  # before anything is written
     self.print = print = builtins.print if main_process else _silent
-    if c.device == 'cpu' and runtime.lacks_onednn(c.dtype):
+    if c.device == 'cpu' and runtime.lacks_onednn(c.dtype, c.n_embd):
       print("float32 matmuls: XLA's own, not oneDNN's (this jaxlib has no oneDNN): slower than on x86-64 Linux")
     self.stop = cleanup.enter_context(StopSignals(print))
     # nanoGPT's count: micro-batches of the whole world, each batch_size rows
@@ -262,10 +262,10 @@ class Trainer:
       self._check_memory_before_compiling()
     graphdef, abstract_params = step.abstract_params(self.config)
     tx = make_optimizer(c)
-    self.train_step = step.TrainStep(graphdef, tx, dtype=c.dtype, dropout=c.dropout > 0, seed=c.seed,
+    self.train_step = step.TrainStep(graphdef, tx, config=self.config, dropout=c.dropout > 0, seed=c.seed,
                                      fused=c.compile)
     self.eval_batches_per_call = step.eval_batches_per_call(c.eval_iters, c.batch_size, c.block_size)
-    self.eval_losses = step.make_eval_losses(graphdef, c.dtype, self.eval_batches_per_call)
+    self.eval_losses = step.make_eval_losses(graphdef, self.config, self.eval_batches_per_call)
     self.xs, self.ys = self.train_batches(start.iter_num, self.micro_steps)
     self._compile_within_memory(mesh, tx, abstract_params, start.iter_num)
 

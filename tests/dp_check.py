@@ -33,7 +33,7 @@ def train(mesh, fsdp):
     opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
   else:
     opt_state = jax.jit(tx.init)(params)
-  step = TrainStep(graphdef, tx, dtype=CONFIG.dtype, dropout=CONFIG.dropout > 0, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, config=CONFIG, dropout=CONFIG.dropout > 0, seed=0, fused=True)
   losses, after_first = [], None
   for i in range(STEPS):
     params, opt_state, metrics = step(params, opt_state, xs[i], ys[i], i)

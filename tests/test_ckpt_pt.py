@@ -102,7 +102,7 @@ def torch_step(model, optimizer, batch, grad_clip):
 def jax_train_step(c):
   """jaxgpt's train step: (params, opt_state, batch, iter_num) -> (params, opt_state),
   the batch (x, then y one token on) as one micro-batch."""
-  step = TrainStep(init_model(CONFIG, seed=0)[1], make_optimizer(c), dtype=CONFIG.dtype, dropout=False, seed=0, fused=True)
+  step = TrainStep(init_model(CONFIG, seed=0)[1], make_optimizer(c), config=CONFIG, dropout=False, seed=0, fused=True)
 
   def train_step(params, opt_state, batch, iter_num):
     xs, ys = batch[None, :, :-1].astype(np.int32), batch[None, :, 1:].astype(np.int32)

@@ -52,7 +52,7 @@ def test_staged_step_equals_fused_step(batch):
   for fused in (True, False):
     _, graphdef, params = init_model(TINY, seed=0)
     opt_state = tx.init(params)
-    step = TrainStep(graphdef, tx, dtype=TINY.dtype, dropout=False, seed=0, fused=fused)
+    step = TrainStep(graphdef, tx, config=TINY, dropout=False, seed=0, fused=fused)
     losses = []
     for i in range(3):
       params, opt_state, metrics = step(params, opt_state, batch[0][i:i + 1], batch[1][i:i + 1], i)
@@ -70,7 +70,7 @@ def test_dropout_keys_follow_the_iteration(batch):
   config = dataclasses.replace(TINY, dropout=0.5)
   tx = make_optimizer(run_config())
   _, graphdef, params = init_model(config, seed=0)
-  step = TrainStep(graphdef, tx, dtype=config.dtype, dropout=True, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, config=config, dropout=True, seed=0, fused=True)
   losses = {}
   for name, iter_num in (('a', 7), ('b', 7), ('c', 8)):
     params_copy = jax.tree.map(np.array, params)
@@ -80,20 +80,20 @@ def test_dropout_keys_follow_the_iteration(batch):
   assert losses['a'] != losses['c']
 
 
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype):
+@pytest.mark.parametrize('dtype, n_embd', [('float32', 32), ('bfloat16', 32), ('float32', 384), ('bfloat16', 384)])
+def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype, n_embd):
   # runtime.compiler_options: float32 dots as oneDNN matmuls under jax 0.12,
-  # all others left to XLA's default (YNNPACK), where each is faster
-  # (docs/performance.md)
-  onednn = dtype == 'float32' and jax.__version_info__ >= (0, 12)
+  # and under jax 0.10.2 from 384 wide; all others left to XLA's default
+  # (YNNPACK), where each is faster (docs/performance.md)
+  onednn = dtype == 'float32' and (jax.__version_info__ >= (0, 12) or n_embd >= 384)
   library = '__onednn_fusion' if onednn else '__ynn_fusion'
-  config = dataclasses.replace(TINY, dtype=dtype)
+  config = dataclasses.replace(TINY, dtype=dtype, n_embd=n_embd)
   _, graphdef, params = init_model(config, seed=0)
   tx = make_optimizer(run_config())
-  step = TrainStep(graphdef, tx, dtype=dtype, dropout=False, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, config=config, dropout=False, seed=0, fused=True)
   [train_program] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
   programs = {'train': train_program,
-              'eval': make_eval_losses(graphdef, dtype, 2).lower(params, batch[0][:2], batch[1][:2], 0).compile()}
+              'eval': make_eval_losses(graphdef, config, 2).lower(params, batch[0][:2], batch[1][:2], 0).compile()}
   for name, program in programs.items():
     hlo = program.as_text()
     assert library in hlo, name
@@ -104,7 +104,7 @@ def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype):
 def test_grouped_evaluation_gives_each_batchs_own_loss(batch, first):
   _, graphdef, params = init_model(TINY, seed=0)
   xs, ys = batch
-  losses = make_eval_losses(graphdef, 'float32', 2)(params, xs, ys, first)
+  losses = make_eval_losses(graphdef, TINY, 2)(params, xs, ys, first)
   alone = jnp.stack([_loss(graphdef, params, xs[i], ys[i], None) for i in (first, first + 1)])
   assert losses.shape == (2,)
   assert max_diff(losses, alone) < 2e-6  # a few float32 ulps: the sums run in another order
@@ -130,16 +130,16 @@ def test_the_x86_64_linux_jaxlib_is_found_to_have_onednn():
 
 
 def test_without_onednn_float32_compiles_xlas_own_dots_to_the_same_losses(batch, monkeypatch):
-  """A jaxlib without oneDNN (forced here, with jax 0.12's choice of oneDNN
-  for float32): the float32 step leaves the options out, compiles, and
-  trains as the oneDNN one does."""
-  monkeypatch.setattr(runtime, 'ONEDNN_FOR_FLOAT32', True)
+  """A jaxlib without oneDNN (forced here, with oneDNN's float32 matmuls
+  preferred as for a wide model): the float32 step leaves the options out,
+  compiles, and trains as the oneDNN one does."""
+  monkeypatch.setattr(runtime, 'prefers_onednn', lambda n_embd: True)
   _, graphdef, params = init_model(TINY, seed=0)
   tx = make_optimizer(run_config())
   losses = {}
   for has_onednn in (True, False):
     monkeypatch.setattr(runtime, 'has_onednn', lambda: has_onednn)
-    step = TrainStep(graphdef, tx, dtype='float32', dropout=False, seed=0, fused=True)
+    step = TrainStep(graphdef, tx, config=TINY, dropout=False, seed=0, fused=True)
     [program] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
     assert ('__onednn_fusion' in program.as_text()) == has_onednn
     state = (jax.tree.map(jnp.copy, params), tx.init(params))

@@ -363,7 +363,7 @@ def test_wandb_missing_is_one_error_line(workdir, tmp_path):
 @pytest.mark.slow  # trains in process
 def test_without_onednn_training_says_so_in_one_line_and_trains(workdir, monkeypatch, capsys):
   monkeypatch.chdir(workdir)
-  monkeypatch.setattr(runtime, 'ONEDNN_FOR_FLOAT32', True)  # as under jax 0.12
+  monkeypatch.setattr(runtime, 'prefers_onednn', lambda n_embd: True)  # as for a wide model
   monkeypatch.setattr(runtime, 'has_onednn', lambda: False)  # as on a jaxlib built without oneDNN
   assert cli.main(['train.py', f'--config={CONFIG}', *overrides('--config.', out_dir='out', max_iters=4,
                                                                 eval_interval=4, log_interval=1)]) == 0
