@@ -141,6 +141,17 @@ def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
   assert proc.stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
 
 
+@pytest.mark.slow
+def test_nanogpts_loop_runs_without_jax():
+  # jax's ~130 MB would count in bench --memory's figure for nanoGPT; its
+  # process takes configs and data through cli and data, which must not import it
+  proc = subprocess.run([sys.executable, '-c', 'import sys, jaxgpt.nanogpt_torch; print(sorted('
+                         '{m.split(".")[0] for m in sys.modules} & {"jax", "jaxlib", "flax", "optax"}))'],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout == '[]\n'
+
+
 # ml_collections loads config files with the deprecated importlib load_module()
 @pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
 def test_nanogpt_loop_prints_nanogpts_lines(tmp_path, shakespeare, monkeypatch, capsys):
