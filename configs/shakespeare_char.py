@@ -16,7 +16,7 @@ def get_config():
   # evaluate often: a small model on a small data set overfits
   config.eval_interval = 250
   config.eval_iters = 20  # 200 batches an evaluation would cost more than the 250 iterations between
-  # an iteration takes ~40 ms: a line every 10 is a few a second (a terminal
+  # an iteration takes ~30 ms: a line every 10 is a few a second (a terminal
   # also shows a progress bar); nanoGPT's seed command logs every one
   config.log_interval = 10
   # only save when val improves
