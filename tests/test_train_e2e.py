@@ -372,3 +372,41 @@ def test_without_onednn_training_says_so_in_one_line_and_trains(workdir, monkeyp
                                    'than on x86-64 Linux') == 1
   steps, iters = parse_log(stdout)
   assert sorted(steps) == [0, 4] and sorted(iters) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow  # trains in process
+def test_the_splits_evaluated_in_two_threads_give_the_losses_of_one_thread(workdir, monkeypatch, capsys):
+  # on one device train.py evaluates train and val at once, one split a thread
+  from jaxgpt import train as train_module
+  pools = []
+
+  class Threads(train_module.ThreadPoolExecutor):
+    def __init__(self, workers):
+      pools.append(('threads', workers))
+      super().__init__(workers)
+
+  class OneThread:  # runs each split as it is submitted, on the caller's thread
+    def __init__(self, workers):
+      pools.append(('one thread', workers))
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc_info):
+      return None
+
+    def submit(self, fn, *args):
+      result = fn(*args)
+      return type('Done', (), {'result': lambda self: result})()
+
+  monkeypatch.chdir(workdir)
+  logs = {}
+  for name, pool in (('threads', Threads), ('one thread', OneThread)):
+    monkeypatch.setattr(train_module, 'ThreadPoolExecutor', pool)
+    assert cli.main(['train.py', f'--config={CONFIG}', *overrides('--config.', out_dir=f'out-{len(logs)}', max_iters=4,
+                                                                  eval_interval=2, log_interval=1)]) == 0
+    logs[name] = [line for line in capsys.readouterr().out.splitlines() if line.startswith('step ')]
+  assert pools == [('threads', 1)] * 3 + [('one thread', 1)] * 3  # a second thread for each of 3 evaluations
+  assert len(logs['threads']) == 3 and logs['threads'] == logs['one thread']
+  steps = parse_log('\n'.join(logs['threads']))[0]
+  assert all(train != val for train, val in steps.values())  # each split its own batches
