@@ -35,8 +35,11 @@ def _disable_barrier_expander() -> None:
     os.environ['XLA_FLAGS'] = f'{flags} {flag}'.strip()
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-  """glibc, whose malloc takes mallopt settings; None elsewhere (macOS, musl)."""
+  """glibc, whose malloc takes mallopt settings; None elsewhere (macOS, musl).
+  Looked up once: find_library takes ~1 ms, and the heap is trimmed after
+  every evaluation."""
   libc_name = ctypes.util.find_library('c')
   libc = ctypes.CDLL(libc_name) if libc_name else None
   return libc if hasattr(libc, 'mallopt') else None
@@ -160,6 +163,10 @@ def prefers_onednn(n_embd: int) -> bool:
   return jax.__version_info__ >= (0, 12) or n_embd > 256
 
 
+def _wants_onednn(dtype: str, n_embd: int) -> bool:
+  return dtype == 'float32' and prefers_onednn(n_embd)
+
+
 def compiler_options(dtype: str, n_embd: int) -> dict[str, str | bool]:
   """XLA options for the train and eval programs of a model n_embd wide
   computing in dtype.
@@ -170,13 +177,13 @@ def compiler_options(dtype: str, n_embd: int) -> dict[str, str | bool]:
   no oneDNN (`has_onednn`), float32 keeps the default too: XLA's own dots, or
   YNNPACK's where it has that.
   """
-  return ONEDNN_OPTIONS if dtype == 'float32' and prefers_onednn(n_embd) and has_onednn() else {}
+  return ONEDNN_OPTIONS if _wants_onednn(dtype, n_embd) and has_onednn() else {}
 
 
 def lacks_onednn(dtype: str, n_embd: int) -> bool:
   """Whether a model n_embd wide computing in dtype would take oneDNN's
   matmuls, but this jaxlib has none (train.py says so)."""
-  return dtype == 'float32' and prefers_onednn(n_embd) and not has_onednn()
+  return _wants_onednn(dtype, n_embd) and not has_onednn()
 
 
 def _run_programs_inline() -> None:
