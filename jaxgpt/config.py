@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.compile = True  # True: the whole train step is one XLA program
   c.remat = True  # backward recomputes all but the matmul outputs: a third of the memory, as fast (not in nanoGPT)
   c.check_memory = True  # estimate the run's memory before it starts; stop if the machine has less
+  c.threads = 0  # threads computing a step's gradients, each over its share of the batch's rows; 0: one a core
   c.fsdp = False  # with several devices: split params and optimizer state across them (else replicated)
   # several processes (python -m jaxgpt.launch sets these on one host; on several hosts, set them on each)
   c.coordinator_address = ''  # HOST:PORT of process 0
@@ -213,7 +214,7 @@ def close_key(key: str, c: ml_collections.ConfigDict) -> str:
 _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
              'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'num_processes',
              'coordinator_timeout')
-_NON_NEGATIVE = ('max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters', 'min_lr')
+_NON_NEGATIVE = ('threads', 'max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters', 'min_lr')
 CHOICES = {
     'init_from': ('scratch', 'resume') + GPT2_MODELS,
     'device': ('cpu', 'gpu', 'cuda'),

@@ -106,18 +106,19 @@ class RunEstimate:
             f'state {self.state / GB:.2f} GB, a step\'s working memory {self.working / GB:.2f} GB)')
 
 
-def run_estimate(programs: list[jax.stages.Compiled], state) -> RunEstimate:
-  """The run's peak from its compiled programs (they run one at a time) and
-  its state (params and optimizer state: arrays or ShapeDtypeStructs)."""
-  def working(program: jax.stages.Compiled) -> int:  # per device
+def run_estimate(programs: list[tuple[jax.stages.Compiled, int]], state) -> RunEstimate:
+  """The run's peak from its compiled programs, each with how many copies
+  of it run at once (threads), and its state (params and optimizer state:
+  arrays or ShapeDtypeStructs)."""
+  def working(program: jax.stages.Compiled, copies: int) -> int:  # per device
     m = program.memory_analysis()
-    return m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    return (m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes) * copies
 
   def in_this_process(a) -> int:  # replicated or split over the devices
     shard = a.sharding.shard_shape(a.shape)
     return math.prod(shard) * a.dtype.itemsize * len(a.sharding.addressable_devices)
   return RunEstimate(process_rss_bytes(), sum(map(in_this_process, jax.tree.leaves(state))),
-                     max(map(working, programs)) * jax.local_device_count())
+                     max(working(*program) for program in programs) * jax.local_device_count())
 
 
 TRY_ANYWAY = '; or pass --config.check_memory=False to try anyway'  # train.py's way past its check

@@ -75,6 +75,37 @@ def micro_steps(gradient_accumulation_steps: int, mesh: Mesh) -> int:
   return gradient_accumulation_steps // mesh.size
 
 
+def usable_cores() -> int:
+  """The CPUs this process may run on: its affinity, where the OS has one."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def threads_apply(device: str, fsdp: bool) -> bool:
+  """Whether a step's gradients can be computed by several threads
+  (step.ShardedTrainStep): on a CPU, one device a process, params whole."""
+  return device == 'cpu' and jax.local_device_count() == 1 and not fsdp
+
+
+def gradient_shards(threads: int, batch_size: int, device: str, fsdp: bool) -> int:
+  """How many shards a step's rows are split into, each computed by a
+  thread of its own: `threads`, or with threads=0 one per core this process
+  may use, or the most below that which batch_size divides; 1 where threads
+  do not apply (threads_apply)."""
+  if not threads_apply(device, fsdp):
+    if threads > 1:
+      where = 'with fsdp' if fsdp else f'on {jax.local_device_count()} {device} devices in one process'
+      raise ConfigError(f'threads={threads}: a step\'s gradients are split over threads only on a CPU, one '
+                        f'device a process, without fsdp; not {where}: pass --config.threads=0 (automatic)')
+    return 1
+  if threads == 0:
+    return max(k for k in range(1, min(usable_cores(), batch_size) + 1) if batch_size % k == 0)
+  if batch_size % threads:
+    divisors = [k for k in range(1, batch_size + 1) if batch_size % k == 0]
+    raise ConfigError(f'batch_size={batch_size} does not split into threads={threads} equal shards: pass a '
+                      f'--config.threads that divides it ({", ".join(map(str, divisors))}), or 0 to choose')
+  return threads
+
+
 def initialize(coordinator_address: str, num_processes: int, process_id: int, device: str, timeout: int) -> None:
   """Joins a multi-process run, when this is one: num_processes > 1 (what
   `python -m jaxgpt.launch` passes), or JAX_COORDINATOR_ADDRESS set with a

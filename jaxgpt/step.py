@@ -8,14 +8,17 @@ model this small, flattening nnx.State costs ~2x the dispatch time of a dict).
 """
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt import runtime
+from jaxgpt import parallel, runtime
 from jaxgpt.model import GPT, GPTConfig, cross_entropy
 
 Params = dict  # nested {module: {param: array}}, from nnx.to_pure_dict
@@ -62,6 +65,13 @@ def _apply_update(tx: optax.GradientTransformation, params, opt_state, grads):
   return optax.apply_updates(params, updates), opt_state
 
 
+def dropout_key(base_key: jax.Array, iter_num, shard) -> jax.Array:
+  """The dropout key of one shard of an iteration's batch: fixed by (seed,
+  iteration, shard), so a resumed run draws what the uninterrupted one did.
+  A step with one shard is shard 0."""
+  return jax.random.fold_in(jax.random.fold_in(base_key, iter_num), shard)
+
+
 class TrainStep:
   """step(params, opt_state, xs, ys, iter_num) -> (params, opt_state, metrics).
 
@@ -79,7 +89,7 @@ class TrainStep:
     base_key = jax.random.key(seed)
 
     def loss_and_grads(params, xs, ys, iter_num):
-      step_key = jax.random.fold_in(base_key, iter_num) if dropout else None
+      step_key = dropout_key(base_key, iter_num, 0) if dropout else None
       loss, grads = _loss_and_grads(graphdef, params, xs, ys, step_key)
       return StepMetrics(loss, optax.tree.norm(grads)), grads
 
@@ -105,16 +115,123 @@ class TrainStep:
     params, opt_state = self.apply_update(params, opt_state, grads)
     return params, opt_state, metrics
 
-  def compile(self, params, opt_state, xs, ys, iter_num) -> list[jax.stages.Compiled]:
+  def compile(self, params, opt_state, xs, ys, iter_num) -> list[tuple[jax.stages.Compiled, int]]:
     """Compiles the step's programs for these arguments (arrays, or
     jax.ShapeDtypeStructs with their shardings) without running them; later
-    calls with arguments like them reuse the programs."""
+    calls with arguments like them reuse the programs. Each comes with how
+    many copies of it run at once: one."""
     if self.fused:
-      return [self.fused_step.lower(params, opt_state, xs, ys, iter_num).compile()]
+      return [(self.fused_step.lower(params, opt_state, xs, ys, iter_num).compile(), 1)]
     grads_program = self.loss_and_grads.lower(params, xs, ys, iter_num).compile()
     grads = jax.tree.map(lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                          params, grads_program.output_shardings[1])
-    return [grads_program, self.apply_update.lower(params, opt_state, grads).compile()]
+    return [(grads_program, 1), (self.apply_update.lower(params, opt_state, grads).compile(), 1)]
+
+
+class ShardedTrainStep:
+  """step(params, opt_state, xs, ys, iter_num) -> (params, opt_state,
+  metrics), as TrainStep's, with the batch's rows split into `shards` equal
+  shards whose gradients are computed at once, each by a program run on a
+  thread of its own; one more program averages them, clips them and applies
+  AdamW.
+
+  XLA:CPU runs a program's forward and backward passes as a chain of ops,
+  each dot on one core, so one program leaves most cores idle. A program
+  runs on the thread that calls it (jaxgpt.runtime runs programs inline),
+  so shards on threads of their own run on cores of their own
+  (docs/performance.md). Each shard takes rows shard * B/shards, ... of
+  every micro-batch: the shards together hold one micro-batch's
+  activations, as one program would. The average of equal shards' mean
+  losses and gradients is the whole batch's.
+
+  Across processes (one device each: python -m jaxgpt.launch, or one per
+  host) every process runs its own shards on its own rows, and the update
+  program averages across them too: each shard's gradients and loss travel
+  as one flat buffer, so that the processes exchange one buffer a step in
+  one all-reduce (XLA's own all-reduce of a gradient tree costs one gloo
+  round trip per parameter array).
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, mesh: Mesh, shards: int,
+               dropout: bool, seed: int, compiler_options: dict):
+    jit = functools.partial(jax.jit, compiler_options=compiler_options)
+    base_key = jax.random.key(seed)
+
+    def shard_grads(params, xs, ys, iter_num, shard):
+      """One shard's mean loss and gradients, as one flat row: (1, params + 1)."""
+      rows = xs.shape[1] // shards
+      x, y = (jax.lax.dynamic_slice_in_dim(a, shard * rows, rows, axis=1) for a in (xs, ys))
+      key = dropout_key(base_key, iter_num, shard) if dropout else None
+      loss, grads = _loss_and_grads(graphdef, params, x, y, key)
+      return jnp.append(ravel_pytree(grads)[0], loss)[None]
+
+    def mean_across_devices(*flat_rows):  # inside shard_map: this device's rows, (1, params + 1) each
+      return jax.lax.pmean(sum(flat_rows) / shards, parallel.DATA)[0]  # one all-reduce of one buffer
+
+    def apply_update(params, opt_state, flat_rows):
+      flat = jax.shard_map(mean_across_devices, mesh=mesh, in_specs=PartitionSpec(parallel.DATA),
+                           out_specs=PartitionSpec())(*flat_rows)
+      unravel = ravel_pytree(params)[1]  # the params' tree from the flat buffer's layout
+      grads, loss = unravel(flat[:-1]), flat[-1]
+      params, opt_state = _apply_update(tx, params, opt_state, grads)
+      return params, opt_state, StepMetrics(loss, optax.tree.norm(grads))
+
+    self.shards, self.mesh = shards, mesh
+    self.rows_sharding = NamedSharding(mesh, PartitionSpec(parallel.DATA))
+    self.shard_grads = jit(shard_grads)
+    self.apply_update = jit(apply_update, donate_argnums=(0, 1))
+    self.threads = ThreadPoolExecutor(shards - 1, thread_name_prefix='shard') if shards > 1 else None
+
+  def __call__(self, params, opt_state, xs, ys, iter_num):
+    local_params, xs, ys = (self._local(a) for a in (params, xs, ys))
+    others = [self.threads.submit(self.shard_grads, local_params, xs, ys, iter_num, shard)
+              for shard in range(1, self.shards)]
+    rows = [self.shard_grads(local_params, xs, ys, iter_num, 0)] + [future.result() for future in others]
+    return self.apply_update(params, opt_state, [self._across_devices(row) for row in rows])
+
+  def _local(self, tree):
+    """This process's copy of global arrays (replicated params, or its rows
+    of a batch): the shard programs run on this process's device alone."""
+    if self.mesh.size == 1:
+      return tree
+    return jax.tree.map(lambda a: a.addressable_data(0), tree)
+
+  def _across_devices(self, row: jax.Array) -> jax.Array:
+    """A shard's flat row of this process, as a row of the global (devices,
+    params + 1) array the update program reads."""
+    if self.mesh.size == 1:
+      return row
+    return jax.make_array_from_single_device_arrays((self.mesh.size, row.shape[1]), self.rows_sharding, [row])
+
+  def compile(self, params, opt_state, xs, ys, iter_num) -> list[tuple[jax.stages.Compiled, int]]:
+    """Compiles the shard and update programs for these arguments (arrays,
+    or jax.ShapeDtypeStructs with their shardings) without running them;
+    each with how many copies of it run at once."""
+    local = self._local if self.mesh.size == 1 else functools.partial(jax.tree.map, self._local_struct)
+    shard_program = self.shard_grads.lower(local(params), local(xs), local(ys), iter_num, 0).compile()
+    row = shard_program.out_info
+    rows = [jax.ShapeDtypeStruct((self.mesh.size, row.shape[1]), row.dtype, sharding=self.rows_sharding)] * self.shards
+    return [(shard_program, self.shards), (self.apply_update.lower(params, opt_state, rows).compile(), 1)]
+
+  def _local_struct(self, a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    device = next(iter(a.sharding.addressable_devices))
+    return jax.ShapeDtypeStruct(a.sharding.shard_shape(a.shape), a.dtype,
+                                sharding=jax.sharding.SingleDeviceSharding(device))
+
+
+def make_train_step(c, config: GPTConfig, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    mesh: Mesh) -> TrainStep | ShardedTrainStep:
+  """The train step a run config (`c`) asks for on this mesh: its rows
+  split over threads where the process has cores for them
+  (parallel.gradient_shards), or across processes on CPUs, where it
+  exchanges one flat buffer a step; else one program (compile=True) or
+  two."""
+  shards = parallel.gradient_shards(c.threads, c.batch_size, c.device, c.fsdp)
+  options = runtime.compiler_options(config.dtype, config.n_embd)
+  if shards > 1 or (jax.process_count() > 1 and parallel.threads_apply(c.device, c.fsdp)):
+    return ShardedTrainStep(graphdef, tx, mesh=mesh, shards=shards, dropout=c.dropout > 0, seed=c.seed,
+                            compiler_options=options)
+  return TrainStep(graphdef, tx, config=config, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
 
 
 # Evaluation batches are grouped into calls of about this many tokens: one

@@ -264,8 +264,7 @@ class Trainer:
       self._check_memory_before_compiling()
     graphdef, abstract_params = step.abstract_params(self.config)
     tx = make_optimizer(c)
-    self.train_step = step.TrainStep(graphdef, tx, config=self.config, dropout=c.dropout > 0, seed=c.seed,
-                                     fused=c.compile)
+    self.train_step = step.make_train_step(c, self.config, graphdef, tx, mesh)
     self.eval_batches_per_call = step.eval_batches_per_call(c.eval_iters, c.batch_size, c.block_size)
     self.eval_losses = step.make_eval_losses(graphdef, self.config, self.eval_batches_per_call)
     self.xs, self.ys = self.train_batches(start.iter_num, self.micro_steps)
@@ -300,8 +299,9 @@ class Trainer:
     c = self.c
     abstract_state = (parallel.abstract_state(mesh, abstract_params, c.fsdp),
                       parallel.abstract_state(mesh, jax.eval_shape(tx.init, abstract_params), c.fsdp))
+    eval_program = self.eval_losses.lower(abstract_state[0], *self.eval_batches['val'](0, c.eval_iters), 0).compile()
     programs = self.train_step.compile(*abstract_state, self.xs, self.ys, iter_num) + \
-        [self.eval_losses.lower(abstract_state[0], *self.eval_batches['val'](0, c.eval_iters), 0).compile()]
+        [(eval_program, len(self.eval_batches) if self.one_device else 1)]  # the splits at once on one device
     estimate = memory.run_estimate(programs, abstract_state)
     available = memory.available_bytes()
     self.print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))

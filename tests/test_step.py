@@ -91,7 +91,7 @@ def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype, n_embd):
   _, graphdef, params = init_model(config, seed=0)
   tx = make_optimizer(run_config())
   step = TrainStep(graphdef, tx, config=config, dropout=False, seed=0, fused=True)
-  [train_program] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
+  [(train_program, _)] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
   programs = {'train': train_program,
               'eval': make_eval_losses(graphdef, config, 2).lower(params, batch[0][:2], batch[1][:2], 0).compile()}
   for name, program in programs.items():
@@ -140,7 +140,7 @@ def test_without_onednn_float32_compiles_xlas_own_dots_to_the_same_losses(batch,
   for has_onednn in (True, False):
     monkeypatch.setattr(runtime, 'has_onednn', lambda: has_onednn)
     step = TrainStep(graphdef, tx, config=TINY, dropout=False, seed=0, fused=True)
-    [program] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
+    [(program, _)] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
     assert ('__onednn_fusion' in program.as_text()) == has_onednn
     state = (jax.tree.map(jnp.copy, params), tx.init(params))
     for i in range(2):
