@@ -247,6 +247,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.n_embd % c.n_head:
     raise ConfigError(f'n_embd={c.n_embd} is not divisible by n_head={c.n_head}: '
                       f'pick n_embd a multiple of n_head (e.g. --config.n_embd={c.n_head * max(1, c.n_embd // c.n_head)})')
+  if c.threads and c.batch_size % c.threads:
+    divisors = [k for k in range(1, c.batch_size + 1) if c.batch_size % k == 0]
+    raise ConfigError(f'batch_size={c.batch_size} does not split into threads={c.threads} equal shards: pass a '
+                      f'--config.threads that divides it ({", ".join(map(str, divisors))}), or 0 to choose')
   if not 0.0 <= c.dropout < 1.0:
     raise ConfigError(f'dropout={c.dropout} must be in [0, 1)')
   if not c.learning_rate > 0:

@@ -5,8 +5,8 @@
 Each process runs the script with the given flags plus
 --config.coordinator_address=127.0.0.1:PORT (a free port),
 --config.num_processes and --config.process_id; they join into one set of
-devices (jax.distributed) and train one model, data parallel. Only process 0
-prints. Ctrl-C (or SIGTERM) reaches every process: they finish the same
+devices (jax.distributed) and train one model, data parallel, each on its
+own share of the host's cores. Only process 0 prints. Ctrl-C (or SIGTERM) reaches every process: they finish the same
 iteration and save one checkpoint. When one process fails, the others are
 stopped; the exit status is the first failure's.
 """
@@ -29,11 +29,25 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def share_cores(nproc: int) -> list[list[int]]:
+  """The CPUs this process may use, dealt into nproc shares as even as can
+  be, each a run of neighbouring CPUs."""
+  cpus = sorted(os.sched_getaffinity(0))
+  bounds = [len(cpus) * i // nproc for i in range(nproc + 1)]
+  return [cpus[start:end] for start, end in zip(bounds, bounds[1:])]
+
+
 def launch(nproc: int, script: str, args: list[str]) -> int:
+  """Each process runs on its share of the cores (its CPU affinity), with
+  XLA's thread pool sized to match (PJRT_NPROC): unpinned, each process's
+  pool would take every core of the host, and the processes' threads
+  would fight over them (docs/performance.md)."""
   address = f'127.0.0.1:{free_port()}'
   processes = [subprocess.Popen([sys.executable, script, *args, f'--config.coordinator_address={address}',
-                                 f'--config.num_processes={nproc}', f'--config.process_id={i}'])
-               for i in range(nproc)]
+                                 f'--config.num_processes={nproc}', f'--config.process_id={i}'],
+                                env=os.environ | {'PJRT_NPROC': str(len(cores))},
+                                preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores))
+               for i, cores in enumerate(share_cores(nproc))]
 
   def forward(signum, frame):
     for p in processes:
@@ -71,8 +85,9 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(argv[1:])
   if args.nproc < 1:
     parser.error(f'--nproc={args.nproc} must be >= 1')
-  if args.nproc > os.cpu_count():  # more would only contend for the cores, or exhaust the host
-    parser.error(f'--nproc={args.nproc} is more than this host\'s {os.cpu_count()} CPUs')
+  cores = len(os.sched_getaffinity(0))
+  if args.nproc > cores:  # each process gets a core of its own at least
+    parser.error(f'--nproc={args.nproc} is more than the {cores} CPUs this process may use')
   if not os.path.isfile(args.script):  # else each process would say so
     parser.error(f'{args.script} is not a file: give the path of train.py')
   if os.path.basename(args.script) != 'train.py':

@@ -1,6 +1,6 @@
 """Replay a nanoGPT trace and hold jaxgpt against it, number by number.
 
-  python -m jaxgpt.parity TRACE.npz [--compile=False] [--data_parallel [--fsdp]]
+  python -m jaxgpt.parity TRACE.npz [--compile=False] [--threads=K] [--data_parallel [--fsdp]]
 
 A trace (format `nanogpt-trace/1`, described in tests/fixtures/README.md) holds
 nanoGPT's initial weights, the batches of every step, and what nanoGPT
@@ -25,7 +25,7 @@ from jaxgpt import nanogpt, parallel, runtime
 from jaxgpt.config import base_config
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.model import GPTConfig
-from jaxgpt.step import init_model, TrainStep
+from jaxgpt.step import init_model, ShardedTrainStep, TrainStep
 
 # Tolerances (tests/fixtures/README.md): a faithful float32
 # reimplementation lands within 2e-6 of nanoGPT's loss and 1e-6 of its logits
@@ -57,10 +57,12 @@ def _max_rel(a, b) -> float:
   return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
 
 
-def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool = False) -> dict[str, float]:
+def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool = False,
+           threads: int = 1) -> dict[str, float]:
   """Replays the trace through jaxgpt; returns the worst difference of each
   figure. With a mesh: data parallel over its devices, each batch split
-  across them (fsdp: params and optimizer state split too)."""
+  across them (fsdp: params and optimizer state split too). threads > 1:
+  each batch's rows split over that many threads (ShardedTrainStep)."""
   meta = json.loads(str(trace['meta']))
   c = trace_config(meta)
   init = {k.removeprefix('init/'): trace[k] for k in trace if k.startswith('init/')}
@@ -79,7 +81,11 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
     opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
   else:
     opt_state = jax.jit(tx.init)(params)
-  step = TrainStep(graphdef, tx, config=config, dropout=False, seed=c.seed, fused=fused)
+  if threads > 1:
+    step = ShardedTrainStep(graphdef, tx, mesh=parallel.make_mesh(), shards=threads, dropout=False, seed=c.seed,
+                            compiler_options=runtime.compiler_options(config.dtype, config.n_embd))
+  else:
+    step = TrainStep(graphdef, tx, config=config, dropout=False, seed=c.seed, fused=fused)
   losses, grad_norms = [], []
   for i in range(meta['steps']):
     params, opt_state, metrics = step(params, opt_state, batches[0][i], batches[1][i], i)
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('trace', help='a nanogpt-trace/1 .npz file')
   parser.add_argument('--compile', default='True', choices=['True', 'False'],
                       help='False: replay through the staged (compile=False) train step')
+  parser.add_argument('--threads', type=int, default=1,
+                      help="split each batch's rows over this many threads (it must divide the trace's batch)")
   parser.add_argument('--data_parallel', action='store_true',
                       help='split each batch across all devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4)')
   parser.add_argument('--fsdp', action='store_true', help='with --data_parallel: split params and AdamW state too')
@@ -129,12 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: cannot read {args.trace} as a nanoGPT trace: {e}', file=sys.stderr)
     return 2
 
+  rows = trace['x'].shape[2]
+  if args.threads < 1 or rows % args.threads:
+    print(f'error: --threads={args.threads}: the trace\'s batches of {rows} rows do not split into that many '
+          'equal shards', file=sys.stderr)
+    return 2
+  if args.threads > 1 and args.data_parallel:
+    print('error: --threads and --data_parallel: pick one', file=sys.stderr)
+    return 2
   mesh = parallel.make_mesh() if args.data_parallel else None
   if mesh is not None and trace['x'].shape[2] % mesh.size:
     print(f'error: the trace\'s batches of {trace["x"].shape[2]} rows do not split across {mesh.size} devices',
           file=sys.stderr)
     return 2
-  diffs = replay(trace, fused=args.compile == 'True', mesh=mesh, fsdp=args.fsdp)
+  diffs = replay(trace, fused=args.compile == 'True', mesh=mesh, fsdp=args.fsdp, threads=args.threads)
   limits = tolerances(trace)
   kinds = {'lr': 'max rel', 'grad_norm': 'max rel'}
   print(f'{"figure":<10} {"difference":>12}  {"tolerance":>9}')

@@ -27,6 +27,7 @@ Params = dict  # nested {module: {param: array}}, from nnx.to_pure_dict
 class StepMetrics(NamedTuple):
   loss: jax.Array  # mean loss over the step's micro-batches, before the update
   grad_norm: jax.Array  # global gradient norm, before clipping
+  stop: jax.Array | None = None  # ShardedTrainStep's: whether any process was asked to stop
 
 
 def _loss(graphdef: nnx.GraphDef, params: Params, x: jax.Array, y: jax.Array,
@@ -129,52 +130,52 @@ class TrainStep:
 
 
 class ShardedTrainStep:
-  """step(params, opt_state, xs, ys, iter_num) -> (params, opt_state,
-  metrics), as TrainStep's, with the batch's rows split into `shards` equal
-  shards whose gradients are computed at once, each by a program run on a
-  thread of its own; one more program averages them, clips them and applies
-  AdamW.
+  """step(params, opt_state, xs, ys, iter_num, stop=False) -> (params,
+  opt_state, metrics), as TrainStep's, with the batch's rows split into
+  `shards` equal shards whose gradients are computed at once, each by a
+  program run on a thread of its own; one more program averages them, clips
+  them and applies AdamW.
 
   XLA:CPU runs a program's forward and backward passes as a chain of ops,
-  each dot on one core, so one program leaves most cores idle. A program
-  runs on the thread that calls it (jaxgpt.runtime runs programs inline),
-  so shards on threads of their own run on cores of their own
-  (docs/performance.md). Each shard takes rows shard * B/shards, ... of
-  every micro-batch: the shards together hold one micro-batch's
-  activations, as one program would. The average of equal shards' mean
-  losses and gradients is the whole batch's.
+  each dot on one core, so one program leaves most cores idle; programs
+  called from threads of their own run side by side (docs/performance.md).
+  Each shard takes rows shard * B/shards, ... of every micro-batch: the
+  shards together hold one micro-batch's activations, as one program would.
+  The average of equal shards' mean losses and gradients is the whole
+  batch's.
 
   Across processes (one device each: python -m jaxgpt.launch, or one per
   host) every process runs its own shards on its own rows, and the update
-  program averages across them too: each shard's gradients and loss travel
-  as one flat buffer, so that the processes exchange one buffer a step in
-  one all-reduce (XLA's own all-reduce of a gradient tree costs one gloo
-  round trip per parameter array).
+  program averages across them too. Each shard's gradients, loss and the
+  process's `stop` (a stop signal received) travel as one flat buffer: the
+  processes exchange one buffer a step, and learn whether any of them is
+  stopping from it (metrics.stop) at no further cost.
   """
 
   def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, mesh: Mesh, shards: int,
                dropout: bool, seed: int, compiler_options: dict):
     jit = functools.partial(jax.jit, compiler_options=compiler_options)
     base_key = jax.random.key(seed)
+    first_shard = jax.process_index() * shards  # this process's shards, numbered across processes
 
-    def shard_grads(params, xs, ys, iter_num, shard):
-      """One shard's mean loss and gradients, as one flat row: (1, params + 1)."""
+    def shard_grads(params, xs, ys, iter_num, shard, stop):
+      """One shard's gradients, mean loss and stop flag, as one flat row: (1, params + 2)."""
       rows = xs.shape[1] // shards
       x, y = (jax.lax.dynamic_slice_in_dim(a, shard * rows, rows, axis=1) for a in (xs, ys))
-      key = dropout_key(base_key, iter_num, shard) if dropout else None
+      key = dropout_key(base_key, iter_num, first_shard + shard) if dropout else None
       loss, grads = _loss_and_grads(graphdef, params, x, y, key)
-      return jnp.append(ravel_pytree(grads)[0], loss)[None]
+      return jnp.concatenate([ravel_pytree(grads)[0], jnp.stack([loss, stop])])[None]
 
-    def mean_across_devices(*flat_rows):  # inside shard_map: this device's rows, (1, params + 1) each
-      return jax.lax.pmean(sum(flat_rows) / shards, parallel.DATA)[0]  # one all-reduce of one buffer
+    def mean_of_rows(*flat_rows):  # inside shard_map: this device's rows, (1, params + 2) each
+      return parallel.mean_across_devices((sum(flat_rows) / shards)[0], mesh.size)
 
     def apply_update(params, opt_state, flat_rows):
-      flat = jax.shard_map(mean_across_devices, mesh=mesh, in_specs=PartitionSpec(parallel.DATA),
-                           out_specs=PartitionSpec())(*flat_rows)
+      flat = jax.shard_map(mean_of_rows, mesh=mesh, in_specs=PartitionSpec(parallel.DATA),
+                           out_specs=PartitionSpec(), check_vma=False)(*flat_rows)
       unravel = ravel_pytree(params)[1]  # the params' tree from the flat buffer's layout
-      grads, loss = unravel(flat[:-1]), flat[-1]
+      grads, loss, stop = unravel(flat[:-2]), flat[-2], flat[-1]
       params, opt_state = _apply_update(tx, params, opt_state, grads)
-      return params, opt_state, StepMetrics(loss, optax.tree.norm(grads))
+      return params, opt_state, StepMetrics(loss, optax.tree.norm(grads), stop > 0)
 
     self.shards, self.mesh = shards, mesh
     self.rows_sharding = NamedSharding(mesh, PartitionSpec(parallel.DATA))
@@ -182,11 +183,11 @@ class ShardedTrainStep:
     self.apply_update = jit(apply_update, donate_argnums=(0, 1))
     self.threads = ThreadPoolExecutor(shards - 1, thread_name_prefix='shard') if shards > 1 else None
 
-  def __call__(self, params, opt_state, xs, ys, iter_num):
+  def __call__(self, params, opt_state, xs, ys, iter_num, stop: bool = False):
     local_params, xs, ys = (self._local(a) for a in (params, xs, ys))
-    others = [self.threads.submit(self.shard_grads, local_params, xs, ys, iter_num, shard)
+    others = [self.threads.submit(self.shard_grads, local_params, xs, ys, iter_num, shard, 0.0)
               for shard in range(1, self.shards)]
-    rows = [self.shard_grads(local_params, xs, ys, iter_num, 0)] + [future.result() for future in others]
+    rows = [self.shard_grads(local_params, xs, ys, iter_num, 0, float(stop))] + [f.result() for f in others]
     return self.apply_update(params, opt_state, [self._across_devices(row) for row in rows])
 
   def _local(self, tree):
@@ -198,7 +199,7 @@ class ShardedTrainStep:
 
   def _across_devices(self, row: jax.Array) -> jax.Array:
     """A shard's flat row of this process, as a row of the global (devices,
-    params + 1) array the update program reads."""
+    params + 2) array the update program reads."""
     if self.mesh.size == 1:
       return row
     return jax.make_array_from_single_device_arrays((self.mesh.size, row.shape[1]), self.rows_sharding, [row])
@@ -207,16 +208,18 @@ class ShardedTrainStep:
     """Compiles the shard and update programs for these arguments (arrays,
     or jax.ShapeDtypeStructs with their shardings) without running them;
     each with how many copies of it run at once."""
-    local = self._local if self.mesh.size == 1 else functools.partial(jax.tree.map, self._local_struct)
-    shard_program = self.shard_grads.lower(local(params), local(xs), local(ys), iter_num, 0).compile()
+    local = self._local if self.mesh.size == 1 else functools.partial(jax.tree.map, _local_struct)
+    shard_program = self.shard_grads.lower(local(params), local(xs), local(ys), iter_num, 0, 0.0).compile()
     row = shard_program.out_info
     rows = [jax.ShapeDtypeStruct((self.mesh.size, row.shape[1]), row.dtype, sharding=self.rows_sharding)] * self.shards
     return [(shard_program, self.shards), (self.apply_update.lower(params, opt_state, rows).compile(), 1)]
 
-  def _local_struct(self, a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-    device = next(iter(a.sharding.addressable_devices))
-    return jax.ShapeDtypeStruct(a.sharding.shard_shape(a.shape), a.dtype,
-                                sharding=jax.sharding.SingleDeviceSharding(device))
+
+def _local_struct(a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+  """The shape of this process's copy of a global array's."""
+  device = next(iter(a.sharding.addressable_devices))
+  return jax.ShapeDtypeStruct(a.sharding.shard_shape(a.shape), a.dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(device))
 
 
 def make_train_step(c, config: GPTConfig, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,

@@ -98,8 +98,12 @@ class StopSignals:
     if self.received:
       raise KeyboardInterrupt
 
-  def requested(self) -> bool:
-    return parallel.all_processes_agree(bool(self.received))  # all stop at the same point
+  def requested(self, agreed: jax.Array | None = None) -> bool:
+    """Whether to stop now; all processes answer alike, so all stop at the
+    same point. agreed: their answer, where a train step carried it."""
+    if agreed is not None:
+      return bool(agreed)
+    return parallel.all_processes_agree(bool(self.received))
 
   def reason(self) -> str:
     return signal.Signals(self.received[0]).name if self.received else 'a stop in another process'
@@ -334,8 +338,8 @@ class Trainer:
         if c.eval_only:  # nanoGPT's `iter_num == 0 and eval_only` would let a resumed run train on
           break
 
-        state.params, state.opt_state, metrics = self.train_step(state.params, state.opt_state,
-                                                                 self.xs, self.ys, state.iter_num)
+        state.params, state.opt_state, metrics = self.train_step(state.params, state.opt_state, self.xs, self.ys,
+                                                                 state.iter_num, **self.stop_flag())
         self.xs, self.ys = self.train_batches(state.iter_num + 1, self.micro_steps)  # drawn while the step runs
         # waits for the step: the next is dispatched only once this one is
         # done, so a stop is honoured within one step
@@ -344,10 +348,14 @@ class Trainer:
         if state.iter_num > c.max_iters:
           self.save_final()
           break
-        if self.stop.requested():
+        if self.stop.requested(metrics.stop):
           self.save_on_stop()
           break
     return losses
+
+  def stop_flag(self) -> dict[str, bool]:
+    """The train step's `stop` argument, for a step that carries it across processes."""
+    return {'stop': bool(self.stop.received)} if isinstance(self.train_step, step.ShardedTrainStep) else {}
 
   def estimate_loss(self) -> dict[str, float] | None:
     """The mean loss of eval_iters batches of each split, read a few batches

@@ -147,6 +147,10 @@ CONFIG_CASES = {
                                   "lr_decay_iters=1 equals warmup_iters: nanoGPT's schedule divides by zero at "
                                   'iteration 1'),
     'negative decay': (train('--config.lr_decay_iters=-1'), 'lr_decay_iters=-1 must be >= 0'),
+    'negative threads': (train('--config.threads=-1'), 'threads=-1 must be >= 0'),
+    'threads do not divide the batch': (train('--config.batch_size=12', '--config.threads=5'),
+                                        'batch_size=12 does not split into threads=5 equal shards: pass a '
+                                        '--config.threads that divides it (1, 2, 3, 4, 6, 12), or 0 to choose'),
     'unknown dtype': (train('--config.dtype=float16'), "dtype='float16' is not supported"),
     'negative seed': (train('--config.seed=-1'), 'seed=-1 must be in [0, 2**32): pass e.g. --config.seed=1337'),
     'warmup_iters past int32': (train('--config.warmup_iters=2147483647'),
@@ -486,8 +490,9 @@ def test_launcher_usage_errors(folder, monkeypatch, capsys):
     launch.main(['launch', '--nproc=2', 'trian.py'])
   assert e.value.code == 2 and 'trian.py is not a file: give the path of train.py' in capsys.readouterr().err
   with pytest.raises(SystemExit) as e:
-    launch.main(['launch', f'--nproc={os.cpu_count() + 1}', 'train.py'])
-  assert e.value.code == 2 and f"is more than this host's {os.cpu_count()} CPUs" in capsys.readouterr().err
+    launch.main(['launch', f'--nproc={len(os.sched_getaffinity(0)) + 1}', 'train.py'])
+  assert e.value.code == 2 and f"is more than the {len(os.sched_getaffinity(0))} CPUs this process may use" in \
+      capsys.readouterr().err
   with pytest.raises(SystemExit) as e:
     launch.main(['launch', '--nproc=1', 'empty.txt'])
   assert e.value.code == 2 and 'empty.txt is not train.py: launch starts training processes only' in capsys.readouterr().err

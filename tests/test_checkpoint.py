@@ -25,8 +25,9 @@ from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
+# two threads, each shard drawing its own dropout masks: exact resume holds for the sharded step
 SCHEDULE = dict(dropout=0.1, eval_interval=10, always_save_checkpoint=True, log_interval=2, eval_iters=3,
-                warmup_iters=5, lr_decay_iters=40)
+                warmup_iters=5, lr_decay_iters=40, threads=2)
 # nanoGPT's log lines; the loss text, not the time
 LOSS_LINE = re.compile(r'^(iter|step) (\d+): (loss \d+\.\d{4}|train loss \d+\.\d{4}, val loss \d+\.\d{4})')
 
@@ -126,7 +127,7 @@ def test_runs_succeed(runs):
 @pytest.mark.slow
 def test_resumed_run_logs_what_the_uninterrupted_run_logs(runs):
   # the same batches (drawn from seed and iter_num), the same dropout masks
-  # (keys from seed and iter_num), the same optimizer state
+  # (keys from seed, iter_num and shard), the same optimizer state
   # (B's first leg saved its final state, before iteration 21: B resumes there)
   uninterrupted = loss_lines(runs['a'].stdout, since=21)
   resumed = loss_lines(runs['b2'].stdout, since=0)

@@ -14,8 +14,35 @@ import sys
 import pytest
 
 from conftest import E2E_RUN, REPO_ROOT, config_flags, make_workdir, parse_log
+from jaxgpt import launch, parallel
+from jaxgpt.config import ConfigError
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
+
+@pytest.mark.parametrize('cores, batch_size, shards', [
+    (1, 12, 1), (2, 12, 2), (4, 12, 4), (5, 12, 4), (8, 12, 6), (16, 12, 12), (64, 12, 12), (3, 7, 1), (8, 7, 7)])
+def test_automatic_threads_take_the_most_shards_the_cores_and_the_batch_allow(monkeypatch, cores, batch_size, shards):
+  monkeypatch.setattr(parallel, 'usable_cores', lambda: cores)
+  assert parallel.gradient_shards(0, batch_size, 'cpu', fsdp=False) == shards
+
+
+def test_threads_set_by_hand(monkeypatch):
+  monkeypatch.setattr(parallel, 'usable_cores', lambda: 1)
+  assert parallel.gradient_shards(3, 12, 'cpu', fsdp=False) == 3  # more than the cores: as asked
+  with pytest.raises(ConfigError, match=r'^threads=2: .* only on a CPU, one device a process, without fsdp; not '
+                     r'with fsdp: pass --config.threads=0 \(automatic\)$'):
+    parallel.gradient_shards(2, 12, 'cpu', fsdp=True)
+  assert parallel.gradient_shards(0, 12, 'cpu', fsdp=True) == 1  # automatic: one program, where threads do not apply
+  assert parallel.gradient_shards(1, 12, 'cpu', fsdp=True) == 1
+
+
+@pytest.mark.parametrize('cpus, nproc, shares', [
+    ({0, 1}, 2, [[0], [1]]), ({0, 1, 2, 3, 4, 5, 6, 7}, 3, [[0, 1], [2, 3, 4], [5, 6, 7]]),
+    ({2, 3, 8, 9}, 2, [[2, 3], [8, 9]]), ({0, 1, 2}, 1, [[0, 1, 2]])])
+def test_launch_deals_each_process_its_share_of_the_cores(monkeypatch, cpus, nproc, shares):
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: cpus)
+  assert launch.share_cores(nproc) == shares
+
 
 FOUR_DEVICES = os.environ | {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
 
@@ -76,13 +103,17 @@ def test_train_on_four_devices_then_resume_on_one(workdir):
   assert parse_log(resumed.stdout)[1].keys() == {21, 22}  # on from the final state, before iteration 21
 
 
-MULTI = dict(batch_size=4, gradient_accumulation_steps=2, max_iters=10, eval_interval=5, log_interval=1, dropout=0.1)
+# dropout off: two processes (ShardedTrainStep: one key a shard) and two devices
+# in one process (one key for the whole batch) draw different masks
+MULTI = dict(batch_size=4, gradient_accumulation_steps=2, max_iters=10, eval_interval=5, log_interval=1, dropout=0.0)
 
 
 @pytest.mark.slow
 def test_two_processes_train_as_one_process_with_two_devices(workdir):
   """Each device draws its own rows from (seed, stream, iteration, device),
-  however devices are spread over processes: the same losses."""
+  however devices are spread over processes: the same losses, whether
+  XLA's all-reduce averages the gradients (one process) or the processes
+  swap one flat buffer (ShardedTrainStep)."""
   launched = run('-m', 'jaxgpt.launch', '--nproc=2', REPO_ROOT / 'train.py', f'--config={CONFIG}',
                  *config_flags(E2E_RUN | dict(out_dir='out-2p', **MULTI)), env=os.environ, cwd=workdir)
   assert launched.returncode == 0, launched.stderr

@@ -41,6 +41,31 @@ def test_staged_step_within_tolerance(tiny_trace):
     assert diff <= limits[name], f'{name}: {diff:.3e} > {limits[name]:.1e}'
 
 
+@pytest.mark.parametrize('threads', [2, 4])
+def test_step_sharded_over_threads_within_tolerance(tiny_trace, threads):
+  # each batch's rows split over threads, their gradients averaged: the same numbers
+  diffs = parity.replay(tiny_trace, threads=threads)
+  limits = parity.tolerances(tiny_trace)
+  for name, diff in diffs.items():
+    assert diff <= limits[name], f'{name}: {diff:.3e} > {limits[name]:.1e}'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('threads', [2, 3, 12])
+def test_seed_trace_passes_sharded_over_threads(threads):
+  path = FIXTURES / 'seed_model.npz'
+  proc = subprocess.run([sys.executable, '-m', 'jaxgpt.parity', str(path), f'--threads={threads}'], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert proc.stdout.splitlines()[-1] == f'PASS: jaxgpt matches nanoGPT on {path} (40 steps)'
+
+
+def test_threads_that_do_not_divide_the_trace_batch_are_refused(capsys):
+  assert parity.main([str(FIXTURES / 'tiny.npz'), '--threads=3']) == 2
+  assert capsys.readouterr().err == ("error: --threads=3: the trace's batches of 4 rows do not split into that many "
+                                     'equal shards\n')
+
+
 def test_tolerances_are_the_reference_ones(tiny_trace):
   """The figures of tests/fixtures/README.md, written out: the final weights'
   is 10 x the trace's own float32 drift from float64 where that exceeds 1e-5."""

@@ -1,4 +1,4 @@
-"""The train step: gradient accumulation, fused vs staged, dropout keys, matmul library."""
+"""The train step: gradient accumulation, fused vs staged vs sharded over threads, dropout keys, matmul library."""
 
 import dataclasses
 import platform
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY, max_diff
-from jaxgpt import runtime
+from jaxgpt import parallel, runtime
 from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
-from jaxgpt.step import (TrainStep, _loss, _loss_and_grads, eval_batches_per_call, eval_calls, init_model,
-                         make_eval_losses)
+from jaxgpt.step import (ShardedTrainStep, TrainStep, _loss, _loss_and_grads, eval_batches_per_call, eval_calls,
+                         init_model, make_eval_losses)
 
 
 def run_config(**overrides) -> ml_collections.ConfigDict:
@@ -78,6 +78,85 @@ def test_dropout_keys_follow_the_iteration(batch):
     losses[name] = float(metrics.loss)
   assert losses['a'] == losses['b']
   assert losses['a'] != losses['c']
+
+
+def train_steps(step, config, batches, iters, params=None, opt_state=None):
+  """Runs step over iterations `iters` of batches (steps, accum, B, T); returns
+  (losses, grad norms, params, opt_state)."""
+  tx = make_optimizer(run_config())
+  if params is None:
+    params = init_model(config, seed=0)[2]
+    opt_state = tx.init(params)
+  losses, norms = [], []
+  for i in iters:
+    params, opt_state, metrics = step(params, opt_state, batches[0][i], batches[1][i], i)
+    losses.append(float(metrics.loss))
+    norms.append(float(metrics.grad_norm))
+  return losses, norms, params, opt_state
+
+
+def sharded_step(config, shards, dropout=False):
+  graphdef = init_model(config, seed=0)[1]
+  return ShardedTrainStep(graphdef, make_optimizer(run_config()), mesh=parallel.make_mesh(), shards=shards,
+                          dropout=dropout, seed=0, compiler_options={})
+
+
+@pytest.mark.slow  # trains several steps in process
+@pytest.mark.parametrize('shards, accum', [(1, 1), (2, 1), (4, 1), (8, 1), (2, 2), (4, 2)])
+def test_sharded_step_equals_fused_step(batch, shards, accum):
+  """The rows of each micro-batch split over threads: the same losses, norms
+  and weights as one program on the whole batch, to float32 rounding (AdamW
+  divides by sqrt(v), so weights whose gradient is near 0 move by a few 1e-6)."""
+  xs, ys = (a.reshape(3, accum, 8 // accum, -1) for a in batch)
+  graphdef = init_model(TINY, seed=0)[1]
+  fused = TrainStep(graphdef, make_optimizer(run_config()), config=TINY, dropout=False, seed=0, fused=True)
+  want = train_steps(fused, TINY, (xs, ys), range(3))
+  got = train_steps(sharded_step(TINY, shards), TINY, (xs, ys), range(3))
+  np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+  assert max_diff(got[2], want[2]) < 1e-5
+  assert len(set(got[0])) == 3  # it trained
+
+
+@pytest.mark.slow  # trains several steps in process
+def test_sharded_dropout_is_fixed_by_seed_iteration_and_shard(batch):
+  config = dataclasses.replace(TINY, dropout=0.5)
+  xs, ys = (a[:, None] for a in batch)  # (steps, accum 1, 8, T)
+  # shard 0 of 1 draws the fused step's masks: (seed, iteration, shard 0) is one key
+  graphdef = init_model(config, seed=0)[1]
+  fused = TrainStep(graphdef, make_optimizer(run_config()), config=config, dropout=True, seed=0, fused=True)
+  one_shard = train_steps(sharded_step(config, 1, dropout=True), config, (xs, ys), range(2))
+  assert one_shard[0] == pytest.approx(train_steps(fused, config, (xs, ys), range(2))[0], abs=1e-6)
+  # two shards draw masks of their own: not the one-shard run's
+  straight = train_steps(sharded_step(config, 2, dropout=True), config, (xs, ys), range(3))
+  assert abs(straight[0][1] - one_shard[0][1]) > 1e-4
+  # and the same ones again in a fresh step resuming at iteration 1: exact resume
+  first = train_steps(sharded_step(config, 2, dropout=True), config, (xs, ys), range(1))
+  resumed = train_steps(sharded_step(config, 2, dropout=True), config, (xs, ys), range(1, 3), *first[2:])
+  assert first[0] + resumed[0] == straight[0]
+  assert max_diff(resumed[2], straight[2]) == 0
+
+
+def test_sharded_step_carries_the_stop_flag(batch):
+  xs, ys = (a[:, None] for a in batch)
+  step = sharded_step(TINY, 2)
+  params = init_model(TINY, seed=0)[2]
+  tx = make_optimizer(run_config())
+  for stop in (False, True):
+    metrics = step(jax.tree.map(jnp.copy, params), tx.init(params), xs[0], ys[0], 0, stop=stop)[2]
+    assert bool(metrics.stop) is stop
+
+
+def test_sharded_step_compiles_one_shard_program_run_by_every_thread(batch):
+  xs, ys = (a[:, None] for a in batch)
+  params = init_model(TINY, seed=0)[2]
+  tx = make_optimizer(run_config())
+  [(shard_program, copies), (update_program, once)] = sharded_step(TINY, 4).compile(
+      params, tx.init(params), xs[0], ys[0], 0)
+  assert (copies, once) == (4, 1)
+  n_params = sum(a.size for a in jax.tree.leaves(params))
+  assert shard_program.out_info.shape == (1, n_params + 2)  # gradients, loss, stop: one flat row
+  assert 'all-reduce' not in update_program.as_text()  # one device: nothing to exchange
 
 
 @pytest.mark.parametrize('dtype, n_embd', [('float32', 32), ('bfloat16', 32), ('float32', 384), ('bfloat16', 384)])

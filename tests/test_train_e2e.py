@@ -39,10 +39,10 @@ def workdir(tmp_path, shakespeare):
 
 @pytest.fixture(scope='module')
 def fused_run(tmp_path_factory, shakespeare):
-  """The --config spelling, compile=True (the default): 40 iterations, evaluated at 0, 20, 40."""
+  """The --config spelling, compile=True (the default) on one thread: 40 iterations, evaluated at 0, 20, 40."""
   workdir = make_workdir(tmp_path_factory.mktemp('fused'), shakespeare)
   out_dir = workdir / 'out'
-  proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir))
+  proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=out_dir, threads=1))
   return proc, out_dir
 
 
@@ -111,7 +111,7 @@ def test_checkpoint_after_improving_evals_never_at_step_0(fused_run):
 def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
   # nanoGPT's `train.py CONFIG --key=value`, and compile=False: the same run, the same numbers
   out_dir = workdir / 'out'
-  proc = train(workdir, CONFIG, '--device=cpu', '--compile=False', *overrides('--', out_dir=out_dir))
+  proc = train(workdir, CONFIG, '--device=cpu', '--compile=False', *overrides('--', out_dir=out_dir, threads=1))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   steps, iters = parse_log(proc.stdout)
   fused_steps, fused_iters = parse_log(fused_run[0].stdout)
@@ -126,15 +126,31 @@ def test_nanogpt_spelling_staged_step_same_run(fused_run, workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('threads', [0, 2, 4])
+def test_step_sharded_over_threads_same_run(fused_run, workdir, threads):
+  # the batch's rows over threads (0: one a core, the default): the fused run's
+  # losses, up to float32 summation order
+  proc = train(workdir, f'--config={CONFIG}', *overrides('--config.', out_dir=workdir / 'out', threads=threads))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  (steps, iters), (fused_steps, fused_iters) = parse_log(proc.stdout), parse_log(fused_run[0].stdout)
+  assert steps.keys() == fused_steps.keys() and iters.keys() == fused_iters.keys()
+  for got, want in ((steps, fused_steps), (iters, fused_iters)):
+    for n in want:
+      assert got[n] == pytest.approx(want[n], abs=1.5e-4)
+
+
+@pytest.mark.slow
 def test_each_program_compiles_once_in_a_run_and_in_a_resumed_one(workdir):
   # jax logs every compilation; a step input placed otherwise than the step's
   # output (the optimizer's step count was) compiles the step again at iteration 1.
-  # The fresh run fuses its step, the resumed one stages it (compile=False).
+  # The fresh run fuses its step, the first resumed one stages it (compile=False),
+  # the second splits it over two threads (one shard program, run by both).
   env = os.environ | {'JAX_LOG_COMPILES': '1'}
-  for init_from, max_iters, compile_, step_programs in (('scratch', 6, True, ['fused_step']),
-                                                        ('resume', 9, False, ['loss_and_grads', 'apply_update'])):
+  for init_from, max_iters, compile_, threads, step_programs in (
+      ('scratch', 6, True, 1, ['fused_step']), ('resume', 9, False, 1, ['loss_and_grads', 'apply_update']),
+      ('resume', 12, True, 2, ['shard_grads', 'apply_update'])):
     proc = train(workdir, f'--config={CONFIG}', *overrides(
-        '--config.', compile=compile_, init_from=init_from, max_iters=max_iters, eval_interval=3,
+        '--config.', compile=compile_, threads=threads, init_from=init_from, max_iters=max_iters, eval_interval=3,
         log_interval=1, out_dir=workdir / 'out'), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     compiled = re.findall(r'Compiling jit\((\w+)\)', proc.stderr)
