@@ -4,6 +4,7 @@
   python -m jaxgpt.bench --nanogpt [--nanogpt_dir=PATH]   # nanoGPT's PyTorch step too, by turns (the torch extra)
   python -m jaxgpt.bench --nanogpt --cores=1,2,4   # the same once per core count: the ratio as cores grow
   python -m jaxgpt.bench --generate   # sampling speed, with and without the key/value cache
+  python -m jaxgpt.bench --processes=2 [--iters=300]   # data parallel: 1 train.py against 2 launched, same tokens
 
 The config is the seed command's (configs/shakespeare_char.py with 4 layers,
 4 heads, 128 wide, block 64, batch 12, dropout 0), and any further
@@ -16,9 +17,10 @@ jaxgpt/nanogpt_torch.py, with the model.py of the nanoGPT checkout in
 them, so the comparison holds however fast the machine is that minute. Prints
 the compile times, the median ms/iter over --steps steps (each waited for),
 tokens/s and the peak RSS. With --cores, one child process per core count runs the same, pinned to
-that many cores (its CPU affinity; XLA:CPU sizes its threads from it, and
-PyTorch's thread count is set to match), and a table of the medians and the
-nanoGPT / jaxgpt speed-ups follows. With --generate it times sampling instead: one
+that many cores (its CPU affinity; XLA:CPU sizes its threads from it, as
+jaxgpt does its step's threads, and PyTorch's thread count is set to match),
+and a table of the medians, the nanoGPT / jaxgpt speed-ups and each step's
+time against its own on the fewest cores follows. With --generate it times sampling instead: one
 prompt character, block_size new tokens, 10 samples at once, after a warm-up
 run (so compiling is left out). The figures measured so far, with their
 machines: docs/performance.md and the README.
@@ -58,12 +60,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import cli, entry
+from jaxgpt import cli, entry, parallel
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.generate import Generator
 from jaxgpt.optim import make_optimizer
 from jaxgpt.model import GPTConfig
-from jaxgpt.step import init_model, TrainStep
+from jaxgpt.step import init_model, make_train_step
 from jaxgpt.runtime import pin_device
 
 SEED_COMMAND = ['--config=configs/shakespeare_char.py', '--config.device=cpu', '--config.compile=False',
@@ -102,14 +104,15 @@ def bench_generate(graphdef, params, config) -> None:
 
 
 def build_step(c, dtype: str):
-  """The seed model's train step in dtype, compiled, with its state and a
-  fixed random batch: run(i) does iteration i. Returns (run, compile seconds)."""
+  """The seed model's train step in dtype, as train.py builds it (its rows
+  over threads where the cores allow), compiled, with its state and a fixed
+  random batch: run(i) does iteration i. Returns (run, compile seconds)."""
   config = GPTConfig.from_run_config(c, SHAKESPEARE_VOCAB_SIZE)
   config = dataclasses.replace(config, dtype=dtype)
   _, graphdef, params = init_model(config, c.seed)
   tx = make_optimizer(c)
   state = [params, tx.init(params)]
-  step = TrainStep(graphdef, tx, config=config, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
+  step = make_train_step(c, config, graphdef, tx, parallel.make_mesh())
   rng = np.random.default_rng(0)
   shape = (c.gradient_accumulation_steps, c.batch_size, c.block_size)
   xs, ys = (rng.integers(0, SHAKESPEARE_VOCAB_SIZE, shape, dtype=np.int32) for _ in range(2))
@@ -246,13 +249,18 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--generate', action='store_true', help='time sampling instead of training')
   parser.add_argument('--memory', action='store_true',
                       help="peak RSS of train.py and of nanoGPT's loop, in child processes, per RECIPE")
-  parser.add_argument('--iters', type=int, default=20, help='iterations of each --memory run')
+  parser.add_argument('--iters', type=int, default=20, help='iterations of each --memory or --processes run')
+  parser.add_argument('--processes', type=int, help='N: the seed step in 1 train.py process against N started by '
+                      'jaxgpt.launch, the same tokens a step')
+  parser.add_argument('--rounds', type=int, default=3, help='turns of each --processes run')
   parser.add_argument('--cores', type=core_counts, help='e.g. 1,2,4: the steps by turns once per core count, each '
                       'in a child process pinned to that many cores')
   args, overrides = parser.parse_known_args(argv[1:])
-  for flag in ('steps', 'iters'):
+  for flag in ('steps', 'iters', 'rounds'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag}={getattr(args, flag)} must be >= 1')
+  if args.processes is not None and not 2 <= args.processes <= len(os.sched_getaffinity(0)):
+    parser.error(f'--processes={args.processes} must be 2 to the {len(os.sched_getaffinity(0))} CPUs this process may use')
   if args.cores and (args.memory or args.generate):
     parser.error('--cores times the train step: leave out --memory and --generate')
   if args.cores:
@@ -298,16 +306,61 @@ def bench_cores(counts: list[int], child_argv: list[str]) -> None:
   names = list(next(iter(rows.values())))
   jaxgpt_names = [name for name in names if name != NANOGPT]
   speedups = [f'{NANOGPT} / {name}' for name in jaxgpt_names] if NANOGPT in names else []
+  fewest = min(rows)  # scaling: each step against its own on the fewest cores
+  scalings = [f'{name} at {fewest} core(s) = 1' for name in names]
   print(f'\n{cpu_name()}, {len(cpus)} CPUs usable; jax {jax.__version__}')
-  print('| cores | ' + ' | '.join(f'{name} ms/iter' for name in names) + ''.join(f' | {s}' for s in speedups) + ' |')
-  print('| ---: |' + ' ---: |' * (len(names) + len(speedups)))
+  print('| cores | ' + ' | '.join(f'{name} ms/iter' for name in names) + ''.join(f' | {s}' for s in speedups) +
+        ''.join(f' | {s}' for s in scalings) + ' |')
+  print('| ---: |' + ' ---: |' * (len(names) + len(speedups) + len(scalings)))
   for n, medians in rows.items():
     ratios = [f'{medians[NANOGPT] / medians[name]:.2f}x' for name in jaxgpt_names] if speedups else []
-    print(f'| {n} | ' + ' | '.join(f'{medians[name]:.2f}' for name in names) + ''.join(f' | {r}' for r in ratios) + ' |')
+    scaled = [f'{medians[name] / rows[fewest][name]:.2f}' for name in names]
+    print(f'| {n} | ' + ' | '.join(f'{medians[name]:.2f}' for name in names) + ''.join(f' | {r}' for r in ratios) +
+          ''.join(f' | {x}' for x in scaled) + ' |')
+
+
+ITER_TIME = re.compile(r'^iter (\d+): loss [\d.]+, time ([\d.]+)ms')
+
+
+def bench_processes(nproc: int, iters: int, rounds: int, overrides: list[str]) -> None:
+  """The seed command's iterations in one train.py process against nproc
+  processes started by `python -m jaxgpt.launch`, with the same tokens a
+  step: each of the nproc takes batch_size / nproc rows of every micro-batch
+  (gradient_accumulation_steps times nproc, as nanoGPT counts it over its
+  world). By turns, `rounds` times; each run's median iteration time, from
+  its log (iteration 0 and the evaluation left out). Reads data/ in the
+  current folder, as train.py does (it prepares it on first use)."""
+  c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)
+  if c.batch_size % nproc:
+    raise JaxGPTError(f'--processes={nproc}: batch_size={c.batch_size} does not split across that many processes')
+  common = SEED_COMMAND + overrides + [f'--config.max_iters={iters}', '--config.eval_iters=1',
+                                       '--config.eval_interval=100000', '--config.log_interval=1']
+  split = [f'--config.batch_size={c.batch_size // nproc}',
+           f'--config.gradient_accumulation_steps={c.gradient_accumulation_steps * nproc}']
+  commands = {'1 process': [str(TRAIN_PY), *common],
+              f'{nproc} processes': ['-m', 'jaxgpt.launch', f'--nproc={nproc}', str(TRAIN_PY), *common, *split]}
+  medians = {name: [] for name in commands}
+  for _ in range(rounds):
+    for name, command in commands.items():
+      with tempfile.TemporaryDirectory() as out_dir:
+        proc = subprocess.run([sys.executable, *command, f'--config.out_dir={out_dir}'], capture_output=True, text=True)
+      if proc.returncode:
+        raise JaxGPTError(f'{name} failed: {(proc.stderr.strip().splitlines() or ["no message"])[-1]}')
+      times = [float(m[2]) for m in map(ITER_TIME.match, proc.stdout.splitlines()) if m and int(m[1]) > 0]
+      medians[name].append(float(np.median(times)))
+      print(f'{name}: median {medians[name][-1]:.2f} ms/iter over {len(times)} iterations', flush=True)
+  one, many = (float(np.median(m)) for m in medians.values())
+  print(f'\n{cpu_name()}, {len(os.sched_getaffinity(0))} CPUs usable; {c.batch_size} rows x '
+        f'{c.gradient_accumulation_steps} micro-batch(es) a step in all')
+  print(f'| processes | ms/iter (median of {rounds} runs) | against 1 process |\n| ---: | ---: | ---: |')
+  print(f'| 1 | {one:.2f} | 1.00 |\n| {nproc} | {many:.2f} | {many / one:.2f} |')
 
 
 def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[str]) -> None:
   """The benchmark the flags ask for: training runs' memory, sampling, or train steps by turns."""
+  if args.processes:
+    bench_processes(args.processes, args.iters, args.rounds, overrides)
+    return
   if args.memory:
     # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag
     recipes = [arg for arg in overrides if arg.endswith('.py') and not arg.startswith('-')]
@@ -354,8 +407,10 @@ def time_by_turns(steps: dict[str, Callable[[int], None]], count: int) -> dict[s
 def report(c: ml_collections.ConfigDict, times: dict[str, list[float]], dtypes: list[str]) -> None:
   """The median ms/iter of each kind of step, their ratios, and this process's peak RSS."""
   tokens = c.gradient_accumulation_steps * c.batch_size * c.block_size
+  shards = parallel.gradient_shards(c.threads, c.batch_size, c.device, c.fsdp)
   print(f'config: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, '
-        f'batch {c.batch_size}, compile={c.compile}, jax {jax.__version__}, {len(os.sched_getaffinity(0))} cores')
+        f'batch {c.batch_size}, compile={c.compile}, threads={shards}, jax {jax.__version__}, '
+        f'{len(os.sched_getaffinity(0))} cores')
   medians = {}
   for name, t in times.items():
     ms, ms_p10, ms_p90 = (1000 * float(np.percentile(t, q)) for q in (50, 10, 90))
