@@ -68,14 +68,14 @@ from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model, make_train_step
 from jaxgpt.runtime import pin_device
 
-SEED_COMMAND = ['--config=configs/shakespeare_char.py', '--config.device=cpu', '--config.compile=False',
+REPOSITORY = pathlib.Path(__file__).parents[1]
+SEED_COMMAND = [f'--config={REPOSITORY / "configs" / "shakespeare_char.py"}', '--config.device=cpu', '--config.compile=False',
                 '--config.eval_iters=20', '--config.log_interval=1', '--config.block_size=64',
                 '--config.batch_size=12', '--config.n_layer=4', '--config.n_head=4',
                 '--config.n_embd=128', '--config.max_iters=2000', '--config.lr_decay_iters=2000',
                 '--config.dropout=0.0']
 SHAKESPEARE_VOCAB_SIZE = 65
 NANOGPT = 'nanoGPT (PyTorch, eager)'
-REPOSITORY = pathlib.Path(__file__).parents[1]
 TRAIN_PY = REPOSITORY / 'train.py'
 MEMORY_RECIPES = [str(REPOSITORY / 'configs' / name) for name in ('shakespeare_char.py', 'shakespeare_char_gpu.py')]
 # Starts argv[2:] and writes to file descriptor argv[1] its pid, then its exit
