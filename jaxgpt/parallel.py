@@ -20,6 +20,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxgpt import runtime
 from jaxgpt.config import ConfigError
 
 DATA = 'data'
@@ -75,11 +76,6 @@ def micro_steps(gradient_accumulation_steps: int, mesh: Mesh) -> int:
   return gradient_accumulation_steps // mesh.size
 
 
-def usable_cores() -> int:
-  """The CPUs this process may run on: its affinity, where the OS has one."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-
-
 def threads_apply(device: str, fsdp: bool) -> bool:
   """Whether a step's gradients can be computed by several threads
   (step.ShardedTrainStep): on a CPU, one device a process, params whole."""
@@ -99,7 +95,7 @@ def gradient_shards(threads: int, batch_size: int, device: str, fsdp: bool) -> i
                         f'device a process, without fsdp; not {where}: pass --config.threads=0 (automatic)')
     return 1
   if threads == 0:
-    return max(k for k in range(1, min(usable_cores(), batch_size) + 1) if batch_size % k == 0)
+    return max(k for k in range(1, min(runtime.usable_cores(), batch_size) + 1) if batch_size % k == 0)
   return threads  # config.validate: it divides batch_size
 
 

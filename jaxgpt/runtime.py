@@ -45,20 +45,29 @@ def _libc() -> ctypes.CDLL | None:
   return libc if hasattr(libc, 'mallopt') else None
 
 
-def _keep_freed_memory() -> None:
-  """Stop glibc returning XLA's per-step temp buffer to the OS.
+def usable_cores() -> int:
+  """The CPUs this process may run on: its affinity, where the OS has one."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
-  XLA allocates the step's temp buffer (tens of MB) on a worker thread;
-  above the mmap threshold glibc maps and unmaps it every step, and the page
-  faults cost a fifth of the seed model's step (docs/performance.md). One
-  arena, no mmap and a high trim threshold keep it reused. Same as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-  MALLOC_TRIM_THRESHOLD_=1073741824, but without needing a wrapper script.
+
+def _keep_freed_memory() -> None:
+  """Stop glibc returning XLA's per-step temp buffers to the OS.
+
+  XLA allocates a program's temp buffer (tens of MB) per call; above the
+  mmap threshold glibc maps and unmaps it every step, and the page faults
+  cost a fifth of the seed model's step (docs/performance.md). No mmap and
+  a high trim threshold keep it reused. An arena for the main thread and
+  one a core, for XLA's pool and the train step's threads: programs that
+  run at once on threads sharing one arena (the sharded step's) interleave
+  their buffers, and the arena grew without end (over 2 GB in 400 steps).
+  Same as MALLOC_ARENA_MAX=<1 + cores> MALLOC_MMAP_MAX_=0
+  MALLOC_TRIM_THRESHOLD_=1073741824, without needing a wrapper script.
   """
   libc = _libc()
   if libc is None:
     return
   m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
-  libc.mallopt(m_arena_max, 1)
+  libc.mallopt(m_arena_max, 1 + usable_cores())
   libc.mallopt(m_mmap_max, 0)
   libc.mallopt(m_trim_threshold, 1 << 30)
 
@@ -92,10 +101,11 @@ def release_free_memory() -> None:
   compiler and never reused by a run this small; and as small allocations
   settle in the space a step's temp buffer freed, the next step's buffer
   takes fresh heap, so that a seed run's heap grows by ~50 MB every few
-  hundred steps, all of it resident. Released after compiling and after
-  each evaluation, these pages no longer count towards the run's resident
-  memory; the next step faults its buffer's pages in again, once
-  (docs/performance.md).
+  hundred steps, all of it resident. Released after compiling, and before
+  and after each evaluation (the steps' buffers, held in their threads'
+  arenas, would otherwise stay beside the evaluation's), these pages no
+  longer count towards the run's resident memory; the next step faults its
+  buffer's pages in again, once (docs/performance.md).
   """
   libc = _libc()
   if libc is not None:

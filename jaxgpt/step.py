@@ -181,14 +181,13 @@ class ShardedTrainStep:
     self.rows_sharding = NamedSharding(mesh, PartitionSpec(parallel.DATA))
     self.shard_grads = jit(shard_grads)
     self.apply_update = jit(apply_update, donate_argnums=(0, 1))
-    self.threads = ThreadPoolExecutor(shards - 1, thread_name_prefix='shard') if shards > 1 else None
+    self.threads = ThreadPoolExecutor(shards, thread_name_prefix='shard')
 
   def __call__(self, params, opt_state, xs, ys, iter_num, stop: bool = False):
     local_params, xs, ys = (self._local(a) for a in (params, xs, ys))
-    others = [self.threads.submit(self.shard_grads, local_params, xs, ys, iter_num, shard, 0.0)
-              for shard in range(1, self.shards)]
-    rows = [self.shard_grads(local_params, xs, ys, iter_num, 0, float(stop))] + [f.result() for f in others]
-    return self.apply_update(params, opt_state, [self._across_devices(row) for row in rows])
+    shards = [self.threads.submit(self.shard_grads, local_params, xs, ys, iter_num, shard, float(stop and shard == 0))
+              for shard in range(self.shards)]
+    return self.apply_update(params, opt_state, [self._across_devices(shard.result()) for shard in shards])
 
   def _local(self, tree):
     """This process's copy of global arrays (replicated params, or its rows

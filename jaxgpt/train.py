@@ -247,6 +247,9 @@ class Trainer:
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
     print(f'tokens per iteration will be: {tokens_per_iter:,}')
     self.one_device = mesh.size == 1
+    # one thread, kept for the run: a thread started afresh at every
+    # evaluation would be handed a malloc arena in use by another
+    self.eval_thread = cleanup.enter_context(ThreadPoolExecutor(1, thread_name_prefix='eval'))
     if mesh.size > 1:
       print(f'data parallel over {mesh.size} devices in {jax.process_count()} process(es), params '
             f'{"split (fsdp)" if c.fsdp else "replicated"}')
@@ -323,6 +326,7 @@ class Trainer:
     with self.logger:
       while True:
         if state.iter_num % c.eval_interval == 0 or c.eval_only:
+          runtime.release_free_memory()  # the steps' freed buffers, before the evaluation takes its own
           losses = self.estimate_loss()
           if losses is None:  # stopped mid-evaluation: the state is the one before it
             self.save_on_stop()
@@ -380,9 +384,8 @@ class Trainer:
 
     splits = list(self.eval_batches.values())
     if self.one_device:
-      with ThreadPoolExecutor(len(splits) - 1) as pool:
-        others = [pool.submit(split_loss, batches) for batches in splits[1:]]
-        results = [split_loss(splits[0])] + [future.result() for future in others]
+      other = self.eval_thread.submit(split_loss, splits[1])
+      results = [split_loss(splits[0]), other.result()]
     else:
       results = [split_loss(batches) for batches in splits]
     return None if None in results else dict(zip(self.eval_batches, results))

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from conftest import E2E_RUN, REPO_ROOT, config_flags, make_workdir, parse_log
-from jaxgpt import launch, parallel
+from jaxgpt import launch, parallel, runtime
 from jaxgpt.config import ConfigError
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
@@ -22,12 +22,12 @@ CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 @pytest.mark.parametrize('cores, batch_size, shards', [
     (1, 12, 1), (2, 12, 2), (4, 12, 4), (5, 12, 4), (8, 12, 6), (16, 12, 12), (64, 12, 12), (3, 7, 1), (8, 7, 7)])
 def test_automatic_threads_take_the_most_shards_the_cores_and_the_batch_allow(monkeypatch, cores, batch_size, shards):
-  monkeypatch.setattr(parallel, 'usable_cores', lambda: cores)
+  monkeypatch.setattr(runtime, 'usable_cores', lambda: cores)
   assert parallel.gradient_shards(0, batch_size, 'cpu', fsdp=False) == shards
 
 
 def test_threads_set_by_hand(monkeypatch):
-  monkeypatch.setattr(parallel, 'usable_cores', lambda: 1)
+  monkeypatch.setattr(runtime, 'usable_cores', lambda: 1)
   assert parallel.gradient_shards(3, 12, 'cpu', fsdp=False) == 3  # more than the cores: as asked
   with pytest.raises(ConfigError, match=r'^threads=2: .* only on a CPU, one device a process, without fsdp; not '
                      r'with fsdp: pass --config.threads=0 \(automatic\)$'):
