@@ -1,6 +1,11 @@
 """The train and eval steps: pure functions of (params, optimizer state, batch),
 jitted once. train.py, the parity check and the benchmark all build them here.
 
+`TrainStep` runs a step as one program (or two: gradients, then the
+update); `ShardedTrainStep` splits its rows over threads, so that a CPU's
+cores run them at once, and across processes; `make_train_step` picks one
+for a run config.
+
 The model is split once into a static graph definition and its parameters as
 a plain nested dict of arrays; each step merges them inside jit. So no NNX
 graph traversal and no Variable boxes cross the jit boundary per call (for a
@@ -13,8 +18,10 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -229,6 +236,8 @@ def make_train_step(c, config: GPTConfig, graphdef: nnx.GraphDef, tx: optax.Grad
   exchanges one flat buffer a step; else one program (compile=True) or
   two."""
   shards = parallel.gradient_shards(c.threads, c.batch_size, c.device, c.fsdp)
+  if jax.process_count() > 1:  # every process must run the same update program: the fewest shards of any
+    shards = int(multihost_utils.process_allgather(np.array(shards)).min())
   options = runtime.compiler_options(config.dtype, config.n_embd)
   if shards > 1 or (jax.process_count() > 1 and parallel.threads_apply(c.device, c.fsdp)):
     return ShardedTrainStep(graphdef, tx, mesh=mesh, shards=shards, dropout=c.dropout > 0, seed=c.seed,
