@@ -27,8 +27,10 @@ def test_bench_times_float32_and_bfloat16_by_turns():
   proc = bench('--steps=25', '--config.n_layer=1', '--config.compile=True')
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
+  cores = len(os.sched_getaffinity(0))
+  threads = max(k for k in range(1, min(cores, 12) + 1) if 12 % k == 0)  # as train.py: one a core, as 12 rows split
   assert lines[2] == ('config: 1 layers, 4 heads, 128 wide, block 64, batch 12, compile=True, '
-                      f'jax {__import__("jax").__version__}, {len(os.sched_getaffinity(0))} cores')
+                      f'threads={threads}, jax {__import__("jax").__version__}, {cores} cores')
   for dtype in ('float32', 'bfloat16'):
     assert any(re.fullmatch(rf'{dtype}: compile \+ first step \d+\.\d\d s', line) for line in lines), lines
     assert any(re.fullmatch(rf'{dtype}: median \d+\.\d\d ms/iter \(25 steps; 10% \d+\.\d\d, 90% \d+\.\d\d\), '
@@ -55,8 +57,9 @@ def test_bench_cores_times_the_steps_once_per_core_count_each_pinned():
   lines = proc.stdout.splitlines()
   assert re.fullmatch(r'1 core\(s\): float32 \d+\.\d\d ms/iter, nanoGPT \(PyTorch, eager\) \d+\.\d\d ms/iter', lines[0])
   assert lines[-3] == ('| cores | float32 ms/iter | nanoGPT (PyTorch, eager) ms/iter | '
-                       'nanoGPT (PyTorch, eager) / float32 |')
-  assert re.fullmatch(r'\| 1 \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \|', lines[-1]), lines
+                       'nanoGPT (PyTorch, eager) / float32 | float32 at 1 core(s) = 1 | '
+                       'nanoGPT (PyTorch, eager) at 1 core(s) = 1 |')
+  assert re.fullmatch(r'\| 1 \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \| 1\.00 \| 1\.00 \|', lines[-1]), lines
   for cores, message in (('0', 'each core count must be 1 to'), ('1,x', "'1,x' is not a list of core counts")):
     proc = bench(f'--cores={cores}')
     assert proc.returncode == 2 and message in proc.stderr
@@ -167,3 +170,21 @@ def test_nanogpt_loop_prints_nanogpts_lines(tmp_path, shakespeare, monkeypatch, 
   assert all(abs(float(loss) - math.log(65)) < 0.05 for loss in step_0.groups())  # uniform over 65 characters
   for line in lines[1:3] + lines[4:]:
     assert re.fullmatch(r'iter \d: loss \d\.\d{4}, time \d+\.\d\dms', line), line
+
+
+@pytest.mark.slow
+def test_bench_processes_times_one_process_against_launched_ones(tmp_path, shakespeare):
+  workdir = make_workdir(tmp_path, shakespeare)
+  proc = bench('--processes=2', '--iters=6', '--rounds=1', '--config.n_layer=1', cwd=workdir)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert re.fullmatch(r'1 process: median \d+\.\d\d ms/iter over 6 iterations', lines[0]), lines
+  assert re.fullmatch(r'2 processes: median \d+\.\d\d ms/iter over 6 iterations', lines[1]), lines
+  assert re.fullmatch(r'.+, \d+ CPUs usable; 12 rows x 1 micro-batch\(es\) a step in all', lines[3]), lines
+  assert re.fullmatch(r'\| 2 \| \d+\.\d\d \| \d+\.\d\d \|', lines[-1]), lines
+  assert not list(workdir.glob('out*'))  # each run's out_dir was a temporary folder
+  proc = bench('--processes=1', cwd=workdir)
+  assert proc.returncode == 2 and '--processes=1 must be 2 to the' in proc.stderr, proc.stderr
+  proc = bench('--processes=2', '--config.batch_size=5', cwd=workdir)
+  assert proc.returncode == 1
+  assert proc.stderr == 'error: --processes=2: batch_size=5 does not split across that many processes\n'

@@ -52,6 +52,29 @@ def run(*args, env=FOUR_DEVICES, cwd=REPO_ROOT):
                         timeout=300)
 
 
+MEAN_ACROSS_DEVICES = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec
+from jaxgpt import parallel
+for n in (1, 2, 4):  # one device: x itself; two: one swap; four: XLA's all-reduce
+  x = (jnp.arange(n * 5, dtype=jnp.float32).reshape(n, 5) + 1) ** 1.5
+  mean = jax.jit(jax.shard_map(lambda row: parallel.mean_across_devices(row[0], n)[None],
+                               mesh=parallel.make_mesh(jax.devices()[:n]), in_specs=PartitionSpec('data'),
+                               out_specs=PartitionSpec('data'), check_vma=False))
+  every = np.asarray(mean(x))  # each device's result, a row each
+  np.testing.assert_allclose(every, np.broadcast_to(np.asarray(x).mean(0), (n, 5)), rtol=1e-6)
+  assert (every == every[0]).all(), (n, every)  # the same bits on every device: replicas stay identical
+print('ok')
+"""
+
+
+@pytest.mark.slow
+def test_mean_across_devices_gives_every_device_the_same_mean():
+  proc = run('-c', MEAN_ACROSS_DEVICES)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout == 'ok\n'
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('dropout', ['0.0', '0.1'])
 def test_data_parallel_step_is_the_single_device_step(dropout):
