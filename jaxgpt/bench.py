@@ -60,7 +60,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import cli, entry, parallel
+from jaxgpt import cli, entry, parallel, runtime
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.generate import Generator
 from jaxgpt.optim import make_optimizer
@@ -371,6 +371,7 @@ def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[
   if args.nanogpt and c.gradient_accumulation_steps != 1:
     raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')
   nanogpt_step = build_nanogpt_step(c, args.nanogpt_dir) if args.nanogpt else None
+  runtime.size_thread_pool(parallel.planned_shards(c))  # as train.py: before jax starts
   pin_device(c.device)
   if args.generate:
     config = GPTConfig.from_run_config(c, SHAKESPEARE_VOCAB_SIZE)

@@ -140,7 +140,8 @@ def main(argv: list[str]) -> int:
       print(train_help(argv))
       return
     parsed.append(parse_config(argv))
-    from jaxgpt import train  # after parsing: a bad flag answers before the model's modules load
+    from jaxgpt import parallel, runtime, train  # after parsing: a bad flag answers before the model's modules load
+    runtime.size_thread_pool(parallel.planned_shards(parsed[0]))  # before jax starts
     train.run(parsed[0], overridden_keys(argv))
 
   def interrupted(e: KeyboardInterrupt) -> str:  # a second Ctrl-C, or one before training began

@@ -94,9 +94,21 @@ def gradient_shards(threads: int, batch_size: int, device: str, fsdp: bool) -> i
       raise ConfigError(f'threads={threads}: a step\'s gradients are split over threads only on a CPU, one '
                         f'device a process, without fsdp; not {where}: pass --config.threads=0 (automatic)')
     return 1
-  if threads == 0:
-    return max(k for k in range(1, min(runtime.usable_cores(), batch_size) + 1) if batch_size % k == 0)
-  return threads  # config.validate: it divides batch_size
+  return threads or automatic_shards(batch_size)  # config.validate: threads divides batch_size
+
+
+def automatic_shards(batch_size: int) -> int:
+  """threads=0: one shard a core this process may use, or the most below that which batch_size divides."""
+  return max(k for k in range(1, min(runtime.usable_cores(), batch_size) + 1) if batch_size % k == 0)
+
+
+def planned_shards(c) -> int:
+  """The shards gradient_shards will give the run config c, known before
+  jax starts (for runtime.size_thread_pool): 1 where XLA_FLAGS asks for
+  several host devices, which gradient_shards learns only from jax."""
+  if c.device != 'cpu' or c.fsdp or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    return 1
+  return c.threads or automatic_shards(c.batch_size)
 
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int, device: str, timeout: int) -> None:

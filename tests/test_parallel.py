@@ -15,7 +15,7 @@ import pytest
 
 from conftest import E2E_RUN, REPO_ROOT, config_flags, make_workdir, parse_log
 from jaxgpt import launch, parallel, runtime
-from jaxgpt.config import ConfigError
+from jaxgpt.config import ConfigError, base_config
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 
@@ -34,6 +34,34 @@ def test_threads_set_by_hand(monkeypatch):
     parallel.gradient_shards(2, 12, 'cpu', fsdp=True)
   assert parallel.gradient_shards(0, 12, 'cpu', fsdp=True) == 1  # automatic: one program, where threads do not apply
   assert parallel.gradient_shards(1, 12, 'cpu', fsdp=True) == 1
+
+
+def test_xla_pool_sized_to_each_step_threads_cores_before_jax_starts(monkeypatch):
+  monkeypatch.setattr(runtime, 'usable_cores', lambda: 8)
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  c = base_config()
+  c.update(device='cpu', batch_size=12)
+  assert parallel.planned_shards(c) == 6  # as gradient_shards will
+  for step_threads, pool in ((6, '1'), (4, '2'), (2, '4')):
+    monkeypatch.delenv('PJRT_NPROC', raising=False)
+    runtime.size_thread_pool(step_threads)
+    assert os.environ['PJRT_NPROC'] == pool
+  monkeypatch.delenv('PJRT_NPROC')
+  runtime.size_thread_pool(1)  # one program a step: XLA's pool takes every core, as ever
+  assert 'PJRT_NPROC' not in os.environ
+  monkeypatch.setenv('PJRT_NPROC', '3')  # set by the user, or by jaxgpt.launch: left alone
+  runtime.size_thread_pool(4)
+  assert os.environ['PJRT_NPROC'] == '3'
+  for key, value in (('device', 'gpu'), ('fsdp', True)):
+    assert parallel.planned_shards(_with(c, **{key: value})) == 1
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+  assert parallel.planned_shards(c) == 1
+
+
+def _with(c, **values):
+  c = c.copy_and_resolve_references()
+  c.update(values)
+  return c
 
 
 @pytest.mark.parametrize('cpus, nproc, shares', [
