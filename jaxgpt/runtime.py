@@ -67,7 +67,7 @@ def _keep_freed_memory() -> None:
   if libc is None:
     return
   m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
-  libc.mallopt(m_arena_max, 1 + usable_cores())
+  libc.mallopt(m_arena_max, int(os.environ.get("JAXGPT_ARENAS", 1 + usable_cores())))
   libc.mallopt(m_mmap_max, 0)
   libc.mallopt(m_trim_threshold, 1 << 30)
 
