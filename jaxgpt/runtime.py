@@ -56,18 +56,20 @@ def _keep_freed_memory() -> None:
   XLA allocates a program's temp buffer (tens of MB) per call; above the
   mmap threshold glibc maps and unmaps it every step, and the page faults
   cost a fifth of the seed model's step (docs/performance.md). No mmap and
-  a high trim threshold keep it reused. An arena for the main thread and
-  one a core, for XLA's pool and the train step's threads: programs that
-  run at once on threads sharing one arena (the sharded step's) interleave
-  their buffers, and the arena grew without end (over 2 GB in 400 steps).
-  Same as MALLOC_ARENA_MAX=<1 + cores> MALLOC_MMAP_MAX_=0
+  a high trim threshold keep it reused. Arenas as glibc counts them by
+  default, 8 a core, so that each thread running programs has one of its
+  own: programs that run at once on threads sharing an arena (the sharded
+  step's) interleave their buffers, and the arena grew without end (over 2
+  GB in 400 steps), or churned its pages (2 seed runs in ~15 with 1 + cores
+  arenas spent 21-22 s in the kernel, against 1.4-1.5). Same as
+  MALLOC_ARENA_MAX=<8 x cores> MALLOC_MMAP_MAX_=0
   MALLOC_TRIM_THRESHOLD_=1073741824, without needing a wrapper script.
   """
   libc = _libc()
   if libc is None:
     return
   m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
-  libc.mallopt(m_arena_max, int(os.environ.get("JAXGPT_ARENAS", 1 + usable_cores())))
+  libc.mallopt(m_arena_max, 8 * usable_cores())
   libc.mallopt(m_mmap_max, 0)
   libc.mallopt(m_trim_threshold, 1 << 30)
 
