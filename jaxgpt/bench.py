@@ -371,14 +371,14 @@ def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[
   if args.nanogpt and c.gradient_accumulation_steps != 1:
     raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')
   nanogpt_step = build_nanogpt_step(c, args.nanogpt_dir) if args.nanogpt else None
-  runtime.size_thread_pool(parallel.planned_shards(c))  # as train.py: before jax starts
+  dtypes = [c.dtype] if 'dtype' in overridden else ['float32', 'bfloat16']
+  runtime.size_thread_pool(parallel.planned_shards(c), dtypes)  # as train.py: before jax starts
   pin_device(c.device)
   if args.generate:
     config = GPTConfig.from_run_config(c, SHAKESPEARE_VOCAB_SIZE)
     _, graphdef, params = init_model(config, c.seed)
     bench_generate(graphdef, params, config)
     return
-  dtypes = [c.dtype] if 'dtype' in overridden else ['float32', 'bfloat16']
   steps = {}
   for dtype in dtypes:
     steps[dtype], compile_s = build_step(c, dtype)

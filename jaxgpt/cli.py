@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
       return
     parsed.append(parse_config(argv))
     from jaxgpt import parallel, runtime, train  # after parsing: a bad flag answers before the model's modules load
-    runtime.size_thread_pool(parallel.planned_shards(parsed[0]))  # before jax starts
+    runtime.size_thread_pool(parallel.planned_shards(parsed[0]), [parsed[0].dtype])  # before jax starts
     train.run(parsed[0], overridden_keys(argv))
 
   def interrupted(e: KeyboardInterrupt) -> str:  # a second Ctrl-C, or one before training began

@@ -223,14 +223,16 @@ def setup() -> None:
   warnings.filterwarnings('ignore', message=UNCACHEABLE_ONEDNN_PROGRAM, category=UserWarning)
 
 
-def size_thread_pool(step_threads: int) -> None:
+def size_thread_pool(step_threads: int, dtypes: list[str]) -> None:
   """XLA's thread pool at the cores each of the train step's threads has
-  (PJRT_NPROC, read when jax starts: call it before). One program on each
-  core leaves nothing for a pool thread a core to do but contend with them:
-  the seed command's iterations spread less (its time outside the median
-  iteration 6.0 / 6.5 against 6.8 / 6.6 s; docs/performance.md). A
+  (PJRT_NPROC, read when jax starts: call it before), for float32 steps.
+  One program on each core leaves a pool thread a core nothing to do but
+  contend with them: the seed command's iterations spread less (its time
+  outside the median iteration 6.0 / 6.5 against 6.8 / 6.6 s). bfloat16's
+  matmuls need the pool (12.9 ms/iter with it, 20.5 without), so a process
+  that runs any bfloat16 step keeps it (docs/performance.md). A
   PJRT_NPROC already set (jaxgpt.launch sets it) wins."""
-  if step_threads > 1 and 'PJRT_NPROC' not in os.environ:
+  if step_threads > 1 and set(dtypes) == {'float32'} and 'PJRT_NPROC' not in os.environ:
     os.environ['PJRT_NPROC'] = str(max(1, usable_cores() // step_threads))
 
 

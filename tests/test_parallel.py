@@ -44,13 +44,15 @@ def test_xla_pool_sized_to_each_step_threads_cores_before_jax_starts(monkeypatch
   assert parallel.planned_shards(c) == 6  # as gradient_shards will
   for step_threads, pool in ((6, '1'), (4, '2'), (2, '4')):
     monkeypatch.delenv('PJRT_NPROC', raising=False)
-    runtime.size_thread_pool(step_threads)
+    runtime.size_thread_pool(step_threads, ['float32'])
     assert os.environ['PJRT_NPROC'] == pool
   monkeypatch.delenv('PJRT_NPROC')
-  runtime.size_thread_pool(1)  # one program a step: XLA's pool takes every core, as ever
+  runtime.size_thread_pool(1, ['float32'])  # one program a step: XLA's pool takes every core, as ever
+  runtime.size_thread_pool(2, ['bfloat16'])  # bfloat16's matmuls need the pool
+  runtime.size_thread_pool(2, ['float32', 'bfloat16'])
   assert 'PJRT_NPROC' not in os.environ
   monkeypatch.setenv('PJRT_NPROC', '3')  # set by the user, or by jaxgpt.launch: left alone
-  runtime.size_thread_pool(4)
+  runtime.size_thread_pool(4, ['float32'])
   assert os.environ['PJRT_NPROC'] == '3'
   for key, value in (('device', 'gpu'), ('fsdp', True)):
     assert parallel.planned_shards(_with(c, **{key: value})) == 1
