@@ -196,6 +196,10 @@ class ShardedTrainStep:
               for shard in range(self.shards)]
     return self.apply_update(params, opt_state, [self._across_devices(shard.result()) for shard in shards])
 
+  def close(self) -> None:
+    """Ends the step's threads."""
+    self.threads.shutdown()
+
   def _local(self, tree):
     """This process's copy of global arrays (replicated params, or its rows
     of a batch): the shard programs run on this process's device alone."""

@@ -109,7 +109,7 @@ def test_a_stop_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys
   def unhandled(signum, frame):  # what the test sees of a main that leaves SIGTERM's default: death
     raise AssertionError('main did not handle SIGTERM')
 
-  monkeypatch.setattr(train, 'run', lambda *args: os.kill(os.getpid(), signum))
+  monkeypatch.setattr(train, 'run', lambda *args: signal.raise_signal(signum))
   sigterm_handler = signal.signal(signal.SIGTERM, unhandled)
   try:
     assert cli.main(['train.py', f'--config={CONFIG}', '--config.out_dir=out']) == 130

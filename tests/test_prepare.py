@@ -4,7 +4,6 @@ errors that write nothing; and train.py on the result."""
 
 import errno
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -140,7 +139,7 @@ def test_overwrite_interrupted_leaves_the_old_data_set(tmp_path, monkeypatch, ca
   def interrupted_midway(text):
     calls.append(text)
     if len(calls) == 5:  # the vocabulary, then the chunks: the 4th chunk being written
-      os.kill(os.getpid(), signum)  # the handler (Python's for SIGINT, main's for SIGTERM) runs here
+      signal.raise_signal(signum)  # the handler (Python's for SIGINT, main's for SIGTERM) runs here
     return code_points(text)
 
   monkeypatch.setattr(prepare, '_code_points', interrupted_midway)

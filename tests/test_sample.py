@@ -358,7 +358,7 @@ def test_a_signal_while_sampling_prints_the_samples_so_far(runs, monkeypatch, ca
   def track_then_signal(steps, **kwargs):
     for i in real_track(steps, **kwargs):
       if i == 5:
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
       yield i
 
   monkeypatch.setattr(generate_module, 'track', track_then_signal)
@@ -376,7 +376,7 @@ def test_a_signal_while_the_checkpoint_is_read_waits_for_it_then_stops(runs, mon
   real_params = Checkpoints.params
 
   def signal_then_read(self, step, like):
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
     return real_params(self, step, like)  # read whole: a stop never cuts it short
 
   monkeypatch.setattr(Checkpoints, 'params', signal_then_read)
