@@ -6,9 +6,10 @@ Each process runs the script with the given flags plus
 --config.coordinator_address=127.0.0.1:PORT (a free port),
 --config.num_processes and --config.process_id; they join into one set of
 devices (jax.distributed) and train one model, data parallel, each on its
-own share of the host's cores. Only process 0 prints. Ctrl-C (or SIGTERM) reaches every process: they finish the same
-iteration and save one checkpoint. When one process fails, the others are
-stopped; the exit status is the first failure's.
+own share of the host's cores. Only process 0 prints. Ctrl-C (or SIGTERM)
+reaches every process: they finish the same iteration and save one
+checkpoint. When one process fails, the others are stopped; the exit status
+is the first failure's.
 """
 
 import argparse
