@@ -59,6 +59,13 @@ def shakespeare() -> pathlib.Path:
   return path
 
 
+@pytest.fixture(scope='session')
+def nanogpt_dir() -> pathlib.Path:
+  """A folder holding nanoGPT's own files at commit 3adf61e (model.py, train.py, sample.py,
+  configurator.py, config/*.py, data/*/prepare.py, LICENSE), unchanged: run or import them from here."""
+  return NANOGPT_DIR
+
+
 def make_workdir(path: pathlib.Path, shakespeare: pathlib.Path, dataset: str = 'shakespeare_char') -> pathlib.Path:
   """path, made to hold data/<dataset>/input.txt, from which train.py
   prepares the data set on first use (no download)."""
