@@ -5,19 +5,23 @@ the model, the keys and values of earlier positions read from the cache
 (`GPT.init_cache`). Beyond block_size the context is cropped to the last
 block_size tokens as nanoGPT does, which moves every token's position, so
 each further token recomputes the whole window without a cache, as nanoGPT
-does for every token. All model calls are jitted once per shape.
+does for every token. All model calls are jitted once per shape;
+`Generator.compile` builds a generation's programs ahead of its first token,
+so that the generation itself can be timed alone.
 
 `Generator.stream` hands out the tokens after each new one, so a caller
 stopped midway (Ctrl-C) keeps what was drawn; `generation_bytes` is what a
 generation holds beyond the weights, known before anything is allocated.
 """
 
+import contextlib
 import functools
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import rich
 from flax import nnx
 from rich.progress import track
 
@@ -26,7 +30,10 @@ from jaxgpt.model import GPTConfig
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:
   """One token per row of logits (B, vocab): scaled by 1/temperature, cut to
-  the top_k most likely, then drawn from the softmax."""
+  the top_k most likely, then drawn from the softmax. Temperature 0 is the
+  limit of a colder and colder softmax: the most likely token (greedy)."""
+  if temperature == 0:  # nanoGPT would divide by zero
+    return logits.argmax(axis=-1)
   # the softmax is the same after subtracting the max; without it a tiny
   # temperature makes every positive logit +inf, and the draw loses the argmax
   logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
@@ -64,6 +71,31 @@ class Generator:
       pass
     return tokens
 
+  def compile(self, prompt: np.ndarray, max_new_tokens: int, *, use_cache: bool = True,
+              progress: bool = False) -> None:
+    """Compiles the programs that stream(prompt, max_new_tokens, use_cache)
+    calls, before it runs: it then compiles nothing, and its time is the
+    generation's alone (jax keeps a program compiled ahead for its jitted
+    function's calls of the same shapes). progress: a spinner saying
+    'compiling' while it runs, gone when done."""
+    batch, length = prompt.shape
+    last = length + max_new_tokens - 1  # the longest context a token is drawn from
+    window = np.zeros((batch, self.block_size), np.int32)
+    with rich.get_console().status('compiling') if progress else contextlib.nullcontext():
+      logits = jax.eval_shape(self._window, self.params, window, 0)  # (batch, vocab), as every program's
+      if self._cached(length, use_cache):
+        prefill = self._prefill.lower(self.params, prompt)
+        prefill.compile()
+        if max_new_tokens > 1 and self._cached(length + 1, use_cache):
+          self._decode.lower(self.params, prompt[:, :1], prefill.out_info[1]).compile()
+      if not self._cached(last, use_cache):
+        self._window.lower(self.params, window, 0).compile()
+      self._sample.lower(logits, jax.random.fold_in(jax.random.key(0), 0)).compile()  # the key made as stream's
+
+  def _cached(self, length: int, use_cache: bool) -> bool:
+    """Whether the token after `length` tokens is drawn through the cache (else from a whole window)."""
+    return use_cache and length <= self.block_size
+
   def stream(self, prompt: np.ndarray, max_new_tokens: int, seed: int, *,
              use_cache: bool = True, progress: bool = False) -> Iterator[np.ndarray]:
     """As __call__, yielding (B, T + n) after the n-th new token: views of one
@@ -75,7 +107,7 @@ class Generator:
     key = jax.random.key(seed)
     cache = None
     for i in track(range(max_new_tokens), description='sampling', transient=True, disable=not progress):
-      if use_cache and length <= self.block_size:
+      if self._cached(length, use_cache):
         if cache is None:
           logits, cache = self._prefill(self.params, tokens[:, :length])
         else:
