@@ -1,4 +1,4 @@
-"""nanoGPT's ckpt.pt in and out, against nanoGPT's own model.py (conftest.NANOGPT_DIR)."""
+"""nanoGPT's ckpt.pt in and out, against nanoGPT's own model.py (conftest.nanogpt_folder())."""
 
 import dataclasses
 import math
@@ -17,7 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import FIXTURES, NANOGPT_DIR, REPO_ROOT, TINY, make_workdir, nanogpt_get_lr
+from conftest import REPO_ROOT, TINY, make_workdir, nanogpt_folder, nanogpt_get_lr
 from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
@@ -42,8 +42,8 @@ def jax_logits(params) -> np.ndarray:
 
 
 def nanogpt_gpt(**model_args) -> torch.nn.Module:
-  """nanoGPT's own GPT, from its model.py in NANOGPT_DIR, initialised from torch's seed."""
-  model_py = nanogpt_torch.checkout(NANOGPT_DIR)
+  """nanoGPT's own GPT, from its model.py in nanogpt_folder(), initialised from torch's seed."""
+  model_py = nanogpt_torch.checkout(nanogpt_folder())
   return model_py.GPT(model_py.GPTConfig(**model_args))
 
 
@@ -387,13 +387,12 @@ ROUND_TRIP = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, g
                   eval_interval=10, eval_iters=50, log_interval=1, always_save_checkpoint=True)
 
 
-def nanogpt_checkout(folder: pathlib.Path, corpus: pathlib.Path) -> pathlib.Path:
-  """A nanoGPT checkout: its scripts (tests/fixtures/nanogpt), its model.py
-  (NANOGPT_DIR) and tiny Shakespeare prepared by its own prepare.py."""
-  for name in NANOGPT_SCRIPTS:
+def nanogpt_checkout(folder: pathlib.Path, nanogpt_dir: pathlib.Path, corpus: pathlib.Path) -> pathlib.Path:
+  """A nanoGPT checkout: its scripts and model.py (from nanogpt_dir) and
+  tiny Shakespeare prepared by its own prepare.py."""
+  for name in (*NANOGPT_SCRIPTS, 'model.py'):
     (folder / name).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIXTURES / 'nanogpt' / name, folder / name)
-  shutil.copy(nanogpt_torch.find_model_py(NANOGPT_DIR), folder / 'model.py')
+    shutil.copy(nanogpt_dir / name, folder / name)
   shutil.copy(corpus, folder / 'data' / 'shakespeare_char' / 'input.txt')  # prepare.py downloads it only when absent
   run(['data/shakespeare_char/prepare.py'], folder)
   return folder
@@ -422,13 +421,13 @@ def samples(stdout: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_nanogpt_round_trip(tmp_path, shakespeare):
+def test_nanogpt_round_trip(tmp_path, nanogpt_dir, shakespeare):
   """nanoGPT's ckpt.pt -> import -> sample.py, resume -> export -> nanoGPT's
   sample.py and train.py --init_from=resume, from a fresh jaxgpt checkout
   beside a nanoGPT one, each side's own scripts in subprocesses."""
   pytest.importorskip('tiktoken', reason="nanoGPT's sample.py imports tiktoken")
   pytest.importorskip('requests', reason="nanoGPT's prepare.py imports requests")
-  nano = nanogpt_checkout(tmp_path / 'nanoGPT', shakespeare)
+  nano = nanogpt_checkout(tmp_path / 'nanoGPT', nanogpt_dir, shakespeare)
   vocab = [meta['itos'][i] for meta in [pickle.loads((nano / 'data' / 'shakespeare_char' / 'meta.pkl').read_bytes())]
            for i in range(meta['vocab_size'])]
   nanogpt_flags = [f'--{k}={v}' for k, v in ROUND_TRIP.items()] + ['--device=cpu', '--compile=False', '--dtype=float32']

@@ -3,12 +3,11 @@ command-line spellings, bad files and bad values."""
 
 import pytest
 
-from conftest import FIXTURES, REPO_ROOT
+from conftest import REPO_ROOT
 from jaxgpt.cli import parse_config
 from jaxgpt.config import ConfigError, base_config
 from jaxgpt.model import GPTConfig
 
-NANOGPT_CONFIGS = FIXTURES / 'nanogpt' / 'config'  # nanoGPT's config/*.py as they are (see its README)
 RECIPES = sorted(p.name for p in (REPO_ROOT / 'configs').glob('*.py'))
 
 
@@ -339,26 +338,32 @@ NANOGPT_CONFIG_CHANGES = {
 }
 
 
-def test_nanogpt_configs_found():
-  assert {p.name for p in NANOGPT_CONFIGS.glob('*.py')} == set(NANOGPT_CONFIG_CHANGES) | {
+@pytest.fixture
+def nanogpt_configs(nanogpt_dir):
+  """nanoGPT's config/*.py as they are."""
+  return nanogpt_dir / 'config'
+
+
+def test_nanogpt_configs_found(nanogpt_configs):
+  assert {p.name for p in nanogpt_configs.glob('*.py')} == set(NANOGPT_CONFIG_CHANGES) | {
       'train_shakespeare_char.py', 'finetune_shakespeare.py'}
 
 
 @pytest.mark.parametrize('name', NANOGPT_CONFIG_CHANGES)
-def test_nanogpt_config_file(name):
-  c = parse_config(['train', str(NANOGPT_CONFIGS / name)])
+def test_nanogpt_config_file(name, nanogpt_configs):
+  c = parse_config(['train', str(nanogpt_configs / name)])
   changed = {key: value for key, value in c.items() if value != base_config()[key]}
   assert changed == NANOGPT_CONFIG_CHANGES[name]
 
 
-def test_nanogpt_train_shakespeare_char_is_the_gpu_recipe():
-  nanogpt = parse_config(['train', str(NANOGPT_CONFIGS / 'train_shakespeare_char.py')])
+def test_nanogpt_train_shakespeare_char_is_the_gpu_recipe(nanogpt_configs):
+  nanogpt = parse_config(['train', str(nanogpt_configs / 'train_shakespeare_char.py')])
   assert nanogpt.to_dict() == parse_config(['train', 'configs/shakespeare_char_gpu.py']).to_dict()
 
 
-def test_nanogpt_seed_command_as_typed():
+def test_nanogpt_seed_command_as_typed(nanogpt_configs):
   # nanoGPT README's CPU run, word for word but for the path to its config file
-  argv = ['train.py', str(NANOGPT_CONFIGS / 'train_shakespeare_char.py'), '--device=cpu', '--compile=False',
+  argv = ['train.py', str(nanogpt_configs / 'train_shakespeare_char.py'), '--device=cpu', '--compile=False',
           '--eval_iters=20', '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4', '--n_head=4',
           '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0']
   c = parse_config(argv)
@@ -366,8 +371,8 @@ def test_nanogpt_seed_command_as_typed():
   assert c.to_dict() == recipe.to_dict() | {'remat': True}  # the CPU recipe turns remat off
 
 
-def test_nanogpt_finetune_shakespeare_is_the_recipe():
-  nanogpt = parse_config(['train', str(NANOGPT_CONFIGS / 'finetune_shakespeare.py')])
+def test_nanogpt_finetune_shakespeare_is_the_recipe(nanogpt_configs):
+  nanogpt = parse_config(['train', str(nanogpt_configs / 'finetune_shakespeare.py')])
   recipe = parse_config(['train', 'configs/finetune_shakespeare.py'])
   assert nanogpt.wandb_run_name.startswith('ft-')  # 'ft-' + str(time.time())
   assert {**nanogpt.to_dict(), 'wandb_run_name': ''} == {**recipe.to_dict(), 'wandb_run_name': ''}
