@@ -129,14 +129,29 @@ def find_input(variable: str, shared: pathlib.Path, download) -> pathlib.Path | 
     return None
 
 
+class InputMissing(pytest.skip.Exception):
+  """A test input nowhere to be had: the test that needs it skips."""
+
+
 def required(path: pathlib.Path | None, missing: str) -> pathlib.Path:
-  """path, found; else the test that needs it skips (pytest's summary folds them into one line: missing), or,
-  under $JAXGPT_REQUIRE_TEST_INPUTS=1, fails."""
+  """path, found; else the test that needs it skips with the line missing, or, under $JAXGPT_REQUIRE_TEST_INPUTS=1,
+  fails."""
   if path is None:
     if os.environ.get(REQUIRE_ENV) == '1':
       pytest.fail(f'{missing} ({REQUIRE_ENV}=1)', pytrace=False)
-    pytest.skip(missing)
+    raise InputMissing(missing)
   return path
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+  # pytest reports a skip in a fixture at the test's own line, so that its summary would give one line per test;
+  # at required()'s line instead, the skips of one missing input fold into one line
+  report = yield
+  if call.excinfo is not None and call.excinfo.errisinstance(InputMissing):
+    raised = call.excinfo.traceback[-1]
+    report.longrepr = (str(raised.path), raised.lineno + 1, call.excinfo.value.msg)
+  return report
 
 
 @functools.cache  # looked for once a session: offline, one try

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 import conftest
-from conftest import ChecksumError, fetch, fetch_nanogpt, find_input, required
+from conftest import ChecksumError, InputMissing, fetch, fetch_nanogpt, find_input, required
 
 TEXT = b'First Citizen:\nBefore we proceed any further, hear me speak.\n'
 TEXT_SHA256 = hashlib.sha256(TEXT).hexdigest()
@@ -139,7 +139,7 @@ def test_a_variable_naming_nothing_or_a_bad_download_fails(tmp_path, monkeypatch
 def test_a_missing_input_skips_or_under_ci_fails(tmp_path, monkeypatch):
   monkeypatch.delenv('JAXGPT_REQUIRE_TEST_INPUTS', raising=False)
   assert required(tmp_path, 'corpus not found') == tmp_path
-  with pytest.raises(pytest.skip.Exception, match='^corpus not found$'):
+  with pytest.raises(InputMissing, match='^corpus not found$'):
     required(None, 'corpus not found')
   monkeypatch.setenv('JAXGPT_REQUIRE_TEST_INPUTS', '1')
   with pytest.raises(pytest.fail.Exception, match=r'^corpus not found \(JAXGPT_REQUIRE_TEST_INPUTS=1\)$'):
