@@ -1,49 +1,83 @@
-"""Benchmark the train step of the seed command, from the repository root:
+"""Benchmark jaxgpt's training, alone and against nanoGPT's, from the repository root:
 
-  python -m jaxgpt.bench [--steps=300] [--config.compile=True] [--config.dtype=bfloat16]
-  python -m jaxgpt.bench --nanogpt [--nanogpt_dir=PATH]   # nanoGPT's PyTorch step too, by turns (the torch extra)
+  python -m jaxgpt.bench [--steps=300] [--config.compile=True] [--config.dtype=bfloat16]   # the train step
+  python -m jaxgpt.bench --nanogpt [--iters=200] [--rounds=3] [--nanogpt_dir=PATH]   # nanoGPT's train.py too
   python -m jaxgpt.bench --nanogpt --cores=1,2,4   # the same once per core count: the ratio as cores grow
   python -m jaxgpt.bench --generate   # sampling speed, with and without the key/value cache
   python -m jaxgpt.bench --processes=2 [--iters=300]   # data parallel: 1 train.py against 2 launched, same tokens
+  python -m jaxgpt.bench --memory [--iters=20] [--nanogpt_dir=PATH] [RECIPE ...]   # training runs' peak RSS
 
-The config is the seed command's (configs/shakespeare_char.py with 4 layers,
-4 heads, 128 wide, block 64, batch 12, dropout 0), and any further
-`--config.key=value` overrides it. The model, optimizer and train step are
-built as train.py builds them and fed random token batches. Without
---config.dtype it times float32 and bfloat16 by turns, in one process; with
---nanogpt, nanoGPT's own train step in PyTorch (eager, AdamW and clipping,
-jaxgpt/nanogpt_torch.py, with the model.py of the nanoGPT checkout in
---nanogpt_dir, else $JAXGPT_NANOGPT_DIR, else ../nanoGPT) takes turns with
-them, so the comparison holds however fast the machine is that minute. Prints
-the compile times, the median ms/iter over --steps steps (each waited for),
-tokens/s and the peak RSS. With --cores, one child process per core count runs the same, pinned to
-that many cores (its CPU affinity; XLA:CPU sizes its threads from it, as
-jaxgpt does its step's threads, and PyTorch's thread count is set to match),
-and a table of the medians, the nanoGPT / jaxgpt speed-ups and each step's
-time against its own on the fewest cores follows. With --generate it times sampling instead: one
-prompt character, block_size new tokens, 10 samples at once, after a warm-up
-run (so compiling is left out). The figures measured so far, with their
-machines: docs/performance.md and the README.
+Every ratio it prints reads the same way: `A / B` is A's time (or peak RSS)
+over B's, the reference (nanoGPT; float32 against bfloat16; the fewest
+cores; 1 process) above the line. "nanoGPT / float32: 2.00x" says that
+nanoGPT's train.py takes twice as long an iteration as jaxgpt's in float32:
+above 1, the one below the line is the faster (or smaller).
 
-  python -m jaxgpt.bench --memory [--iters=20] [--nanogpt_dir=PATH] [RECIPE ...]   # training runs' peak RSS (torch extra)
+The config is the seed command's (SEED_COMMAND: configs/shakespeare_char.py
+with 4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0), and any
+further `--config.key=value` overrides it.
 
-With --memory it measures whole training runs instead, in the current folder,
-for each RECIPE (default: configs/shakespeare_char.py and
-configs/shakespeare_char_gpu.py): train.py, then nanoGPT's training loop
-(jaxgpt/nanogpt_torch.py with the checkout's model.py: float32, and glibc's
-malloc defaults, as nanoGPT's train.py has them on the CPU), one after the
-other in child processes, --iters iterations each with eval_iters=1 and any
-`--config.key=value` passed to both. Both read data/<dataset> (train.py
-prepares it on first use). Prints each run's peak RSS
-(ru_maxrss) and its RSS when it logged iterations 2 and --iters, then a table
-of them, with the CPU. The GPU recipe takes seconds an iteration and
-gigabytes on a laptop's CPU: try it with --iters=2 first.
+Without --nanogpt it times jaxgpt's train step in this process: the model,
+optimizer and train step built as train.py builds them, fed random token
+batches, in float32 and bfloat16 (or the --config.dtype given) by turns, 25
+steps at a time, so that the comparison holds however fast the machine is
+that minute. Prints the compile times, the median ms/iter over --steps
+steps (each waited for), tokens/s and the peak RSS.
+
+With --nanogpt it times whole training runs, each a child process: nanoGPT's
+own train.py on the seed command in its spelling (NANOGPT_SEED_COMMAND)
+against jaxgpt's train.py on SEED_COMMAND in each dtype, --iters iterations
+each, by turns over --rounds rounds (the machine's speed drifts). The
+nanoGPT checkout is --nanogpt_dir, else $JAXGPT_NANOGPT_DIR, else ../nanoGPT,
+and is only read: its train.py, model.py, configurator.py, config/ and
+data/shakespeare_char/prepare.py are copied into a temporary folder, with
+data/shakespeare_char/input.txt of the current folder (jaxgpt prepares that
+data set on first use, downloading input.txt), which nanoGPT's prepare.py
+turns there into the same train.bin and val.bin as jaxgpt's (checked) and
+its meta.pkl. Overrides of keys that nanoGPT's train.py has go to it too
+(--key=value), but device, dtype and compile, which mean other things
+there. A run's figure is the median of the `time` of its log lines
+`iter N: loss X, time Yms` over iterations 5 to --iters, evaluated ones
+left out: in both projects that time is the wall time from the end of one
+iteration to the end of the next, the next batch's loading included; the
+first five hold compiling and warm-up (nanoGPT's MFU leaves them out too);
+nanoGPT's time of an evaluated iteration includes the evaluation, jaxgpt's
+does not. Each kind's figure is the median of its runs'. Prints them,
+nanoGPT / <dtype>, the CPU, its cores and the versions.
+
+With --cores, one child process per core count runs the same (with
+--nanogpt or without), pinned to that many cores (its CPU affinity, which
+its own children inherit; XLA:CPU sizes its threads from it, as jaxgpt does
+its step's threads, and OMP_NUM_THREADS sets PyTorch's to match), and a
+table of the medians, nanoGPT / <dtype>, and each one's time on the fewest
+cores over its time on these follows.
+
+With --generate it times sampling instead: one prompt character,
+block_size new tokens, 10 samples at once, after a warm-up run (so
+compiling is left out). With --processes, the seed command in one train.py
+against N processes of jaxgpt.launch, the same tokens a step.
+
+With --memory it measures whole training runs instead, in the current
+folder, for each RECIPE (default: configs/shakespeare_char.py and
+configs/shakespeare_char_gpu.py): jaxgpt's train.py, then nanoGPT's own
+train.py in a scratch checkout as --nanogpt lays it out (the recipe's
+settings that differ from nanoGPT's defaults passed as --key=value, but
+device, dtype and compile; it runs float32 and glibc's malloc defaults on
+the CPU), one after the other in child processes, --iters iterations each
+with eval_iters=1 and any `--config.key=value` passed to both. Prints each
+run's peak RSS (ru_maxrss) and its RSS when it logged iterations 2 and
+--iters, then a table of them with nanoGPT / jaxgpt, and the CPU. The GPU
+recipe takes seconds an iteration and gigabytes on a laptop's CPU: try it
+with --iters=2 first.
+
+The figures measured so far, with their machines: docs/performance.md and
+the README.
 """
 
 import argparse
 import contextlib
 import dataclasses
-import io
+import filecmp
 import math
 import os
 import pathlib
@@ -54,13 +88,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import cli, entry, parallel, runtime
+from jaxgpt import cli, data, entry, nanogpt_torch, parallel, runtime
+from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.generate import Generator
 from jaxgpt.optim import make_optimizer
@@ -74,9 +109,17 @@ SEED_COMMAND = [f'--config={REPOSITORY / "configs" / "shakespeare_char.py"}', '-
                 '--config.batch_size=12', '--config.n_layer=4', '--config.n_head=4',
                 '--config.n_embd=128', '--config.max_iters=2000', '--config.lr_decay_iters=2000',
                 '--config.dropout=0.0']
+# the same in nanoGPT's spelling, as its README runs train.py on a CPU
+NANOGPT_SEED_COMMAND = ['config/train_shakespeare_char.py', '--device=cpu', '--compile=False', '--eval_iters=20',
+                        '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4', '--n_head=4',
+                        '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0']
+# keys that nanoGPT's train.py has but means other things by (compile: torch.compile; device and dtype: on
+# the CPU it runs float32 whatever its dtype) or that a bench sets itself: never passed on to it
+NOT_PASSED_ON = frozenset({'device', 'dtype', 'compile'})
 SHAKESPEARE_VOCAB_SIZE = 65
-NANOGPT = 'nanoGPT (PyTorch, eager)'
+NANOGPT = 'nanoGPT'
 TRAIN_PY = REPOSITORY / 'train.py'
+NANOGPT_ITERS, RUN_ITERS = 200, 20  # --iters' defaults: --nanogpt's, --memory's and --processes'
 MEMORY_RECIPES = [str(REPOSITORY / 'configs' / name) for name in ('shakespeare_char.py', 'shakespeare_char_gpu.py')]
 # Starts argv[2:] and writes to file descriptor argv[1] its pid, then its exit
 # status and peak RSS (wait4's ru_maxrss, KB on Linux). A child's ru_maxrss
@@ -126,30 +169,6 @@ def build_step(c, dtype: str):
   return run, time.perf_counter() - t0
 
 
-def build_nanogpt_step(c, nanogpt_dir: str | None):
-  """nanoGPT's train step (PyTorch, eager) on the seed model, its model.py from
-  the checkout in nanogpt_dir (nanogpt_torch.checkout), with a fixed random
-  batch: run(i) does one iteration. Returns (run, first step seconds)."""
-  torch = optional_import('torch', '--nanogpt', 'torch')
-  from jaxgpt import nanogpt_torch
-
-  nanogpt = nanogpt_torch.checkout(nanogpt_dir)
-  torch.set_num_threads(len(os.sched_getaffinity(0)))  # PyTorch's intra-op threads: the cores this process may use
-  torch.manual_seed(c.seed)
-  with contextlib.redirect_stdout(io.StringIO()):  # its parameter counts and optimizer groups: not the bench's figures
-    model, optimizer = nanogpt_torch.model_and_optimizer(nanogpt, c, SHAKESPEARE_VOCAB_SIZE)
-  rng = np.random.default_rng(0)
-  x, y = (torch.from_numpy(rng.integers(0, SHAKESPEARE_VOCAB_SIZE, (c.batch_size, c.block_size)))
-          for _ in range(2))
-
-  def run(i: int) -> None:
-    nanogpt_torch.train_step(model, optimizer, x, y, c.grad_clip)  # reads the loss: waits for the step
-
-  t0 = time.perf_counter()
-  run(0)
-  return run, time.perf_counter() - t0
-
-
 @dataclasses.dataclass
 class Measured:
   peak_kb: int  # the child's ru_maxrss
@@ -166,15 +185,15 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
-def measure(name: str, args: list[str]) -> Measured:
-  """Runs args, reading its stdout line by line, to the end; a failure is a
-  JaxGPTError that shows the end of its stderr."""
+def measure(name: str, args: list[str], cwd: pathlib.Path | None = None) -> Measured:
+  """Runs args in cwd, reading its stdout line by line, to the end; a failure
+  is a JaxGPTError that shows the end of its stderr."""
   t0 = time.perf_counter()
   report_fd, write_fd = os.pipe()
   with tempfile.TemporaryFile('w+') as stderr, os.fdopen(report_fd) as report:
     # unbuffered: each `iter K:` line arrives as it is printed, and the RSS read then is that iteration's
     starter = subprocess.Popen([sys.executable, '-S', '-c', START, str(write_fd), *args], pass_fds=[write_fd],
-                               stdout=subprocess.PIPE, stderr=stderr, text=True,
+                               cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                env=os.environ | {'PYTHONUNBUFFERED': '1'})
     os.close(write_fd)
     pid = int(report.readline())
@@ -205,60 +224,158 @@ def cpu_name() -> str:
 
 
 def bench_memory(recipes: list[str], iters: int, overrides: list[str], nanogpt_dir: str | None) -> None:
-  """Peak RSS of train.py and of nanoGPT's loop (with the model.py of the
-  checkout in nanogpt_dir) on each recipe, one run after another."""
+  """Peak RSS of jaxgpt's train.py and of nanoGPT's (of the checkout in
+  nanogpt_dir) on each recipe, one run after another."""
   torch = optional_import('torch', '--memory', 'torch')
-  from jaxgpt import nanogpt_torch
-
-  model_py = nanogpt_torch.find_model_py(nanogpt_dir)  # a missing checkout answers now, not after jaxgpt's run
   flags = {recipe: [f'--config={recipe}', '--config.device=cpu', f'--config.max_iters={iters}',
                     '--config.eval_iters=1', '--config.log_interval=1', *overrides] for recipe in recipes}
-  for recipe_flags in flags.values():  # a typo answers now, not after minutes of runs
-    cli.parse_config(['bench'] + recipe_flags)
+  # a typo answers now, not after minutes of runs
+  settings = {recipe: cli.parse_config(['bench'] + recipe_flags) for recipe, recipe_flags in flags.items()}
   runs = {}
-  for recipe, recipe_flags in flags.items():
-    with tempfile.TemporaryDirectory() as out_dir:
-      # jaxgpt first: it prepares data/<dataset> in this folder, which both read
-      commands = {'jaxgpt': [sys.executable, str(TRAIN_PY), *recipe_flags, f'--config.out_dir={out_dir}'],
-                  'nanoGPT': [sys.executable, '-m', 'jaxgpt.nanogpt_torch', *recipe_flags, f'--nanogpt_dir={model_py.parent}']}
-      for name, args in commands.items():
-        label = f'{pathlib.Path(recipe).name}, {name}'
-        m = runs[recipe, name] = measure(label, args)
-        print(f'{label}: peak RSS {mb(m.peak_kb)}; RSS {mb(m.rss_kb.get(2))} at iter 2, '
-              f'{mb(m.rss_kb.get(iters))} at iter {iters}; {m.seconds:.0f} s', flush=True)
-  print(f'\n| recipe | jaxgpt peak RSS | nanoGPT peak RSS | jaxgpt / nanoGPT | jaxgpt RSS at iter 2, {iters} '
+  with nanogpt_checkout(nanogpt_dir, settings.values()) as (nanogpt, keys):
+    for recipe, recipe_flags in flags.items():
+      with tempfile.TemporaryDirectory() as out_dir:
+        # base_config: nanoGPT's defaults
+        nanogpt_flags = ['--device=cpu', '--compile=False', *changed_settings(settings[recipe], base_config(), keys)]
+        commands = {'jaxgpt': ([sys.executable, str(TRAIN_PY), *recipe_flags, f'--config.out_dir={out_dir}'], None),
+                    NANOGPT: ([sys.executable, 'train.py', *nanogpt_flags], nanogpt)}
+        for name, (args, cwd) in commands.items():
+          label = f'{pathlib.Path(recipe).name}, {name}'
+          m = runs[recipe, name] = measure(label, args, cwd)
+          print(f'{label}: peak RSS {mb(m.peak_kb)}; RSS {mb(m.rss_kb.get(2))} at iter 2, '
+                f'{mb(m.rss_kb.get(iters))} at iter {iters}; {m.seconds:.0f} s', flush=True)
+  print(f'\n| recipe | jaxgpt peak RSS | nanoGPT peak RSS | nanoGPT / jaxgpt | jaxgpt RSS at iter 2, {iters} '
         f'| nanoGPT RSS at iter 2, {iters} |')
   print('| --- | ---: | ---: | ---: | ---: | ---: |')
   for recipe in recipes:
-    jaxgpt, nanogpt = runs[recipe, 'jaxgpt'], runs[recipe, 'nanoGPT']
-    ratio = f'{jaxgpt.peak_kb / nanogpt.peak_kb:.2f}'
-    cells = [pathlib.Path(recipe).name, mb(jaxgpt.peak_kb), mb(nanogpt.peak_kb), ratio,
+    jaxgpt, nanogpt = runs[recipe, 'jaxgpt'], runs[recipe, NANOGPT]
+    cells = [pathlib.Path(recipe).name, mb(jaxgpt.peak_kb), mb(nanogpt.peak_kb),
+             f'{nanogpt.peak_kb / jaxgpt.peak_kb:.2f}x',
              *(f'{mb(m.rss_kb.get(2))}, {mb(m.rss_kb.get(iters))}' for m in (jaxgpt, nanogpt))]
     print(f'| {" | ".join(cells)} |')
-  print(f'\n{cpu_name()}, {len(os.sched_getaffinity(0))} cores; {iters} iterations, eval_iters=1; '
-        f'jax {jax.__version__}, PyTorch {torch.__version__} (eager)')
+  print("\nnanoGPT / jaxgpt: nanoGPT's peak RSS over jaxgpt's (above 1, jaxgpt needs less)")
+  print(f'{cpu_name()}, {len(os.sched_getaffinity(0))} cores; {iters} iterations, eval_iters=1; '
+        f'jax {jax.__version__}, PyTorch {torch.__version__} (eager), Python {platform.python_version()}')
+
+
+# -- nanoGPT's own train.py against jaxgpt's -------------------------------------
+
+
+@contextlib.contextmanager
+def nanogpt_checkout(nanogpt_dir: str | None, runs) -> Iterator[tuple[pathlib.Path, set[str]]]:
+  """A scratch nanoGPT checkout (nanogpt_torch.lay_out) of the one in
+  nanogpt_dir, which is only read, that trains on data/shakespeare_char of
+  the current folder (prepared first where it is not), and the config keys
+  of its train.py; removed afterwards. runs: the run configs it is for."""
+  files = nanogpt_torch.train_files(nanogpt_dir)  # a missing checkout answers before anything is done
+  for c in runs:
+    if c.dataset != 'shakespeare_char':
+      raise JaxGPTError(f"dataset={c.dataset}: the bench runs nanoGPT's train.py on shakespeare_char, the data set "
+                        'its prepare.py is copied for; leave dataset out')
+  here = data.ensure_prepared('shakespeare_char')
+  if not (here / 'input.txt').is_file():
+    raise JaxGPTError(f'{here / "input.txt"} not found, from which nanoGPT\'s prepare.py makes its data set: put tiny '
+                      f'Shakespeare there ({data.SHAKESPEARE_URL})')
+  with tempfile.TemporaryDirectory(prefix='nanogpt-') as folder:
+    nanogpt = nanogpt_torch.lay_out(pathlib.Path(folder), files, here / 'input.txt')
+    for name in ('train.bin', 'val.bin'):
+      if not filecmp.cmp(nanogpt / 'data' / 'shakespeare_char' / name, here / name, shallow=False):
+        raise JaxGPTError(f"nanoGPT's prepare.py made another {name} from {here / 'input.txt'} than the one there: "
+                          'prepare it afresh with python -m jaxgpt.data shakespeare_char --overwrite')
+    yield nanogpt, nanogpt_torch.config_keys(files['train.py'])
+
+
+def changed_settings(c: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, keys: set[str]) -> list[str]:
+  """The settings of c that differ from reference's, as nanoGPT's train.py
+  flags (--key=value): those of its keys (keys) but NOT_PASSED_ON."""
+  return [f'--{key}={c[key]}' for key in c if key in keys - NOT_PASSED_ON and c[key] != reference[key]]
+
+
+FIRST_TIMED_ITER = 5  # the iterations before it hold compiling and warm-up
+ITER_TIME = re.compile(r'^iter (\d+): loss [\d.]+, time ([\d.]+)ms')
+EVALUATION = re.compile(r'^step (\d+): train loss')
+
+
+def median_iteration(name: str, args: list[str], cwd: pathlib.Path | None = None) -> tuple[float, int]:
+  """Runs args (a train.py's command line) in cwd to the end: the median
+  time of its logged iterations from FIRST_TIMED_ITER on, evaluated ones
+  left out, in ms, and how many they are. A failure is a JaxGPTError with
+  its last line."""
+  proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+  if proc.returncode:
+    raise JaxGPTError(f'{name} failed: {(proc.stderr.strip().splitlines() or ["no message"])[-1]}')
+  lines = proc.stdout.splitlines()
+  evaluated = {int(m[1]) for m in map(EVALUATION.match, lines) if m}
+  times = [float(m[2]) for m in map(ITER_TIME.match, lines)
+           if m and int(m[1]) >= FIRST_TIMED_ITER and int(m[1]) not in evaluated]
+  if not times:
+    raise JaxGPTError(f'{name} logged no iteration from {FIRST_TIMED_ITER} on: its output ended {lines[-3:]}')
+  return float(np.median(times)), len(times)
+
+
+def bench_nanogpt(nanogpt_dir: str | None, iters: int, rounds: int, overrides: list[str],
+                  overridden: frozenset[str]) -> None:
+  """nanoGPT's own train.py against jaxgpt's, on the seed command, by turns."""
+  torch = optional_import('torch', '--nanogpt', 'torch')
+  c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)  # a typo answers now, not after minutes of runs
+  dtypes = [c.dtype] if 'dtype' in overridden else ['float32', 'bfloat16']
+  seed = cli.parse_config(['bench'] + SEED_COMMAND)
+  with nanogpt_checkout(nanogpt_dir, [c]) as (nanogpt, keys):
+    nanogpt_args = ['train.py', *NANOGPT_SEED_COMMAND, *changed_settings(c, seed, keys), f'--max_iters={iters}']
+    jaxgpt_args = [str(TRAIN_PY), *SEED_COMMAND, *overrides, f'--config.max_iters={iters}']
+    print(f"{NANOGPT}: {nanogpt_torch.find('train.py', nanogpt_dir)}, run in a scratch copy of its checkout as\n"
+          f"  python {' '.join(nanogpt_args)} --out_dir=TEMP")
+    print(f"jaxgpt: python {' '.join(jaxgpt_args)} --config.out_dir=TEMP --config.dtype={'|'.join(dtypes)}", flush=True)
+    # each run's command line but its out_dir, where it runs, and how it names its out_dir
+    commands = {NANOGPT: ([sys.executable, *nanogpt_args], nanogpt, '--out_dir')} | \
+               {dtype: ([sys.executable, *jaxgpt_args, f'--config.dtype={dtype}'], None, '--config.out_dir')
+                for dtype in dtypes}
+    medians, counts = {name: [] for name in commands}, {}
+    for turn in range(1, rounds + 1):
+      for name, (args, cwd, out_dir_flag) in commands.items():
+        with tempfile.TemporaryDirectory() as out_dir:  # a fresh one: jaxgpt's train.py refuses one holding a run
+          ms, counts[name] = median_iteration(name, [*args, f'{out_dir_flag}={out_dir}'], cwd)
+        medians[name].append(ms)
+      print(f'round {turn} of {rounds}: ' + ', '.join(f'{name} {m[-1]:.2f}' for name, m in medians.items()) +
+            ' ms/iter', flush=True)
+  for name, m in medians.items():
+    print(f'{name}: median {np.median(m):.2f} ms/iter (the median of {rounds} runs\' medians, each over iterations '
+          f'{FIRST_TIMED_ITER} to {iters}, {counts[name]} timed)')
+  print(', '.join(f'{NANOGPT} / {dtype}: {np.median(medians[NANOGPT]) / np.median(medians[dtype]):.2f}x'
+                  for dtype in dtypes) + " (nanoGPT's time over jaxgpt's: above 1, jaxgpt is the faster)")
+  print(f'{cpu_name()}, {len(os.sched_getaffinity(0))} cores; jax {jax.__version__}, PyTorch {torch.__version__} '
+        f'(eager), Python {platform.python_version()}')
 
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog='python -m jaxgpt.bench', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps', type=int, default=300, help='timed steps of each kind, after 5 warm-up steps')
-  parser.add_argument('--nanogpt', action='store_true', help="time nanoGPT's PyTorch step too, by turns")
-  parser.add_argument('--nanogpt_dir', help="the nanoGPT checkout whose model.py --nanogpt and --memory run "
-                      "(default: $JAXGPT_NANOGPT_DIR, else ../nanoGPT)")
+  parser.add_argument('--nanogpt', action='store_true',
+                      help="time nanoGPT's own train.py against jaxgpt's, on the seed command, by turns")
+  parser.add_argument('--nanogpt_dir', help="the nanoGPT checkout whose train.py --nanogpt and --memory run, in a "
+                      "scratch copy (default: $JAXGPT_NANOGPT_DIR, else ../nanoGPT)")
   parser.add_argument('--generate', action='store_true', help='time sampling instead of training')
   parser.add_argument('--memory', action='store_true',
-                      help="peak RSS of train.py and of nanoGPT's loop, in child processes, per RECIPE")
-  parser.add_argument('--iters', type=int, default=20, help='iterations of each --memory or --processes run')
+                      help="peak RSS of jaxgpt's train.py and of nanoGPT's, in child processes, per RECIPE")
+  parser.add_argument('--iters', type=int, help=f'iterations of each run: {NANOGPT_ITERS} with --nanogpt, '
+                      f'{RUN_ITERS} with --memory or --processes')
   parser.add_argument('--processes', type=int, help='N: the seed step in 1 train.py process against N started by '
                       'jaxgpt.launch, the same tokens a step')
-  parser.add_argument('--rounds', type=int, default=3, help='turns of each --processes run')
-  parser.add_argument('--cores', type=core_counts, help='e.g. 1,2,4: the steps by turns once per core count, each '
-                      'in a child process pinned to that many cores')
+  parser.add_argument('--rounds', type=int, default=3, help='turns of each --nanogpt or --processes run')
+  parser.add_argument('--cores', type=core_counts, help='e.g. 1,2,4: the same (with --nanogpt or without) once per '
+                      'core count, each in a child process pinned to that many cores')
   args, overrides = parser.parse_known_args(argv[1:])
+  if args.iters is None:
+    args.iters = NANOGPT_ITERS if args.nanogpt else RUN_ITERS
   for flag in ('steps', 'iters', 'rounds'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag}={getattr(args, flag)} must be >= 1')
+  if args.nanogpt and args.iters < FIRST_TIMED_ITER:
+    parser.error(f'--iters={args.iters}: --nanogpt times iterations {FIRST_TIMED_ITER} on, so it needs at least '
+                 f'{FIRST_TIMED_ITER}')
+  if args.nanogpt and (args.generate or args.processes):
+    parser.error('--nanogpt times training runs: leave out --generate and --processes')
   if args.processes is not None and not 2 <= args.processes <= len(os.sched_getaffinity(0)):
     parser.error(f'--processes={args.processes} must be 2 to the {len(os.sched_getaffinity(0))} CPUs this process may use')
   if args.cores and (args.memory or args.generate):
@@ -287,10 +404,11 @@ MEDIAN_LINE = re.compile(r'^(.+?): median ([\d.]+) ms/iter')
 
 
 def bench_cores(counts: list[int], child_argv: list[str]) -> None:
-  """The train steps by turns (as without --cores) once per core count, each
-  in a child process whose CPU affinity is that many cores: XLA:CPU sizes its
-  thread pool from the affinity, and PyTorch's and OpenMP's thread counts are
-  set to match. Prints each child's medians, then one row per core count."""
+  """The same bench (the train steps by turns, or with --nanogpt the runs)
+  once per core count, each in a child process whose CPU affinity is that
+  many cores (its own children inherit it): XLA:CPU sizes its thread pool
+  from the affinity, and PyTorch's and OpenMP's thread counts are set to
+  match. Prints each child's medians, then one row per core count."""
   cpus = sorted(os.sched_getaffinity(0))
   rows = {}
   for n in counts:
@@ -306,20 +424,21 @@ def bench_cores(counts: list[int], child_argv: list[str]) -> None:
   names = list(next(iter(rows.values())))
   jaxgpt_names = [name for name in names if name != NANOGPT]
   speedups = [f'{NANOGPT} / {name}' for name in jaxgpt_names] if NANOGPT in names else []
-  fewest = min(rows)  # scaling: each step against its own on the fewest cores
-  scalings = [f'{name} at {fewest} core(s) = 1' for name in names]
+  fewest = min(rows)  # scaling: each one's time on the fewest cores over its own on these
+  scalings = [f'{name} on {fewest} / on these' for name in names]
   print(f'\n{cpu_name()}, {len(cpus)} CPUs usable; jax {jax.__version__}')
   print('| cores | ' + ' | '.join(f'{name} ms/iter' for name in names) + ''.join(f' | {s}' for s in speedups) +
         ''.join(f' | {s}' for s in scalings) + ' |')
   print('| ---: |' + ' ---: |' * (len(names) + len(speedups) + len(scalings)))
   for n, medians in rows.items():
     ratios = [f'{medians[NANOGPT] / medians[name]:.2f}x' for name in jaxgpt_names] if speedups else []
-    scaled = [f'{medians[name] / rows[fewest][name]:.2f}' for name in names]
+    scaled = [f'{rows[fewest][name] / medians[name]:.2f}x' for name in names]
     print(f'| {n} | ' + ' | '.join(f'{medians[name]:.2f}' for name in names) + ''.join(f' | {r}' for r in ratios) +
           ''.join(f' | {x}' for x in scaled) + ' |')
-
-
-ITER_TIME = re.compile(r'^iter (\d+): loss [\d.]+, time ([\d.]+)ms')
+  if speedups:
+    print(f"\n{NANOGPT} / <dtype>: nanoGPT's time over jaxgpt's (above 1, jaxgpt is the faster)")
+  print(f'<name> on {fewest} / on these: its time on {fewest} core(s) over its time on these (above 1, faster on '
+        'these)')
 
 
 def bench_processes(nproc: int, iters: int, rounds: int, overrides: list[str]) -> None:
@@ -352,12 +471,14 @@ def bench_processes(nproc: int, iters: int, rounds: int, overrides: list[str]) -
   one, many = (float(np.median(m)) for m in medians.values())
   print(f'\n{cpu_name()}, {len(os.sched_getaffinity(0))} CPUs usable; {c.batch_size} rows x '
         f'{c.gradient_accumulation_steps} micro-batch(es) a step in all')
-  print(f'| processes | ms/iter (median of {rounds} runs) | against 1 process |\n| ---: | ---: | ---: |')
-  print(f'| 1 | {one:.2f} | 1.00 |\n| {nproc} | {many:.2f} | {many / one:.2f} |')
+  print(f'| processes | ms/iter (median of {rounds} runs) | 1 / these |\n| ---: | ---: | ---: |')
+  print(f'| 1 | {one:.2f} | 1.00x |\n| {nproc} | {many:.2f} | {one / many:.2f}x |')
+  print("\n1 / these: 1 process's time over these processes' (above 1, these are the faster)")
 
 
 def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[str]) -> None:
-  """The benchmark the flags ask for: training runs' memory, sampling, or train steps by turns."""
+  """The benchmark the flags ask for: training runs' memory or speed against nanoGPT's, sampling, or train
+  steps by turns."""
   if args.processes:
     bench_processes(args.processes, args.iters, args.rounds, overrides)
     return
@@ -367,10 +488,10 @@ def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[
     bench_memory(recipes or MEMORY_RECIPES, args.iters, [arg for arg in overrides if arg not in recipes],
                  args.nanogpt_dir)
     return
+  if args.nanogpt:
+    bench_nanogpt(args.nanogpt_dir, args.iters, args.rounds, overrides, overridden)
+    return
   c = cli.parse_config(['bench'] + SEED_COMMAND + overrides)
-  if args.nanogpt and c.gradient_accumulation_steps != 1:
-    raise JaxGPTError('--nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1')
-  nanogpt_step = build_nanogpt_step(c, args.nanogpt_dir) if args.nanogpt else None
   dtypes = [c.dtype] if 'dtype' in overridden else ['float32', 'bfloat16']
   runtime.size_thread_pool(parallel.planned_shards(c), dtypes)  # as train.py: before jax starts
   pin_device(c.device)
@@ -383,9 +504,6 @@ def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[
   for dtype in dtypes:
     steps[dtype], compile_s = build_step(c, dtype)
     print(f'{dtype}: compile + first step {compile_s:.2f} s')
-  if nanogpt_step:
-    steps[NANOGPT], first_s = nanogpt_step
-    print(f'{NANOGPT}: first step {first_s:.2f} s')
   report(c, time_by_turns(steps, args.steps), dtypes)
 
 
@@ -419,12 +537,10 @@ def report(c: ml_collections.ConfigDict, times: dict[str, list[float]], dtypes: 
     print(f'{name}: median {ms:.2f} ms/iter ({len(t)} steps; 10% {ms_p10:.2f}, 90% {ms_p90:.2f}), '
           f'{tokens / ms * 1000:,.0f} tokens/s')
   if 'float32' in medians and 'bfloat16' in medians:
-    print(f'bfloat16 / float32: {medians["bfloat16"] / medians["float32"]:.2f}')
-  if NANOGPT in medians:
-    print(', '.join(f'{dtype} / {NANOGPT}: {medians[dtype] / medians[NANOGPT]:.2f}' for dtype in dtypes))
+    print(f'float32 / bfloat16: {medians["float32"] / medians["bfloat16"]:.2f}x '
+          "(float32's time over bfloat16's: above 1, bfloat16 is the faster)")
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  also = ", and PyTorch's" if NANOGPT in medians else ''
-  print(f'peak RSS: {peak_mb:.0f} MB (this process, {" and ".join(dtypes)} steps compiled{also})')
+  print(f'peak RSS: {peak_mb:.0f} MB (this process, {" and ".join(dtypes)} steps compiled)')
 
 
 if __name__ == '__main__':

@@ -1,15 +1,14 @@
 """The benchmark runs and prints its figures (it is timed by people, not tests)."""
 
-import math
 import os
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import NANOGPT_DIR, REPO_ROOT, TINY_RUN, config_flags, make_workdir
-
-from jaxgpt import cli, nanogpt_torch
+from conftest import REPO_ROOT, TINY_RUN, config_flags, make_workdir, snapshot
 
 
 def bench(*args, cwd=REPO_ROOT, env=None):
@@ -35,7 +34,11 @@ def test_bench_times_float32_and_bfloat16_by_turns():
     assert any(re.fullmatch(rf'{dtype}: compile \+ first step \d+\.\d\d s', line) for line in lines), lines
     assert any(re.fullmatch(rf'{dtype}: median \d+\.\d\d ms/iter \(25 steps; 10% \d+\.\d\d, 90% \d+\.\d\d\), '
                             r'[\d,]+ tokens/s', line) for line in lines), lines
-  assert re.fullmatch(r'bfloat16 / float32: \d\.\d\d', lines[-2])
+  medians = {m[1]: float(m[2]) for m in (re.match(r'(\w+): median ([\d.]+) ms/iter', line) for line in lines) if m}
+  ratio = re.fullmatch(r"float32 / bfloat16: (\d+\.\d\d)x \(float32's time over bfloat16's: above 1, bfloat16 is "
+                       r'the faster\)', lines[-2])
+  assert ratio, lines[-2]
+  assert float(ratio[1]) == pytest.approx(medians['float32'] / medians['bfloat16'], rel=0.02)
   assert re.fullmatch(r'peak RSS: \d+ MB \(this process, float32 and bfloat16 steps compiled\)', lines[-1])
 
 
@@ -47,37 +50,90 @@ def test_bench_one_dtype_and_bad_flags():
   proc = bench('--config.n_embd=130')
   assert proc.returncode == 1
   assert proc.stderr.startswith('error: n_embd=130 is not divisible by n_head=4')
+  proc = bench('--nanogpt', '--iters=4')
+  assert proc.returncode == 2 and '--iters=4: --nanogpt times iterations 5 on, so it needs at least 5' in proc.stderr
+  proc = bench('--nanogpt', '--generate')
+  assert proc.returncode == 2 and '--nanogpt times training runs: leave out --generate' in proc.stderr
+
+
+TINY_OVERRIDES = config_flags(TINY_RUN | dict(n_layer=1, batch_size=4))
+# appended to the train.py of a copy of nanoGPT's files: each run of it writes where it ran from
+MARKER = "\nimport os; open(os.environ['BENCH_TEST_MARKER'], 'a').write(os.path.abspath(__file__) + '\\n')\n"
+
+
+def marked_copy(nanogpt_dir: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+  """folder, holding nanoGPT's files, its train.py with MARKER at the end."""
+  shutil.copytree(nanogpt_dir, folder, copy_function=shutil.copyfile)  # copyfile: writable copies
+  with open(folder / 'train.py', 'a') as f:
+    f.write(MARKER)
+  return folder
 
 
 @pytest.mark.slow
-def test_bench_cores_times_the_steps_once_per_core_count_each_pinned():
-  proc = bench('--cores=1', '--steps=25', '--config.n_layer=1', '--config.dtype=float32', '--nanogpt',
-               f'--nanogpt_dir={NANOGPT_DIR}')
+def test_bench_nanogpt_runs_nanogpts_own_train_py_by_turns(tmp_path, shakespeare, nanogpt_dir):
+  workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
+  named = marked_copy(nanogpt_dir, tmp_path / 'nanoGPT')
+  before = snapshot(named)
+  marker = tmp_path / 'ran'
+  # no ../nanoGPT beside workdir, no JAXGPT_NANOGPT_DIR: nanoGPT is found by --nanogpt_dir alone
+  proc = bench('--nanogpt', '--iters=6', '--rounds=2', *TINY_OVERRIDES, '--config.dtype=float32',
+               f'--nanogpt_dir={named}', cwd=workdir, env=without_nanogpt_dir_env() | {'BENCH_TEST_MARKER': str(marker)})
+  assert proc.returncode == 0, proc.stderr
+  # nanoGPT's train.py of the named folder ran once a round, from a copy that is gone, and the folder is as it was
+  ran = marker.read_text().splitlines()
+  assert len(ran) == 2 and all(path.endswith('/train.py') and not pathlib.Path(path).exists() for path in ran), ran
+  assert snapshot(named) == before
+  lines = proc.stdout.splitlines()
+  at = lines.index(f'nanoGPT: {named / "train.py"}, run in a scratch copy of its checkout as')
+  # the seed command in nanoGPT's spelling, then the overrides that it has too (not dtype)
+  assert lines[at + 1] == ('  python train.py config/train_shakespeare_char.py --device=cpu --compile=False '
+                           '--eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 '
+                           '--n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 --batch_size=4 '
+                           '--block_size=32 --n_embd=32 --n_head=2 --n_layer=1 --max_iters=6 --out_dir=TEMP')
+  assert lines[at + 2] == (f'jaxgpt: python {REPO_ROOT / "train.py"} --config={REPO_ROOT / "configs" / "shakespeare_char.py"} '
+                           '--config.device=cpu --config.compile=False --config.eval_iters=20 --config.log_interval=1 '
+                           '--config.block_size=64 --config.batch_size=12 --config.n_layer=4 --config.n_head=4 '
+                           '--config.n_embd=128 --config.max_iters=2000 --config.lr_decay_iters=2000 '
+                           f'--config.dropout=0.0 {" ".join(TINY_OVERRIDES)} --config.dtype=float32 '
+                           '--config.max_iters=6 --config.out_dir=TEMP --config.dtype=float32')
+  for turn in (1, 2):
+    assert re.fullmatch(rf'round {turn} of 2: nanoGPT \d+\.\d\d, float32 \d+\.\d\d ms/iter', lines[at + 2 + turn])
+  medians = {}
+  for line, name in zip(lines[at + 5:at + 7], ('nanoGPT', 'float32')):
+    m = re.fullmatch(rf"{name}: median (\d+\.\d\d) ms/iter \(the median of 2 runs' medians, each over iterations "
+                     r'5 to 6, 2 timed\)', line)
+    assert m, line
+    medians[name] = float(m[1])
+  ratio = re.fullmatch(r"nanoGPT / float32: (\d+\.\d\d)x \(nanoGPT's time over jaxgpt's: above 1, jaxgpt is the "
+                       r'faster\)', lines[at + 7])
+  assert ratio, lines[at + 7]
+  assert float(ratio[1]) == pytest.approx(medians['nanoGPT'] / medians['float32'], rel=0.03)
+  cores = len(os.sched_getaffinity(0))
+  assert re.fullmatch(rf'.+, {cores} cores; jax .+, PyTorch .+ \(eager\), Python 3\.\d+\.\d+', lines[at + 8])
+  assert len(lines) == at + 9
+  assert not list(workdir.glob('out*'))  # each run's out_dir was a temporary folder
+
+
+@pytest.mark.slow
+def test_bench_nanogpt_cores_runs_the_same_once_per_core_count(tmp_path, shakespeare, nanogpt_dir):
+  workdir = make_workdir(tmp_path, shakespeare)
+  proc = bench('--cores=1', '--nanogpt', '--iters=5', '--rounds=1', *TINY_OVERRIDES, '--config.dtype=float32',
+               f'--nanogpt_dir={nanogpt_dir}', cwd=workdir)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
-  assert re.fullmatch(r'1 core\(s\): float32 \d+\.\d\d ms/iter, nanoGPT \(PyTorch, eager\) \d+\.\d\d ms/iter', lines[0])
-  assert lines[-3] == ('| cores | float32 ms/iter | nanoGPT (PyTorch, eager) ms/iter | '
-                       'nanoGPT (PyTorch, eager) / float32 | float32 at 1 core(s) = 1 | '
-                       'nanoGPT (PyTorch, eager) at 1 core(s) = 1 |')
-  assert re.fullmatch(r'\| 1 \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \| 1\.00 \| 1\.00 \|', lines[-1]), lines
+  m = re.fullmatch(r'1 core\(s\): nanoGPT (\d+\.\d\d) ms/iter, float32 (\d+\.\d\d) ms/iter', lines[0])
+  assert m, lines
+  assert lines[-6] == ('| cores | nanoGPT ms/iter | float32 ms/iter | nanoGPT / float32 | nanoGPT on 1 / on these '
+                       '| float32 on 1 / on these |')
+  row = re.fullmatch(r'\| 1 \| (\d+\.\d\d) \| (\d+\.\d\d) \| (\d+\.\d\d)x \| 1\.00x \| 1\.00x \|', lines[-4])
+  assert row, lines
+  assert row[1:3] == m.groups()
+  assert float(row[3]) == pytest.approx(float(m[1]) / float(m[2]), rel=0.03)
+  assert lines[-2:] == ["nanoGPT / <dtype>: nanoGPT's time over jaxgpt's (above 1, jaxgpt is the faster)",
+                        '<name> on 1 / on these: its time on 1 core(s) over its time on these (above 1, faster on these)']
   for cores, message in (('0', 'each core count must be 1 to'), ('1,x', "'1,x' is not a list of core counts")):
     proc = bench(f'--cores={cores}')
     assert proc.returncode == 2 and message in proc.stderr
-
-
-@pytest.mark.slow
-def test_bench_times_nanogpt_by_turns():
-  proc = bench('--steps=25', '--config.n_layer=1', '--config.dtype=float32', '--nanogpt',
-               f'--nanogpt_dir={NANOGPT_DIR}', env=without_nanogpt_dir_env())
-  assert proc.returncode == 0, proc.stderr
-  lines = proc.stdout.splitlines()
-  assert re.fullmatch(r'nanoGPT \(PyTorch, eager\): median \d+\.\d\d ms/iter \(25 steps; 10% \d+\.\d\d, '
-                      r'90% \d+\.\d\d\), [\d,]+ tokens/s', lines[-3]), lines
-  assert re.fullmatch(r'float32 / nanoGPT \(PyTorch, eager\): \d+\.\d\d', lines[-2]), lines
-  assert lines[-1].endswith("(this process, float32 steps compiled, and PyTorch's)")
-  proc = bench('--nanogpt', '--config.gradient_accumulation_steps=2')
-  assert proc.returncode == 1
-  assert proc.stderr == 'error: --nanogpt times one micro-batch a step: leave gradient_accumulation_steps at 1\n'
 
 
 @pytest.mark.slow
@@ -86,7 +142,7 @@ def test_bench_without_a_nanogpt_checkout(tmp_path):
   for mode in ('--nanogpt', '--memory'):
     proc = bench(mode, f'--nanogpt_dir={tmp_path}', env=without_nanogpt_dir_env())
     assert proc.returncode == 1
-    assert proc.stderr == (f"error: nanoGPT's model.py not found at {tmp_path / 'model.py'}: clone "
+    assert proc.stderr == (f"error: nanoGPT's train.py not found at {tmp_path / 'train.py'}: clone "
                            f'https://github.com/karpathy/nanoGPT into {tmp_path}, or name a nanoGPT checkout with '
                            '--nanogpt_dir=PATH or JAXGPT_NANOGPT_DIR=PATH\n'), mode
 
@@ -104,21 +160,22 @@ def test_bench_nanogpt_without_torch(tmp_path):
   assert proc.stderr == 'error: --memory needs torch: pip install -e ".[torch]"\n'
 
 
-TINY_OVERRIDES = config_flags(TINY_RUN | dict(n_layer=1, batch_size=4))
-
-
 @pytest.mark.slow
-def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
-  workdir = make_workdir(tmp_path, shakespeare)
+def test_bench_memory_runs_jaxgpts_and_nanogpts_own_train_py(tmp_path, shakespeare, nanogpt_dir):
+  workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
+  named = marked_copy(nanogpt_dir, tmp_path / 'nanoGPT')
+  before = snapshot(named)
   recipe = str(REPO_ROOT / 'configs' / 'shakespeare_char.py')
-  # no ../nanoGPT beside workdir, no JAXGPT_NANOGPT_DIR: nanoGPT's run needs --nanogpt_dir passed on
-  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, f'--nanogpt_dir={NANOGPT_DIR}', cwd=workdir,
-               env=without_nanogpt_dir_env())
+  marker = tmp_path / 'ran'
+  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, f'--nanogpt_dir={named}', cwd=workdir,
+               env=without_nanogpt_dir_env() | {'BENCH_TEST_MARKER': str(marker)})
   assert proc.returncode == 0, proc.stderr
+  assert len(marker.read_text().splitlines()) == 1 and snapshot(named) == before
   lines = proc.stdout.splitlines()
-  assert len(lines) == 8, lines
+  at = next(i for i, line in enumerate(lines) if line.startswith('shakespeare_char.py, jaxgpt: '))
+  assert len(lines) == at + 9, lines
   peaks = {}
-  for line, name in zip(lines[:2], ('jaxgpt', 'nanoGPT')):  # in the order they ran, each as it ended
+  for line, name in zip(lines[at:at + 2], ('jaxgpt', 'nanoGPT')):  # in the order they ran, each as it ended
     m = re.fullmatch(rf'shakespeare_char\.py, {name}: peak RSS ([\d,]+) MB; RSS ([\d,]+) MB at iter 2, '
                      r'([\d,]+) MB at iter 3; \d+ s', line)
     assert m, line
@@ -126,50 +183,22 @@ def test_bench_memory_runs_jaxgpt_and_nanogpt(tmp_path, shakespeare):
     # the kernel updates the high-water mark lazily: a VmRSS read can pass it by a few MB
     assert 100 < peak < 4000 and 0 < at_2 <= peak + 16 and 0 < at_3 <= peak + 16, line  # python and jax or torch: >100 MB
     peaks[name] = peak
-  assert lines[3] == ('| recipe | jaxgpt peak RSS | nanoGPT peak RSS | jaxgpt / nanoGPT | jaxgpt RSS at iter 2, 3 '
-                      '| nanoGPT RSS at iter 2, 3 |')
-  row = re.fullmatch(r'\| shakespeare_char\.py \| ([\d,]+) MB \| ([\d,]+) MB \| (\d+\.\d\d) \| [\d,]+ MB, [\d,]+ MB '
-                     r'\| [\d,]+ MB, [\d,]+ MB \|', lines[5])
-  assert row, lines[5]
+  assert lines[at + 3] == ('| recipe | jaxgpt peak RSS | nanoGPT peak RSS | nanoGPT / jaxgpt | jaxgpt RSS at iter 2, 3 '
+                           '| nanoGPT RSS at iter 2, 3 |')
+  row = re.fullmatch(r'\| shakespeare_char\.py \| ([\d,]+) MB \| ([\d,]+) MB \| (\d+\.\d\d)x \| [\d,]+ MB, [\d,]+ MB '
+                     r'\| [\d,]+ MB, [\d,]+ MB \|', lines[at + 5])
+  assert row, lines[at + 5]
   assert [int(row[1].replace(',', '')), int(row[2].replace(',', ''))] == [peaks['jaxgpt'], peaks['nanoGPT']]
-  assert abs(float(row[3]) - peaks['jaxgpt'] / peaks['nanoGPT']) < 0.01
+  assert float(row[3]) == pytest.approx(peaks['nanoGPT'] / peaks['jaxgpt'], abs=0.01)
+  assert lines[at + 7] == "nanoGPT / jaxgpt: nanoGPT's peak RSS over jaxgpt's (above 1, jaxgpt needs less)"
   assert re.fullmatch(rf'.+, {len(os.sched_getaffinity(0))} cores; 3 iterations, eval_iters=1; jax .+, '
-                      r'PyTorch .+ \(eager\)', lines[7]), lines[7]
-  assert (workdir / 'data' / 'shakespeare_char' / 'train.bin').is_file()  # both read the data set prepared there
+                      r'PyTorch .+ \(eager\), Python .+', lines[at + 8]), lines[at + 8]
   # a run that fails shows the end of its stderr
   proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, '--config.block_size=200000',
-               f'--nanogpt_dir={NANOGPT_DIR}', cwd=workdir)
+               f'--nanogpt_dir={named}', cwd=workdir)
   assert proc.returncode == 1
   assert proc.stderr.startswith('error: shakespeare_char.py, jaxgpt failed (exit status 1), its stderr ending:\n')
   assert proc.stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
-
-
-@pytest.mark.slow
-def test_nanogpts_loop_runs_without_jax():
-  # jax's ~130 MB would count in bench --memory's figure for nanoGPT; its
-  # process takes configs and data through cli and data, which must not import it
-  proc = subprocess.run([sys.executable, '-c', 'import sys, jaxgpt.nanogpt_torch; print(sorted('
-                         '{m.split(".")[0] for m in sys.modules} & {"jax", "jaxlib", "flax", "optax"}))'],
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr
-  assert proc.stdout == '[]\n'
-
-
-# ml_collections loads config files with the deprecated importlib load_module()
-@pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
-def test_nanogpt_loop_prints_nanogpts_lines(tmp_path, shakespeare, monkeypatch, capsys):
-  monkeypatch.chdir(make_workdir(tmp_path, shakespeare))
-  c = cli.parse_config(['nanogpt_torch', f'--config={REPO_ROOT / "configs" / "shakespeare_char.py"}', *TINY_OVERRIDES,
-                        '--config.max_iters=2', '--config.eval_interval=2', '--config.log_interval=1',
-                        '--config.eval_iters=2', '--config.gradient_accumulation_steps=2', '--config.dropout=0.2'])
-  nanogpt_torch.train(c, nanogpt_torch.checkout(NANOGPT_DIR))
-  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(('step ', 'iter '))]
-  assert [line.split(':')[0] for line in lines] == ['step 0', 'iter 0', 'iter 1', 'step 2', 'iter 2']
-  step_0 = re.fullmatch(r'step 0: train loss (\d\.\d{4}), val loss (\d\.\d{4})', lines[0])
-  assert step_0, lines[0]
-  assert all(abs(float(loss) - math.log(65)) < 0.05 for loss in step_0.groups())  # uniform over 65 characters
-  for line in lines[1:3] + lines[4:]:
-    assert re.fullmatch(r'iter \d: loss \d\.\d{4}, time \d+\.\d\dms', line), line
 
 
 @pytest.mark.slow
@@ -181,7 +210,12 @@ def test_bench_processes_times_one_process_against_launched_ones(tmp_path, shake
   assert re.fullmatch(r'1 process: median \d+\.\d\d ms/iter over 6 iterations', lines[0]), lines
   assert re.fullmatch(r'2 processes: median \d+\.\d\d ms/iter over 6 iterations', lines[1]), lines
   assert re.fullmatch(r'.+, \d+ CPUs usable; 12 rows x 1 micro-batch\(es\) a step in all', lines[3]), lines
-  assert re.fullmatch(r'\| 2 \| \d+\.\d\d \| \d+\.\d\d \|', lines[-1]), lines
+  assert lines[-6:-4] == ['| processes | ms/iter (median of 1 runs) | 1 / these |', '| ---: | ---: | ---: |']
+  one = re.fullmatch(r'\| 1 \| (\d+\.\d\d) \| 1\.00x \|', lines[-4])
+  many = re.fullmatch(r'\| 2 \| (\d+\.\d\d) \| (\d+\.\d\d)x \|', lines[-3])
+  assert one and many, lines
+  assert float(many[2]) == pytest.approx(float(one[1]) / float(many[1]), rel=0.03)
+  assert lines[-1] == "1 / these: 1 process's time over these processes' (above 1, these are the faster)"
   assert not list(workdir.glob('out*'))  # each run's out_dir was a temporary folder
   proc = bench('--processes=1', cwd=workdir)
   assert proc.returncode == 2 and '--processes=1 must be 2 to the' in proc.stderr, proc.stderr

@@ -96,7 +96,12 @@ def torch_step(model, optimizer, batch, grad_clip):
   """One iteration of nanoGPT's train.py on the batch (x, then y one token on)."""
   # contiguous, as nanoGPT's get_batch stacks them: its loss views the targets flat
   x, y = (torch.from_numpy(np.ascontiguousarray(tokens)) for tokens in (batch[:, :-1], batch[:, 1:]))
-  nanogpt_torch.train_step(model, optimizer, x, y, grad_clip)
+  _, loss = model(x, y)
+  loss.backward()
+  if grad_clip != 0.0:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+  optimizer.step()
+  optimizer.zero_grad(set_to_none=True)
 
 
 def jax_train_step(c):
