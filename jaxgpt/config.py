@@ -29,6 +29,7 @@ class ConfigError(JaxGPTError):
 
 
 GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M, 1558M
+CHECKPOINTS = ('best', 'latest')  # which checkpoint of an out_dir to read: the lowest val loss, or the newest
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -43,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_fixed = False  # True: the same eval batches at every evaluation (curves compare without noise)
   c.always_save_checkpoint = True  # save after every eval, not only when val improves
   c.init_from = 'scratch'  # 'scratch', 'resume' (from out_dir) or a GPT-2: 'gpt2', 'gpt2-medium', ...
+  c.checkpoint = 'latest'  # the checkpoint init_from=resume starts from: 'latest' or 'best' (lowest val loss)
+  c.overwrite = False  # True: a run from scratch or GPT-2 replaces the checkpoints an earlier run left in out_dir
   c.gpt2_dir = ''  # a local GPT-2 folder (Hugging Face layout); '' = the Hugging Face cache
   # wandb logging
   c.wandb_log = False  # log to Weights & Biases (pip install -e ".[wandb]")
@@ -217,6 +220,7 @@ _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulati
 _NON_NEGATIVE = ('threads', 'max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters', 'min_lr')
 CHOICES = {
     'init_from': ('scratch', 'resume') + GPT2_MODELS,
+    'checkpoint': CHECKPOINTS,
     'device': ('cpu', 'gpu', 'cuda'),
     'dtype': ('float32', 'bfloat16'),
 }
@@ -269,6 +273,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not c.out_dir:
     raise ConfigError("out_dir='' would write checkpoints into the current folder: pass a folder, "
                       'e.g. --config.out_dir=out')
+  if c.overwrite and c.init_from == 'resume':
+    raise ConfigError('overwrite=True and init_from=resume contradict each other: resume continues the checkpoints '
+                      'in out_dir, overwrite replaces them with a new run\'s; pass one of the two')
   check_dataset_name(c.dataset, '--config.dataset')
   validate_processes(c)
 

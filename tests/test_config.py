@@ -142,11 +142,25 @@ def test_override_types():
     ('--config.num_processes=0', 'num_processes=0 must be >= 1'),
     ('--config.beta2=1.0', 'beta2=1.0 must be in [0, 1)'),
     ('--config.init_from=gpt3', "init_from='gpt3' is not supported: choose one of scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl"),
+    ('--config.checkpoint=worst', "checkpoint='worst' is not supported: choose one of best, latest"),
 ])
 def test_bad_override(override, message):
   with pytest.raises(ConfigError) as e:
     parse_config(['train', '--config=configs/shakespeare_char.py', override])
   assert message in str(e.value)
+
+
+def test_a_resumed_run_starts_from_the_latest_checkpoint_unless_told():
+  assert parse_config(['train', '--config=configs/shakespeare_char.py']).checkpoint == 'latest'
+  assert parse_config(['train', '--config=configs/shakespeare_char.py', '--config.checkpoint=best']).checkpoint == 'best'
+
+
+def test_overwrite_contradicts_resume():
+  assert parse_config(['train', '--config=configs/shakespeare_char.py', '--config.overwrite=True']).overwrite is True
+  with pytest.raises(ConfigError) as e:
+    parse_config(['train', '--config=configs/shakespeare_char.py', '--config.init_from=resume', '--config.overwrite=True'])
+  assert str(e.value) == ("overwrite=True and init_from=resume contradict each other: resume continues the checkpoints "
+                          "in out_dir, overwrite replaces them with a new run's; pass one of the two")
 
 
 @pytest.mark.parametrize('overrides, message', [
