@@ -5,20 +5,30 @@ standard pytree format) and `meta` (JSON: iter_num, val_loss, best_val_loss,
 the model config, the run config and the vocabulary; the batches need no
 state, each drawn from (seed, iteration, device)). Orbax writes a step into a temporary folder and renames it when
 complete, so a run killed mid-save leaves the previous checkpoints as they
-were. out_dir keeps two: the latest (what resume uses) and the one with the
-best val loss (what sampling uses).
+were. out_dir keeps two: the latest and the one with the best val loss. A
+resumed training starts from the latest, sampling and the exports read the
+best; each takes `checkpoint=best|latest` to choose the other.
 
 One writer at a time: a writer holds a lock on out_dir while it runs (the
 kernel drops it when the process ends, however it ends), and a second writer
 stops with one line. Readers take no lock, so they can sample
 while a training saves; a checkpoint rotated away while being read is chosen
 again from what is there.
+
+Run as a command, it lists the checkpoints of an out_dir, from their meta
+alone (no lock taken, no weights read: it works while a training saves):
+
+  python -m jaxgpt.checkpoint out-shakespeare-char
 """
 
+import argparse
 import contextlib
+import datetime
 import fcntl
+import math
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable, TypeVar
 
@@ -26,6 +36,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from jaxgpt import entry
+from jaxgpt.config import CHECKPOINTS as CHOICES  # which checkpoint to read: the lowest val loss, or the newest
 from jaxgpt.errors import JaxGPTError
 
 
@@ -33,7 +45,6 @@ FORMAT = 'jaxgpt-checkpoint/1'
 READ_ATTEMPTS = 3  # checkpoints deleted under a reader this often in a row: a writer saving very often
 DELETION_WAIT_S = 2.0  # a checkpoint folder that outlives a failed read by this long is not being deleted
 T = TypeVar('T')
-CHOICES = ('best', 'latest')  # which checkpoint sample.py and the exports read: lowest val loss, or newest
 
 
 class CheckpointError(JaxGPTError):
@@ -130,12 +141,28 @@ class Checkpoints:
     best = self.manager.best_step()
     return latest if best is None else best  # None: saved without a val loss
 
+  def chosen_step(self, which: str) -> int:
+    """The step of the best or the latest checkpoint (`which`, one of CHOICES)."""
+    return self.best_step() if which == 'best' else self.latest_step()
+
+  def steps(self) -> list[int]:
+    """The steps of the checkpoints kept, oldest first."""
+    return list(self.manager.all_steps())
+
+  def delete(self, steps: list[int]) -> None:
+    """Deletes these checkpoints (every process takes part, as in a save)."""
+    try:
+      for step in steps:
+        self.manager.delete(step)
+    except OSError as e:
+      raise self._write_error(e) from None
+
   def read(self, which: str, read: Callable[[int], T]) -> T:
     """read(step) of the best or the latest checkpoint (`which`, one of CHOICES). A training saving
     into out_dir deletes the checkpoints it no longer keeps, maybe the one
     chosen here while it is read: then the choice is made again."""
     for attempt in range(READ_ATTEMPTS):
-      step = self.best_step() if which == 'best' else self.latest_step()
+      step = self.chosen_step(which)
       try:
         return read(step)
       except UnreadableCheckpoint:
@@ -159,6 +186,15 @@ class Checkpoints:
       raise CheckpointError(f'checkpoint {self.directory / str(step)} is not a {FORMAT} checkpoint '
                             '(written by another version of jaxgpt?)')
     return meta
+
+  def saved_at(self, step: int) -> datetime.datetime:
+    """When step's checkpoint was saved (orbax's commit time), in local time."""
+    try:
+      nanoseconds = self.manager.metadata(step).commit_timestamp_nsecs
+    except Exception as e:  # as in _restore: gone, or corrupt
+      raise UnreadableCheckpoint(f'checkpoint {self.directory / str(step)} has no readable metadata '
+                                 f'({type(e).__name__}): it is corrupt') from None
+    return datetime.datetime.fromtimestamp(nanoseconds / 1e9)
 
   def params(self, step: int, like):
     """The params of `step`; `like` (a pytree of arrays) gives structure, shapes and dtypes."""
@@ -197,3 +233,52 @@ class Checkpoints:
     return CheckpointError(f'could not write a checkpoint to {self.directory} ({e.strerror or e}): free some '
                            'space or pick another --config.out_dir; the checkpoints written before are whole, '
                            'resume from them with --config.init_from=resume')
+
+
+def parameter_count(model_args: dict[str, Any]) -> int:
+  """nanoGPT's count ("number of parameters"), from a checkpoint's model
+  shape: the model is built abstract, no weight computed or read."""
+  from flax import nnx
+  from jaxgpt.model import GPT, GPTConfig
+  return nnx.eval_shape(lambda: GPT(GPTConfig(**model_args), rngs=nnx.Rngs(0))).num_params()
+
+
+def table(out_dir: str) -> str:
+  """A row for each checkpoint of out_dir, oldest first: its step, val loss,
+  whether it is the best or the latest, when it was saved and the model's
+  size. Read from the checkpoints' meta alone, taking no lock."""
+  with _quiet_absl(), Checkpoints(out_dir, read_only=True) as checkpoints:
+    # orbax notes, for every step, the weights it was not asked to read
+    best, latest = checkpoints.best_step(), checkpoints.latest_step()  # raises when there is none
+    rows = [('step', 'val loss', 'kept as', 'saved', 'params')]
+    for step in checkpoints.steps():
+      try:
+        meta, saved = checkpoints.meta(step), checkpoints.saved_at(step)
+      except UnreadableCheckpoint:
+        if checkpoints._goes_away(step):  # rotated away by a training saving now
+          continue
+        raise
+      val_loss = f'{meta["val_loss"]:.4f}' if math.isfinite(meta['val_loss']) else '-'
+      kept_as = ', '.join(name for name, kept in (('best', best), ('latest', latest)) if kept == step)
+      rows.append((str(step), val_loss, kept_as, saved.strftime('%Y-%m-%d %H:%M:%S'),
+                   f'{parameter_count(meta["model_args"]) / 1e6:.2f}M'))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  right_aligned = (True, True, False, False, True)
+  return '\n'.join('  '.join(cell.rjust(width) if right else cell.ljust(width)
+                              for cell, width, right in zip(row, widths, right_aligned)).rstrip() for row in rows)
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m jaxgpt.checkpoint',
+      description='Lists the checkpoints a training run keeps in OUT_DIR: the latest and the best (lowest val loss).',
+      epilog="val loss: of the evaluation the checkpoint was saved after; '-' for a state saved with none (the final "
+             'state, or one saved on Ctrl-C). saved: local time. params: as train.py counts them. No lock is taken '
+             'and no weight read: it can list while a training saves.')
+  parser.add_argument('out_dir', metavar='OUT_DIR', help="a training run's out_dir, e.g. out-shakespeare-char")
+  args = parser.parse_args(argv[1:])
+  return entry.run(lambda: print(table(args.out_dir)), 'interrupted')
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
