@@ -4,10 +4,13 @@ Iterations 0..max_iters inclusive; train and val loss estimated every
 eval_interval iterations (and at 0); a checkpoint when val improves (or
 always, with always_save_checkpoint), never at iteration 0, and the final
 state when training ends; eval_only stops after the first evaluation (a
-resumed run's too: it evaluates the checkpoint, and saves nothing). Before
-any weight exists, the run's memory is estimated from the compiled programs
-and held against the machine's (jaxgpt/memory.py). Ctrl-C or SIGTERM stops
-after the step or evaluation batch in flight, with a checkpoint.
+resumed run's too: it evaluates the checkpoint, and saves nothing). A
+resumed run starts from the latest checkpoint, or from the best
+(`checkpoint=best`); an out_dir holding checkpoints takes no other run unless
+`overwrite=True`, which replaces them. Before any weight exists, the run's
+memory is estimated from the compiled programs and held against the
+machine's (jaxgpt/memory.py). Ctrl-C or SIGTERM stops after the step or
+evaluation batch in flight, with a checkpoint.
 
 The parts, in the order a run meets them: `StopSignals` (Ctrl-C and SIGTERM),
 `Start` (scratch, resume or GPT-2: the model and its first `TrainState`),
@@ -160,16 +163,22 @@ class Start:
     if c.init_from == 'resume':
       print(f'Resuming training from {c.out_dir}')
       self.checkpoints = cleanup.enter_context(Checkpoints(c.out_dir, create=False, locked=main_process))
-      self.resume_step = self.checkpoints.latest_step()
+      self.resume_step = self.checkpoints.chosen_step(c.checkpoint)
       self.meta = self.checkpoints.meta(self.resume_step)
       if self.meta['iter_num'] > c.max_iters and not c.eval_only:  # nanoGPT would train one step on, and never save it
         raise JaxGPTError(f'the checkpoint in {c.out_dir} is at iteration {self.meta["iter_num"]}, past '
                           f'max_iters={c.max_iters}: raise --config.max_iters to train on')
       self.config = resumed_model_config(c, self.meta, overridden, vocab)
+      latest = self.checkpoints.latest_step()
+      if self.resume_step != latest:  # checkpoint=best, an earlier one
+        print(f'from the best checkpoint, step {self.resume_step} (val loss {self.meta["val_loss"]:.4f}), not the '
+              f'latest, step {latest}' + ('' if c.eval_only else
+                                          f"; this run's first save replaces those after step {self.resume_step}"))
       return
-    if holds_checkpoints(c.out_dir):
-      raise JaxGPTError(f'{c.out_dir} holds checkpoints of an earlier run: pass --config.init_from=resume '
-                        'to continue it, or another --config.out_dir to start afresh')
+    if holds_checkpoints(c.out_dir) and not c.overwrite:
+      raise JaxGPTError(f'{c.out_dir} holds checkpoints of an earlier run: continue it with --config.init_from=resume, '
+                        'start afresh here with --config.overwrite=True (replacing them), or pass another '
+                        '--config.out_dir')
     if c.init_from == 'scratch':
       print('Initializing a new model from scratch')
       self.config = GPTConfig.from_run_config(c, data.GPT2_VOCAB_SIZE if vocab is None else len(vocab))
@@ -258,6 +267,9 @@ class Trainer:
 
     start = Start(c, overridden, self.vocab, cleanup, main_process, print)
     self.config = start.config
+    # shown from here: compiling takes seconds, and the user sees it for what it is
+    self.progress = cleanup.enter_context(TrainingProgress(start.iter_num, c.max_iters,
+                                                           enabled=main_process and sys.stdout.isatty()))
     # every batch is drawn from (seed, stream, iteration, device): streams apart,
     # so that eval_iters does not change the training batches
     token_count = data.vocab_size(self.vocab)
@@ -282,9 +294,19 @@ class Trainer:
     self.stop.stop_before_training()
     # out_dir is made only now that the data and the memory proved enough
     self.checkpoints = start.checkpoints or cleanup.enter_context(Checkpoints(c.out_dir, locked=main_process))
+    # the checkpoints this run does not continue: an earlier run's (overwrite=True), or those after the best one it
+    # resumed from. Deleted just before this run's first save, once the lock is held and every check passed: a run
+    # that fails or is stopped before it has a checkpoint of its own leaves them as they were; and none may outlive
+    # that save, as orbax takes the highest step for the latest and saves no step below it. (metrics.jsonl is
+    # started afresh with the training, as any run from scratch starts it: TrainLogger.)
+    self.superseded = [step for step in self.checkpoints.steps() if c.overwrite or step > start.iter_num]
+    if c.overwrite and self.superseded:
+      print(f'overwrite=True: this run\'s first save replaces the checkpoints in {c.out_dir} ({self.steps_named()})')
+    if start.pretrained_folder or start.meta:
+      self.progress.show('loading the weights')
     self.state, num_params = start.initial_state(mesh, tx, print)
     self.logger = TrainLogger(c, self.config, num_params, tokens_per_iter, self.state.iter_num,
-                              main_process, wandb, print)
+                              main_process, wandb, self.progress, print)
 
   def _check_memory_before_compiling(self) -> None:
     """Stops a run that cannot fit in memory, from the config alone: before
@@ -325,11 +347,13 @@ class Trainer:
     c, state, losses = self.c, self.state, {}
     self.stop.stop_before_training()
     self.stop.training = True
+    self.progress.training()
     with self.logger:
       while True:
         if state.iter_num % c.eval_interval == 0 or c.eval_only:
           runtime.release_free_memory()  # the steps' freed buffers, before the evaluation takes its own
-          losses = self.estimate_loss()
+          with self.progress.evaluating():
+            losses = self.estimate_loss()
           if losses is None:  # stopped mid-evaluation: the state is the one before it
             self.save_on_stop()
             break
@@ -393,12 +417,19 @@ class Trainer:
     return None if None in results else dict(zip(self.eval_batches, results))
 
   def saved(self) -> bool:
-    """Whether a checkpoint holds the state before iteration iter_num (the
-    one resumed from, or one just saved)."""
-    return self.state.iter_num in self.checkpoints.manager.all_steps()
+    """Whether a checkpoint of this run holds the state before iteration
+    iter_num (the one resumed from, or one just saved)."""
+    return self.state.iter_num in self.checkpoints.steps() and self.state.iter_num not in self.superseded
+
+  def steps_named(self) -> str:
+    return f'step{"s" if len(self.superseded) > 1 else ""} {", ".join(map(str, self.superseded))}'
 
   def save(self, val_loss: float) -> None:
     """A checkpoint of the state before iteration iter_num (every process takes part)."""
+    if self.superseded:
+      self.checkpoints.delete(self.superseded)
+      self.print(f'deleted the checkpoints this run replaces in {self.c.out_dir} ({self.steps_named()})')
+      self.superseded = []
     state = self.state
     self.checkpoints.save(state.iter_num, state.params, state.opt_state, {
         'iter_num': state.iter_num, 'val_loss': val_loss, 'best_val_loss': state.best_val_loss,
@@ -421,20 +452,18 @@ class Trainer:
 class TrainLogger:
   """What a run reports of its steps and evaluations: nanoGPT's log lines,
   with their timing and MFU; out_dir/metrics.jsonl (one JSON object a line,
-  appended on resume); wandb, with nanoGPT's keys; the progress bar. Reading
+  appended on resume); wandb, with nanoGPT's keys; the progress bar's figures. Reading
   each step's loss, it also stops the run at a non-finite one, before
   anything is saved."""
 
   def __init__(self, c: ml_collections.ConfigDict, config: GPTConfig, num_params: int, tokens_per_iter: int,
-               first_iter: int, main_process: bool, wandb, print: Callable[..., None]):
+               first_iter: int, main_process: bool, wandb, bar: TrainingProgress, print: Callable[..., None]):
     self.c, self.config, self.num_params, self.tokens_per_iter = c, config, num_params, tokens_per_iter
-    self.main_process, self.wandb, self.print = main_process, wandb, print
+    self.main_process, self.wandb, self.bar, self.print = main_process, wandb, bar, print
     self.learning_rate = jax.jit(lr_schedule(c))  # for the log: eager, its ops would compile one by one
-    self.bar = TrainingProgress(first_iter, c.max_iters, enabled=main_process and sys.stdout.isatty())
     self.metrics_file = None
     self.first_iter, self.running_mfu = first_iter, -1.0
     self.last_finite: tuple[int, float] | None = None  # (iteration, loss) of the last step with a finite loss
-    self.last_finish = time.time()  # when the last step's loss was read
     self.restart_clock(first_iter)
 
   def __enter__(self) -> 'TrainLogger':
@@ -445,7 +474,6 @@ class TrainLogger:
       if self.wandb:
         self.wandb.init(project=self.c.wandb_project, name=self.c.wandb_run_name, config=self.c.to_dict())
         stack.callback(self.wandb.finish)
-      stack.enter_context(self.bar)
       self.close = stack.pop_all().close
     return self
 
@@ -455,6 +483,7 @@ class TrainLogger:
   def restart_clock(self, iter_num: int) -> None:
     """Times the iterations from here on: after iter_num - 1."""
     self.t0, self.last_timed = time.time(), iter_num - 1
+    self.last_finish = self.t0  # the bar's tokens/s of the next step leave the evaluation out too
 
   def record(self, **fields) -> None:
     if self.metrics_file:
