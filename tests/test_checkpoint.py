@@ -8,6 +8,7 @@ share a jax compilation cache (in the session's tmp folder, so never stale):
 the same programs, compiled once.
 """
 
+import datetime
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_RUN, config_flags, finish, make_workdir, snapshot
+from conftest import REPO_ROOT, STEP_LINE, TINY_RUN, config_flags, finish, make_workdir, parse_log, snapshot
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
@@ -66,12 +67,15 @@ def runs(tmp_path_factory, shakespeare, env):
   A: 40 iterations in one run, and B: 20 iterations, with the ERRORS cases
      that need no checkpoint; B's out_dir is then copied to `saved`;
   B resumed to 40 in another process, same out_dir, with the ERRORS cases
-     made from copies of `saved`.
+     and the FROM_SAVED runs, each on a copy of `saved`.
 
   Returns {'a', 'b1', 'b2': the processes, 'out_a', 'out_b': out_dirs,
-  'errors': {name: (process, out_dir, snapshot of out_dir before, or None)}}."""
+  'errors': {name: (process, out_dir, snapshot of out_dir before, or None)},
+  FROM_SAVED's names: (process, out_dir, snapshot of out_dir before),
+  'started': the local time before the first run began}."""
   root = tmp_path_factory.mktemp('runs')
-  started, errors = [], {}
+  started, errors, from_saved = [], {}, {}
+  started_at = datetime.datetime.now()
 
   def launch(workdir, out_dir, **settings):
     started.append(start_train(env, workdir, out_dir, **settings))
@@ -106,9 +110,14 @@ def runs(tmp_path_factory, shakespeare, env):
     for name in ERRORS:
       if name not in early:
         start_error(name)
+    for name, settings in FROM_SAVED.items():
+      out_dir = shutil.copytree(root / 'saved', root / name)
+      from_saved[name] = (launch(work_b, out_dir, **settings), out_dir, snapshot(out_dir))
     return dict(a=finish(a), b1=b1, b2=finish(b2), out_a=work_a / 'out', out_b=work_b / 'out',
                 errors={name: (finish(popen, timeout=120), out_dir, before)
-                        for name, (popen, out_dir, before) in errors.items()})
+                        for name, (popen, out_dir, before) in errors.items()},
+                started=started_at, **{name: (finish(popen), out_dir, before)
+                                       for name, (popen, out_dir, before) in from_saved.items()})
   finally:
     for popen in started:  # none left running, whatever failed
       if popen.poll() is None:
@@ -219,9 +228,21 @@ ERRORS = {
     'resume_empty_out_dir': ('empty', dict(init_from='resume', max_iters=40), r'no checkpoint in'),
     'resume_nanogpt_out_dir': ('ckpt.pt', dict(init_from='resume', max_iters=40), r'no checkpoint in'),
     'resume_missing_out_dir': ('missing', dict(init_from='resume', max_iters=40), r'does not exist'),
-    'scratch_over_checkpoints': ('copy', dict(max_iters=40), r'init_from=resume'),
+    'scratch_over_checkpoints': ('copy', dict(max_iters=40),
+                                 r'holds checkpoints of an earlier run: continue it with --config\.init_from=resume, '
+                                 r'start afresh here with --config\.overwrite=True \(replacing them\), or pass '
+                                 r'another --config\.out_dir$'),
     'corrupt_params': ('corrupt', dict(init_from='resume', max_iters=40), r'cannot be read .*corrupt'),
     'foreign_meta': ('foreign', dict(init_from='resume', max_iters=40), r'not a jaxgpt-checkpoint'),
+}
+
+
+# name: the train.py settings of a run on a copy of `saved`, B's first leg: its checkpoints are its best
+# evaluation, step 20, and its final state, step 21
+FROM_SAVED = {
+    'best': dict(init_from='resume', checkpoint='best', max_iters=40),
+    'best_eval_only': dict(init_from='resume', checkpoint='best', eval_only=True, max_iters=40),
+    'overwrite': dict(overwrite=True, seed=7, max_iters=25),  # another run: seed 7
 }
 
 
@@ -273,3 +294,138 @@ def test_a_second_writer_on_out_dir_is_refused_with_its_holder_named(tmp_path):
       Checkpoints(out_dir)
     Checkpoints(out_dir, read_only=True).close()  # readers take no lock
   Checkpoints(out_dir).close()  # the lock went with its writer
+
+
+# a row of `python -m jaxgpt.checkpoint`: step, val loss, kept as, saved (local time), params
+LISTED_ROW = re.compile(r'^ *(\d+) +(\d+\.\d{4}|-) +(best, latest|best|latest|) +(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) +'
+                        r'(\d+\.\d\dM)$')
+
+
+def list_checkpoints(out_dir):
+  return subprocess.run([sys.executable, '-m', 'jaxgpt.checkpoint', str(out_dir)], capture_output=True, text=True,
+                        timeout=120)
+
+
+def listed(out_dir) -> dict[int, tuple[str, str, datetime.datetime, str]]:
+  """{step: (val loss, kept as, saved, params)}, as `python -m jaxgpt.checkpoint out_dir` lists them."""
+  proc = list_checkpoints(out_dir)
+  assert proc.returncode == 0 and proc.stderr == '', proc.stdout + proc.stderr
+  header, *lines = proc.stdout.splitlines()
+  assert header.split() == ['step', 'val', 'loss', 'kept', 'as', 'saved', 'params']
+  rows = {}
+  for line in lines:
+    m = LISTED_ROW.match(line)
+    assert m, line
+    rows[int(m[1])] = (m[2], m[3], datetime.datetime.strptime(m[4], '%Y-%m-%d %H:%M:%S'), m[5])
+  assert list(rows) == sorted(rows)  # oldest first
+  return rows
+
+
+@pytest.mark.slow
+def test_the_listing_shows_each_checkpoint_as_its_run_logged_it(runs):
+  proc, out_dir = runs['a'], runs['out_a']
+  val_losses = {step: val for step, (_, val) in parse_log(proc.stdout)[0].items() if step > 0}  # each one saved
+  best = min(val_losses, key=val_losses.get)
+  with Checkpoints(out_dir):  # as a training writing there holds out_dir's lock: the listing takes none
+    rows = listed(out_dir)
+  assert sorted(rows) == [best, 41]  # the best evaluation, and the final state
+  assert rows[best][:2] == (f'{val_losses[best]:.4f}', 'best')
+  assert rows[41][:2] == ('-', 'latest')  # saved with no evaluation
+  assert 'number of parameters: 0.03M' in proc.stdout.splitlines()
+  assert rows[best][3] == rows[41][3] == '0.03M'
+  assert runs['started'].replace(microsecond=0) <= rows[best][2] <= rows[41][2] <= datetime.datetime.now()
+
+
+@pytest.mark.slow
+def test_the_listing_reads_no_weights(runs):
+  # the weights of every checkpoint are garbage here: the rows are those of the intact copy
+  _, out_dir, _ = runs['errors']['corrupt_params']
+  assert {step: row[:2] for step, row in listed(out_dir).items()} == {20: (listed_val(runs, 20), 'best'),
+                                                                       21: ('-', 'latest')}
+
+
+def listed_val(runs, step) -> str:
+  """The val loss B's first leg logged at step, as the listing shows it."""
+  return f'{parse_log(runs["b1"].stdout)[0][step][1]:.4f}'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('setup, message', [
+    ('missing', r'out_dir \S+ does not exist: point out_dir at the folder a training run wrote its checkpoints to'),
+    ('empty', r'no checkpoint in \S+: train first, or point out_dir at a run that saved one'),
+    ('ckpt.pt', r'no checkpoint in \S+: train first, or point out_dir at a run that saved one'),
+])
+def test_listing_an_out_dir_without_checkpoints_is_one_error_line(tmp_path, setup, message):
+  out_dir = tmp_path / 'out'
+  {'empty': lambda d: d.mkdir(), 'ckpt.pt': put_nanogpt_checkpoint}.get(setup, lambda _: None)(out_dir)
+  proc = list_checkpoints(out_dir)
+  assert proc.returncode == 1 and proc.stdout == ''
+  [line] = proc.stderr.splitlines()
+  assert re.fullmatch('error: ' + message, line), line
+
+
+@pytest.mark.slow
+def test_the_listing_has_help():
+  proc = subprocess.run([sys.executable, '-m', 'jaxgpt.checkpoint', '--help'], capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0
+  assert proc.stdout.startswith('usage: python -m jaxgpt.checkpoint [-h] OUT_DIR\n')
+
+
+@pytest.mark.slow
+def test_resuming_from_the_best_checkpoint_trains_on_from_its_iteration(runs):
+  """B's first leg ended at 20: its best checkpoint, 20, is older than its
+  final state, 21. Resumed from the best, the run retrains iteration 20 as
+  the uninterrupted run A did, and its first save replaces 21, which it
+  does not continue: orbax would keep that highest step as the latest."""
+  proc, out_dir, _ = runs['best']
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  first_leg = parse_log(runs['b1'].stdout)[0]
+  assert first_leg[20][1] < first_leg[10][1]  # 20 is the first leg's best
+  lines = proc.stdout.splitlines()
+  assert lines[lines.index(f'Resuming training from {out_dir}') + 1] == (
+      f"from the best checkpoint, step 20 (val loss {first_leg[20][1]:.4f}), not the latest, step 21; this run's "
+      'first save replaces those after step 20')
+  assert loss_lines(proc.stdout, since=0) == loss_lines(runs['a'].stdout, since=20)
+  deleted = lines.index(f'deleted the checkpoints this run replaces in {out_dir} (step 21)')
+  assert lines[deleted - 1] == f'saving checkpoint to {out_dir}' and STEP_LINE.match(lines[deleted - 2])[1] == '30'
+  # the checkpoints the uninterrupted run keeps
+  assert {step: row[:2] for step, row in listed(out_dir).items()} == \
+      {step: row[:2] for step, row in listed(runs['out_a']).items()}
+
+
+@pytest.mark.slow
+def test_eval_only_evaluates_the_chosen_checkpoint_and_deletes_none(runs):
+  proc, out_dir, before = runs['best_eval_only']
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  first_leg = parse_log(runs['b1'].stdout)[0]
+  assert parse_log(proc.stdout) == ({20: first_leg[20]}, {})  # the best, not the latest (21)
+  assert f'from the best checkpoint, step 20 (val loss {first_leg[20][1]:.4f}), not the latest, step 21' in \
+      proc.stdout.splitlines()
+  assert 'saving checkpoint' not in proc.stdout and 'deleted' not in proc.stdout
+  after = snapshot(out_dir)
+  for folder in (before, after):
+    del folder['metrics.jsonl']  # the evaluation appended to it
+  assert after == before
+
+
+@pytest.mark.slow
+def test_overwrite_starts_afresh_in_an_out_dir_of_checkpoints(runs):
+  """Refused without overwrite=True (ERRORS['scratch_over_checkpoints']); with
+  it, the earlier run's checkpoints go at the new run's first save, and its
+  metrics.jsonl at its start: out_dir then holds the new run's alone."""
+  proc, out_dir, _ = runs['overwrite']
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  lines = proc.stdout.splitlines()
+  assert f"overwrite=True: this run's first save replaces the checkpoints in {out_dir} (steps 20, 21)" in lines
+  deleted = lines.index(f'deleted the checkpoints this run replaces in {out_dir} (steps 20, 21)')
+  assert STEP_LINE.match(lines[deleted - 2])[1] == '10'  # its first save
+  steps = parse_log(proc.stdout)[0]
+  assert steps[20] != parse_log(runs['b1'].stdout)[0][20]  # another run (seed 7) than the one replaced
+  best = min((step for step in steps if step > 0), key=lambda step: steps[step][1])
+  rows = listed(out_dir)
+  assert sorted(rows) == [best, 26]
+  assert rows[best][:2] == (f'{steps[best][1]:.4f}', 'best') and rows[26][:2] == ('-', 'latest')
+  records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert [(r['iter'], round(r['val_loss'], 4)) for r in records if 'val_loss' in r] == \
+      [(step, steps[step][1]) for step in (0, 10, 20)]

@@ -316,16 +316,46 @@ def test_missing_dataset_is_one_error_line(tmp_path):
   assert line.startswith('error: data/openwebtext/train.bin not found: prepare the data set first')
 
 
+# the progress bar as drawn: iter N/M, the bar, what the run is doing (or the last step's figures), the time left
+BAR = re.compile(r'iter +(\d+)/(\d+) [━╺╸ ]+ (compiling|loading the weights|evaluating|training|'
+                 r'loss (\S+)  lr \S+  ([\d,]+) tokens/s) +(-:--:--|\d+:\d\d:\d\d)')
+
+
+def bars(text):
+  """[(iteration shown, what the bar says)] in the order drawn, and the log lines apart."""
+  drawn, lines = [], []
+  for piece in re.split(r'[\r\n]+', text):
+    m = BAR.fullmatch(piece.strip())
+    if m:
+      drawn.append((int(m[1]), m[3]))
+    elif piece.strip():
+      lines.append(piece.strip())
+  return drawn, lines
+
+
 @pytest.mark.slow
 def test_progress_bar_on_a_terminal(workdir):
   """On a terminal a rich progress bar sits under the log lines; piped (every
-  other test here) the output is the log lines alone."""
+  other test here) the output is the log lines alone. It says what the run is
+  doing before the first step's figures: compiling, then evaluating (at step
+  0, and at each evaluation after); never a loss or a speed it has not got."""
   status, text = run_in_terminal([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}',
                                   *overrides('--config.', out_dir=workdir / 'out', max_iters=20, eval_interval=10)],
                                  cwd=workdir)
   assert status == 0, text[-2000:]
-  assert re.search(r'iter 21/21 .*loss \d\.\d{4}\s+lr \d\.\d\de-0\d\s+[\d,]+ tokens/s', text), text[-2000:]
+  drawn, lines = bars(text)
   assert 'step 20: train loss' in text and 'iter 20: loss' in text  # the log lines too
+  assert not [line for line in lines if line.startswith('iter ') and not ITER.match(line)]  # no bar left unparsed
+  assert drawn[0] == (0, 'compiling') and text.index('compiling') < text.index('memory: ')  # drawn while compiling
+  first_figures = next(i for i, (_, says) in enumerate(drawn) if says.startswith('loss '))
+  assert 'evaluating' in [says for _, says in drawn[:first_figures]]  # step 0's evaluation
+  assert text.index('evaluating') < text.index('step 0: train loss')
+  assert (10, 'evaluating') in drawn and (20, 'evaluating') in drawn  # and the later ones
+  figures = [says for _, says in drawn if says.startswith('loss ')]
+  assert all(float(says.split()[1]) > 0 and says.split()[4] != '0' for says in figures)
+  assert 'nan' not in text
+  assert re.fullmatch(r'loss \d\.\d{4}  lr \d\.\d\de-0\d  [\d,]+ tokens/s', figures[-1])
+  assert drawn[-1][0] == 21  # left on the screen at the end: the whole run, with its last figures
 
 
 WANDB_STUB = '''
