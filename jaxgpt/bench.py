@@ -113,8 +113,8 @@ SEED_COMMAND = [f'--config={REPOSITORY / "configs" / "shakespeare_char.py"}', '-
 NANOGPT_SEED_COMMAND = ['config/train_shakespeare_char.py', '--device=cpu', '--compile=False', '--eval_iters=20',
                         '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4', '--n_head=4',
                         '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0']
-# keys that nanoGPT's train.py has but means other things by (compile: torch.compile; device and dtype: on
-# the CPU it runs float32 whatever its dtype) or that a bench sets itself: never passed on to it
+# keys nanoGPT's train.py has but takes for other things, never passed on to it: compile is torch.compile,
+# device is 'cuda' or 'cpu' (the bench passes --device=cpu), and on the CPU it runs float32 whatever its dtype
 NOT_PASSED_ON = frozenset({'device', 'dtype', 'compile'})
 SHAKESPEARE_VOCAB_SIZE = 65
 NANOGPT = 'nanoGPT'
