@@ -92,11 +92,12 @@ def fetch(url: str, path: pathlib.Path, sha256: str) -> pathlib.Path:
   OSError when url cannot be read (offline); ChecksumError when what came is another file."""
   if path.is_file() and file_sha256(path) == sha256:
     return path
-  path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.with_name(f'{path.name}.{os.getpid()}.part')
   try:
-    with urllib.request.urlopen(url, timeout=60) as response, open(partial, 'wb') as f:
-      shutil.copyfileobj(response, f)
+    with urllib.request.urlopen(url, timeout=60) as response:
+      path.parent.mkdir(parents=True, exist_ok=True)  # once online: offline, the tests leave no trace
+      with open(partial, 'wb') as f:
+        shutil.copyfileobj(response, f)
     if (got := file_sha256(partial)) != sha256:
       raise ChecksumError(f'{url} has sha256 {got}, not the {sha256} recorded in tests/conftest.py: not used')
     os.replace(partial, path)

@@ -67,10 +67,17 @@ def test_interrupted_fetch_leaves_no_half_file(tmp_path, monkeypatch):
   with pytest.raises(ConnectionResetError):
     fetch('https://example.com/input.txt', cached, TEXT_SHA256)
   assert list(cached.parent.iterdir()) == []
-  # offline: as the tests see it, nothing to be had (they skip), and still nothing written
+  # as the tests see it: nothing to be had (they skip), and still nothing written
   assert find_input('JAXGPT_NO_SUCH_VARIABLE', tmp_path / 'shared' / 'input.txt',
                     lambda: fetch('https://example.com/input.txt', cached, TEXT_SHA256)) is None
   assert list(cached.parent.iterdir()) == []
+
+
+def test_offline_fetch_writes_nothing(tmp_path):
+  cached = tmp_path / 'cache' / 'tinyshakespeare' / 'input.txt'
+  with pytest.raises(urllib.error.URLError):
+    fetch((tmp_path / 'offline' / 'input.txt').as_uri(), cached, TEXT_SHA256)
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_fetch_nanogpt_lays_out_its_files(tmp_path, monkeypatch):
