@@ -52,6 +52,7 @@ class Generator:
                temperature: float = 1.0, top_k: int | None = None):
     self.params = params
     self.block_size = config.block_size
+    self._committed = any(getattr(leaf, 'committed', False) for leaf in jax.tree.leaves(params))
     def prefill(p, idx):
       model = nnx.merge(graphdef, p)
       return model(idx, cache=model.init_cache(idx.shape[0]), index=idx.shape[1] - 1)
@@ -80,17 +81,24 @@ class Generator:
     'compiling' while it runs, gone when done."""
     batch, length = prompt.shape
     last = length + max_new_tokens - 1  # the longest context a token is drawn from
-    window = np.zeros((batch, self.block_size), np.int32)
     with rich.get_console().status('compiling') if progress else contextlib.nullcontext():
-      logits = jax.eval_shape(self._window, self.params, window, 0)  # (batch, vocab), as every program's
       if self._cached(length, use_cache):
-        prefill = self._prefill.lower(self.params, prompt)
-        prefill.compile()
+        logits, cache = self._outputs(self._prefill.lower(self.params, prompt).compile())
         if max_new_tokens > 1 and self._cached(length + 1, use_cache):
-          self._decode.lower(self.params, prompt[:, :1], prefill.out_info[1]).compile()
+          self._decode.lower(self.params, prompt[:, :1], cache).compile()
       if not self._cached(last, use_cache):
-        self._window.lower(self.params, window, 0).compile()
+        window = np.zeros((batch, self.block_size), np.int32)
+        logits = self._outputs(self._window.lower(self.params, window, 0).compile())
       self._sample.lower(logits, jax.random.fold_in(jax.random.key(0), 0)).compile()  # the key made as stream's
+
+  def _outputs(self, program: jax.stages.Compiled):
+    """The types of a compiled program's outputs as its arrays will have
+    them: the next program's inputs. jax commits outputs to their devices
+    when an input is committed (weights read from a checkpoint sit on its
+    mesh), and then their placement is part of their type."""
+    def output_type(info: jax.ShapeDtypeStruct, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
+      return jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sharding if self._committed else None)
+    return jax.tree.map(output_type, program.out_info, program.output_shardings)
 
   def _cached(self, length: int, use_cache: bool) -> bool:
     """Whether the token after `length` tokens is drawn through the cache (else from a whole window)."""

@@ -1,9 +1,14 @@
 """Sample from a trained model, as nanoGPT's sample.py:
 
   python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
+  python sample.py config/train_shakespeare_char.py --start="ROMEO:"      # the out_dir a training config wrote
+  python sample.py --config=configs/shakespeare_char.py --start="ROMEO:"  # the same, in train.py's spelling
 
-Flags are nanoGPT's (`--key=value`, or `--config.key=value`). Samples are
-printed one after another, each followed by a line of dashes. Ctrl-C (or
+Flags are nanoGPT's (`--key=value`, or `--config.key=value`), after an
+optional config file: as nanoGPT's configurator, a training config sets what
+sampling shares with training (out_dir, device, ...), and the flags override
+it. Samples are printed one after another, each followed by a line of dashes;
+the speed of the generation, its compile left out, goes to stderr. Ctrl-C (or
 SIGTERM) while sampling prints the samples as far as they got, then exits
 with status 130. A bad flag, prompt or checkpoint, or a generation too large
 for the machine's memory, is answered with one `error:` line before the
@@ -12,6 +17,7 @@ weights are read.
 
 import contextlib
 import dataclasses
+import inspect
 import pathlib
 import signal
 import sys
@@ -28,8 +34,9 @@ from ml_collections import config_flags
 
 from jaxgpt import data, entry, gpt2, memory, runtime
 from jaxgpt.checkpoint import CHOICES as CHECKPOINT_CHOICES, CheckpointError, Checkpoints
-from jaxgpt.cli import keys_help, translate_nanogpt_argv, unknown_key_message, wants_help
-from jaxgpt.config import CHOICES, GPT2_MODELS, SEEDS, ConfigError
+from jaxgpt.cli import HELP_FLAGS, config_file_arg, keys_help, translate_nanogpt_argv, unknown_key_message, wants_help
+from jaxgpt.config import (CHOICES, GPT2_MODELS, SEEDS, ConfigError, a_type, base_config, close_key, get_config_values,
+                           one_line, run_config_file)
 from jaxgpt.model import GPTConfig
 from jaxgpt.generate import Generator, generation_bytes
 from jaxgpt.step import abstract_params
@@ -50,7 +57,7 @@ def sample_config() -> ml_collections.ConfigDict:
   c.start = '\n'  # the prompt, or FILE:path to read it from a file
   c.num_samples = 10  # samples to draw
   c.max_new_tokens = 500  # tokens generated in each sample
-  c.temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random
+  c.temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = greedy (the likeliest token)
   c.top_k = 200  # keep only the top_k most likely tokens
   c.seed = 1337  # draws the samples
   c.device = 'cpu'  # 'cpu', or 'gpu' / 'cuda' for a GPU
@@ -61,11 +68,13 @@ def sample_config() -> ml_collections.ConfigDict:
 
 
 def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
-  argv = translate_nanogpt_argv(argv)
+  """The sampling config from the command line: the config file's, if one
+  is named, overridden by the flags; ConfigError for anything wrong."""
+  path, argv = config_file_arg(translate_nanogpt_argv(argv))
   flag_values = flags.FlagValues()
   try:
     # defining the flag already applies the overrides in argv
-    config_flags.DEFINE_config_dict('config', sample_config(), flag_values=flag_values, lock_config=True,
+    config_flags.DEFINE_config_dict('config', file_config(path), flag_values=flag_values, lock_config=True,
                                     sys_argv=argv)
     rest = flag_values(argv)
   except flags.Error as e:
@@ -78,12 +87,49 @@ def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
   return flag_values.config
 
 
+def file_config(path: str | None) -> ml_collections.ConfigDict:
+  """sample_config() with the keys of sampling that the config file at path
+  sets (none: sample_config()), as nanoGPT's sample.py runs its
+  configurator. The file is run as train.py runs it: a training config,
+  jaxgpt's (get_config()) or nanoGPT's (`key = value` lines), gives the keys
+  sampling shares with training (out_dir, gpt2_dir, device, dtype, compile,
+  seed), and its training-only keys are not sampling's: left out. A file may
+  set sampling's own keys too (start, num_samples, ...). A key of neither is
+  a typo: ConfigError."""
+  config = sample_config()
+  if path is None:
+    return config
+  training = base_config()
+  namespace, assigned = run_config_file(path)
+  if callable(namespace.get('get_config')):
+    # a training config's get_config() returns every key of train.py: it sets those off their defaults
+    # (train.py's defaults are sampling's, but for init_from and which checkpoint)
+    values = {key: value for key, value in get_config_values(path, namespace['get_config']).items()
+              if key not in training or value != training[key]}
+  else:  # what a nanoGPT config file sets, as config.load_config_file reads it
+    values = {name: namespace[name] for name in assigned
+              if not name.startswith('_') and not inspect.ismodule(namespace[name]) and not callable(namespace[name])}
+  for key, value in values.items():
+    # init_from in a training config is where that training began (scratch, or the GPT-2 it finetuned):
+    # sampling the config samples what the training wrote, in out_dir (--init_from chooses otherwise)
+    if key in config and key != 'init_from':
+      if not (type(value) is type(config[key]) or (type(config[key]) is float and type(value) is int)):
+        raise ConfigError(f'{path}: {key} = {one_line(repr(value))} is {a_type(type(value))}: sampling takes '
+                          f'{a_type(type(config[key]))}, e.g. {key} = {config[key]!r}')
+      config[key] = value
+    elif key not in training and key not in config:
+      raise ConfigError(f'{path} sets {key}, which is neither a sampling nor a training key'
+                        f'{close_key(key, training.to_dict() | config.to_dict())}')
+  return config
+
+
 def validate_sample_config(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad value and how to fix it."""
-  # sampling divides float32 logits by it: nan, inf, or what float32 rounds to 0 or inf, draws nothing sensible
-  if not FLOAT32_RANGE[0] <= c.temperature <= FLOAT32_RANGE[1]:
+  # sampling divides float32 logits by it: nan, inf, or what float32 rounds to 0 or inf, draws nothing sensible;
+  # 0 itself is greedy
+  if c.temperature != 0 and not FLOAT32_RANGE[0] <= c.temperature <= FLOAT32_RANGE[1]:
     raise ConfigError(f'temperature={c.temperature} must be > 0 and finite as a float32 (1.4e-45 to 3.4e38): pass '
-                      'e.g. --temperature=0.8, or a small value like 0.1 for near-greedy sampling')
+                      'e.g. --temperature=0.8, or --temperature=0 to take the likeliest token each time (greedy)')
   for key in ('top_k', 'num_samples', 'max_new_tokens'):
     if c[key] < 1:
       raise ConfigError(f'{key}={c[key]} must be >= 1: pass --{key}=<a positive integer>')
@@ -204,19 +250,35 @@ def signals_noted() -> Iterator[list[str]]:
       signal.signal(s, handler)
 
 
-USAGE = """usage: python sample.py [--KEY=VALUE ...]     (or --config.KEY=VALUE, the same)"""
+USAGE = """usage: python sample.py [--KEY=VALUE ...]     (or --config.KEY=VALUE, the same)
+       python sample.py FILE [--KEY=VALUE ...]     (nanoGPT's spelling: a config file, then the flags)
+       python sample.py --config=FILE [--config.KEY=VALUE ...]     (train.py's spelling of the same)"""
+
+ABOUT = """Samples from a trained model as nanoGPT's sample.py does. A config file is
+a training config (configs/shakespeare_char.py, or nanoGPT's
+config/train_shakespeare_char.py): sampling takes the keys it shares with
+training (out_dir, gpt2_dir, device, dtype, compile, seed), and samples what
+that training wrote in its out_dir, whatever init_from it trained from; the
+flags override the file. --temperature=0 takes the likeliest token each time
+(greedy: the same samples for every seed)."""
 
 
-def sample_help() -> str:
-  return (f'{USAGE}\n\nSamples from a trained model as nanoGPT\'s sample.py does. The flags, with their '
-          f'defaults:\n\n{keys_help(sample_config(), sample_config)}')
+def sample_help(argv: list[str]) -> str:
+  """sample.py's usage, and every flag with its value (as the config file
+  named sets it, else its default) and its meaning."""
+  path, _ = config_file_arg(translate_nanogpt_argv([arg for arg in argv if arg not in HELP_FLAGS]))
+  whose = f'as {path} sets them' if path else 'with their defaults'
+  return f'{USAGE}\n\n{ABOUT}\n\nThe flags, {whose}:\n\n{keys_help(file_config(path), sample_config)}'
 
 
 def main(argv: list[str]) -> int:
-  if wants_help(argv):
-    print(sample_help())
-    return 0
-  return entry.run(lambda: sample(argv), lambda e: f'{str(e) or "SIGINT"}: stopped before sampling')
+  def work() -> int:
+    if wants_help(argv):
+      print(sample_help(argv))
+      return 0
+    return sample(argv)
+
+  return entry.run(work, lambda e: f'{str(e) or "SIGINT"}: stopped before sampling')
 
 
 def sample(argv: list[str]) -> int:
@@ -232,18 +294,31 @@ def sample(argv: list[str]) -> int:
     if received:
       raise KeyboardInterrupt(received[0])
     tokens = np.array([prompt] * c.num_samples, np.int32)
-    t0 = time.time()
+    progress = sys.stdout.isatty()
+    t0 = time.perf_counter()
+    if c.compile:  # ahead of the first token, so that the generation is timed alone
+      generate.compile(tokens, c.max_new_tokens, use_cache=c.use_cache, progress=progress)
+    compile_seconds = time.perf_counter() - t0
+    if received:
+      raise KeyboardInterrupt(received[0])
+    t0 = time.perf_counter()
     with jax.disable_jit(not c.compile):
-      for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache,
-                                    progress=sys.stdout.isatty()):
+      for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache, progress=progress):
         if received:  # tokens holds every token drawn so far
           break
-    seconds = time.time() - t0
+    seconds = time.perf_counter() - t0
     print_samples(tokenizer, tokens)
   if received:
     print(f'{received[0]}: stopped after {tokens.shape[1] - len(prompt)} of {c.max_new_tokens} new tokens',
           file=sys.stderr)
     return 130
-  print(f'{c.num_samples * c.max_new_tokens / seconds:,.0f} tokens/s, compilation included ({what}, '
-        f'{"with" if c.use_cache else "without"} the key/value cache)', file=sys.stderr)
+  print(speed_line(c, seconds, compile_seconds, what), file=sys.stderr)
   return 0
+
+
+def speed_line(c: ml_collections.ConfigDict, seconds: float, compile_seconds: float, what: str) -> str:
+  """The generation's tokens/s, its compile left out (timed apart), and what was sampled."""
+  compiled = f'compiling took {compile_seconds:.1f} s before' if c.compile else 'op by op, compile=False'
+  return (f'{c.num_samples * c.max_new_tokens / seconds:,.0f} tokens/s generating {c.num_samples} x '
+          f'{c.max_new_tokens:,} tokens in {seconds:.2f} s ({compiled}), from {what}, '
+          f'{"with" if c.use_cache else "without"} the key/value cache')

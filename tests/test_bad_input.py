@@ -261,7 +261,6 @@ CHECKPOINT_CASES = {
 SAMPLE_CASES = {
     'prompt outside the vocabulary': (sample_('--start=ROMEO: ✓'), "the prompt has characters outside the model's vocabulary: '✓'"),
     'missing prompt file': (sample_('--start=FILE:nope.txt'), 'cannot read the prompt file nope.txt'),
-    'temperature 0': (sample_('--temperature=0'), 'temperature=0.0 must be > 0'),
     'top_k 0': (sample_('--top_k=0'), 'top_k=0 must be >= 1'),
     'sample without checkpoints': (sample_('--out_dir=data'), 'no checkpoint in'),
     'empty prompt': (sample_('--start='), '--start is empty: the model needs a prompt to continue, e.g. '

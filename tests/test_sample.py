@@ -1,8 +1,10 @@
 """Sampling: the key/value cache against the full forward, the Generator
-(seeds, cache or not, greedy, past block_size, token by token), sample_next's
-top_k and temperature, and sample.py end to end on a model trained by
-train.py, with its clean errors, its memory check, and Ctrl-C or SIGTERM
-while sampling (the samples so far printed, exit 130).
+(seeds, cache or not, greedy, past block_size, token by token, compiled
+ahead), sample_next's top_k and temperature (0: greedy), sample.py's config
+file (jaxgpt's and nanoGPT's, in both spellings), and sample.py end to end on
+a model trained by train.py, with its speed line, its clean errors, its
+memory check, and Ctrl-C or SIGTERM while sampling (the samples so far
+printed, exit 130).
 
 The train.py and sample.py runs are subprocesses with cwd=<their folder>, as
 in test_train_e2e.py, shared by module-scoped fixtures: started from a thread
@@ -33,7 +35,7 @@ from jaxgpt import generate as generate_module
 from jaxgpt import memory, sample
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.generate import Generator, sample_next
-from jaxgpt.step import init_model
+from jaxgpt.step import abstract_params, init_model
 
 CONFIG = TINY
 BLOCK = CONFIG.block_size
@@ -134,12 +136,12 @@ def test_stream_hands_out_each_token_as_it_is_drawn(generate):
     np.testing.assert_array_equal(rows, whole[:, :rows.shape[1]])
 
 
-def reference_greedy(logits_at, prompt, max_new_tokens):
+def reference_greedy(logits_at, prompt, max_new_tokens, block=BLOCK):
   """Greedy decoding with the full forward over the (cropped) context, token by token."""
   seq = prompt.copy()
   for _ in range(max_new_tokens):
-    context = seq[:, -BLOCK:]
-    window = np.zeros((seq.shape[0], BLOCK), np.int32)
+    context = seq[:, -block:]
+    window = np.zeros((seq.shape[0], block), np.int32)
     window[:, :context.shape[1]] = context
     next_token = logits_at(window, context.shape[1] - 1).argmax(axis=-1).astype(np.int32)
     seq = np.concatenate([seq, next_token[:, None]], axis=1)
@@ -151,6 +153,65 @@ def test_top_k_1_is_greedy(greedy, jitted, use_cache):
   expected = reference_greedy(jitted['logits_at'], PROMPT, NEW)
   for seed in (0, 1):  # no randomness left
     np.testing.assert_array_equal(greedy(PROMPT, NEW, seed=seed, use_cache=use_cache), expected)
+
+
+@pytest.mark.parametrize('top_k', [None, 200])
+def test_temperature_0_is_greedy(tiny, jitted, top_k):
+  _, graphdef, params = tiny
+  generate = Generator(graphdef, params, CONFIG, temperature=0.0, top_k=top_k)
+  expected = reference_greedy(jitted['logits_at'], PROMPT, NEW)
+  assert (expected[0, 3:] != expected[0, 3]).any()  # not one token over and over: the argmax means something
+  for use_cache in (True, False):
+    for seed in (0, 1, 1337):  # no randomness left
+      np.testing.assert_array_equal(generate(PROMPT, NEW, seed=seed, use_cache=use_cache), expected)
+
+
+@pytest.fixture
+def compiles():
+  """The names of jax's compile events (tracing, lowering, XLA) from here on, as a list that grows."""
+  events = []
+
+  def listen(name, seconds, **kwargs):
+    if name.startswith('/jax/core/compile/'):
+      events.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  yield events
+  jax.monitoring.unregister_event_duration_listener(listen)
+
+
+# (prompt length, new tokens, use_cache), block 16: through the cache, then past it; the cache only; a window
+# only; a prompt of block_size (one token through the cache, the rest windows); a prompt past block_size;
+# one token
+COMPILE_CASES = [(3, 30, True), (3, 30, False), (3, 5, True), (16, 4, True), (20, 3, True), (15, 1, True)]
+
+
+def placed(params, placement):
+  """params as they are (free to move), committed to the device, or on a mesh (as read from a checkpoint)."""
+  if placement == 'device':
+    return jax.device_put(params, jax.devices()[0])
+  if placement == 'mesh':
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+    return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return params
+
+
+@pytest.mark.parametrize('placement', ['free', 'device', 'mesh'])
+@pytest.mark.parametrize('length, new, use_cache', COMPILE_CASES)
+def test_compile_leaves_nothing_for_the_generation_to_compile(tiny, compiles, length, new, use_cache, placement):
+  _, graphdef, params = tiny
+  params = placed(params, placement)  # the outputs of every program are placed as the weights
+  prompt = tokens(4, (2, length))
+  generate = Generator(graphdef, params, CONFIG, temperature=0.8, top_k=5)  # its own programs, none compiled
+  generate.compile(prompt, new, use_cache=use_cache)
+  assert compiles  # it compiled
+  compiles.clear()
+  ahead = generate(prompt, new, seed=3, use_cache=use_cache)
+  assert compiles == []
+  # the same tokens as a generator that compiles as it goes, which does compile then
+  fresh = Generator(graphdef, params, CONFIG, temperature=0.8, top_k=5)
+  np.testing.assert_array_equal(fresh(prompt, new, seed=3, use_cache=use_cache), ahead)
+  assert compiles
 
 
 # sample_next
@@ -173,6 +234,14 @@ def test_sample_next_top_k_2_draws_only_the_two_largest():
   assert set(unrestricted.tolist()) > {1, 3}  # without top_k the others are drawn too
 
 
+def test_sample_next_temperature_0_is_the_argmax_whatever_the_key():
+  logits = jax.random.normal(jax.random.key(0), (4, 65))
+  keys = jax.random.split(jax.random.key(1), 50)
+  for top_k in (None, 1, 200):
+    drawn = jax.vmap(lambda k: sample_next(logits, k, 0.0, top_k))(keys)  # (50, 4)
+    np.testing.assert_array_equal(np.asarray(drawn), np.broadcast_to(np.argmax(logits, -1), (50, 4)))
+
+
 def test_sample_next_with_a_tiny_temperature_is_the_argmax():
   # logits / 1e-40 overflow float32: every positive logit would be +inf, and the draw the first of them
   logits = jax.random.normal(jax.random.key(0), (4, 65))
@@ -180,9 +249,125 @@ def test_sample_next_with_a_tiny_temperature_is_the_argmax():
   np.testing.assert_array_equal(np.asarray(drawn), np.argmax(logits, -1))
 
 
+# sample.py's config file
+
+JAXGPT_CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
+OUT_DIR = 'out-shakespeare-char'  # the out_dir of jaxgpt's configs/shakespeare_char.py and of nanoGPT's recipe
+
+
+def spelled(spelling, path, *flags):
+  """sample.py's argv naming the config file at path, then flags (--key=value), in nanoGPT's or jaxgpt's spelling."""
+  if spelling == 'nanogpt':
+    return ['sample.py', str(path), *flags]
+  overrides = [flag.replace('--', '--config.', 1) if '=' in flag else flag for flag in flags]  # --help as it is
+  return ['sample.py', f'--config={path}', *overrides]
+
+
+@pytest.mark.parametrize('spelling', ['nanogpt', 'jaxgpt'])
+@pytest.mark.parametrize('whose', ['jaxgpt', 'nanogpt'])
+def test_a_training_config_gives_sampling_its_out_dir(nanogpt_dir, spelling, whose):
+  path = JAXGPT_CONFIG if whose == 'jaxgpt' else nanogpt_dir / 'config' / 'train_shakespeare_char.py'
+  c = sample.parse_sample_config(spelled(spelling, path, '--start=ROMEO:'))
+  # the training's out_dir, and nothing else of it: init_from ('scratch' in jaxgpt's) stays resume
+  assert c.to_dict() == sample.sample_config().to_dict() | dict(out_dir=OUT_DIR, start='ROMEO:')
+  assert sample.parse_sample_config(spelled(spelling, path, '--out_dir=elsewhere', '--seed=5')).to_dict() == \
+      sample.sample_config().to_dict() | dict(out_dir='elsewhere', seed=5)  # the flags override the file
+
+
+@pytest.mark.parametrize('whose', ['jaxgpt', 'nanogpt'])
+def test_a_finetuning_config_samples_its_out_dir_not_the_gpt2_it_started_from(nanogpt_dir, whose):
+  path = (REPO_ROOT / 'configs' if whose == 'jaxgpt' else nanogpt_dir / 'config') / 'finetune_shakespeare.py'
+  c = sample.parse_sample_config(['sample.py', str(path)])
+  assert (c.init_from, c.out_dir) == ('resume', 'out-shakespeare')  # the file says init_from = 'gpt2-xl'
+  c = sample.parse_sample_config(['sample.py', str(path), '--init_from=gpt2'])  # unless the user asks
+  assert (c.init_from, c.out_dir) == ('gpt2', 'out-shakespeare')
+
+
+NANOGPT_STYLE = """import math
+out_dir = 'out-mine'
+device = 'cuda'
+dtype = 'bfloat16'
+compile = False
+seed = 5
+gpt2_dir = 'gpt2-folder'
+init_from = 'gpt2-xl'
+batch_size = 4  # train.py's alone
+learning_rate = 1e-3 / math.sqrt(2)
+start = 'ROMEO:'  # sampling's alone
+temperature = 0
+"""
+
+GET_CONFIG_STYLE = """from jaxgpt.config import base_config
+
+def get_config():
+  c = base_config()
+  c.out_dir = 'out-mine'
+  c.device = 'cuda'
+  c.dtype = 'bfloat16'
+  c.compile = False
+  c.seed = 5
+  c.gpt2_dir = 'gpt2-folder'
+  c.init_from = 'gpt2-xl'
+  c.batch_size = 4
+  c.checkpoint = 'latest'  # train.py's default, not sampling's: not set
+  return c
+"""
+
+
+@pytest.mark.parametrize('style', ['nanogpt', 'get_config'])
+def test_config_file_sets_every_key_sampling_shares_with_training(tmp_path, style):
+  path = tmp_path / 'mine.py'
+  path.write_text(NANOGPT_STYLE if style == 'nanogpt' else GET_CONFIG_STYLE)
+  c = sample.parse_sample_config(['sample.py', str(path)])
+  shared = dict(out_dir='out-mine', device='cuda', dtype='bfloat16', compile=False, seed=5, gpt2_dir='gpt2-folder')
+  own = dict(start='ROMEO:', temperature=0.0) if style == 'nanogpt' else {}
+  assert c.to_dict() == sample.sample_config().to_dict() | shared | own
+  assert type(c.temperature) is float
+
+
+# name: (the config file, or None for none; the arguments after it; the one error line)
+SAMPLE_KEYS = ', '.join(sorted(sample.sample_config()))
+NOT_FOUND = 'error: config file nope.py not found: pass an existing one, e.g. --config=configs/shakespeare_char.py'
+CONFIG_ERRORS = {
+    'missing file': (None, ['nope.py'], NOT_FOUND),
+    'missing file, jaxgpt spelling': (None, ['--config=nope.py'], NOT_FOUND),
+    'two files': (None, ['a.py', '--config=b.py'], 'error: several config files (a.py, b.py): pass one, and other '
+                                                     'keys as --config.key=value'),
+    'a typo in the file': ("out_dri = 'out'\n", [], 'error: {path} sets out_dri, which is neither a sampling nor a '
+                                                      'training key (did you mean out_dir?)'),
+    'a type in the file': ("seed = '5'\n", [], "error: {path}: seed = '5' is a string: sampling takes an int, "
+                                               'e.g. seed = 1337'),
+    'an unknown flag': (JAXGPT_CONFIG, ['--bogus=1'], f"error: unknown config key 'bogus': valid keys are "
+                                                      f'{SAMPLE_KEYS}'),
+    'a training-only flag': (JAXGPT_CONFIG, ['--batch_size=12'], "error: unknown config key 'batch_size': valid keys "
+                                                                 f'are {SAMPLE_KEYS}'),
+}
+
+
+@pytest.mark.parametrize('name', list(CONFIG_ERRORS))
+def test_a_bad_config_file_or_flag_is_one_error_line(tmp_path, monkeypatch, capsys, name):
+  source, args, line = CONFIG_ERRORS[name]
+  monkeypatch.chdir(tmp_path)
+  if isinstance(source, str):
+    (tmp_path / 'mine.py').write_text(source)
+    args = ['mine.py', *args]
+  elif source is not None:
+    args = [str(source), *args]
+  assert sample.main(['sample.py', *args]) == 1
+  assert capsys.readouterr() == ('', line.format(path='mine.py') + '\n')
+
+
+@pytest.mark.parametrize('spelling', ['nanogpt', 'jaxgpt'])
+def test_help_shows_the_values_the_config_file_sets(spelling, capsys):
+  assert sample.main(spelled(spelling, JAXGPT_CONFIG, '--help')) == 0
+  out = capsys.readouterr().out
+  assert f'The flags, as {JAXGPT_CONFIG} sets them:' in out
+  assert f"  --config.out_dir, --out_dir = '{OUT_DIR}'" in out.splitlines()
+  assert "  --config.init_from, --init_from = 'resume'" in out.splitlines()
+
+
 # sample.py end to end
 
-TRAIN_CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 SCHEDULE = dict(dropout=0.1, eval_interval=10, always_save_checkpoint=True, log_interval=2, eval_iters=3,
                 warmup_iters=5, lr_decay_iters=40, max_iters=20)
 SAMPLE_ARGS = ['--num_samples=2', '--max_new_tokens=30', '--seed=7']
@@ -197,39 +382,51 @@ def start(env, workdir, script, *args):
 # name: (sample.py arguments, after those of a good run; what the one error line says)
 ERRORS = {
     'character_outside_vocabulary': (['--start=ROMEO€'], r"characters outside the model's vocabulary: '€'"),
-    'temperature_0': (['--temperature=0'], r'temperature=0\.0 must be > 0'),
+    'temperature_negative': (['--temperature=-0.5'], r'temperature=-0\.5 must be > 0 .* or --temperature=0 to '
+                                                      r'take the likeliest token each time \(greedy\)$'),
+    'missing_config_file': (['nope.py'], r'^error: config file nope\.py not found'),
     'top_k_0': (['--top_k=0'], r'top_k=0 must be >= 1'),
     'missing_out_dir': (['--out_dir=missing'], r'out_dir .*missing does not exist'),
     'unknown_flag': (['--bogus=1'], r'bogus'),
 }
 
 
-def run_all(env, workdir):
-  """train.py, 20 iterations; then sample.py on its out_dir: once alone (it
-  fills the compilation cache), with the ERRORS runs beside it; then again,
-  without the key/value cache, and with the prompt from a file, side by side.
-  Returns {name: completed process}, and snapshots of out_dir before and
-  after sampling."""
-  out_dir = workdir / 'out'
+def run_all(env, workdir, nanogpt_dir):
+  """train.py, 20 iterations, into configs/shakespeare_char.py's out_dir; then
+  sample.py on it: once alone (it fills the compilation cache), with the
+  ERRORS runs beside it; then again, without the key/value cache, with the
+  prompt from a file, through the training's config file (jaxgpt's, and
+  nanoGPT's own, each in its spelling), and greedily with two seeds, side by
+  side. Returns {name: completed process}, and snapshots of out_dir before
+  and after sampling."""
+  out_dir = workdir / OUT_DIR
   started = []
 
-  def sample(*args):
-    started.append(start(env, workdir, 'sample.py', f'--out_dir={out_dir}', *SAMPLE_ARGS, *args))
+  def sample(*args, out_dir_flag=True):
+    started.append(start(env, workdir, 'sample.py', *[f'--out_dir={out_dir}'] * out_dir_flag, *args))
     return started[-1]
 
-  found = {'train': finish(start(env, workdir, 'train.py', f'--config={TRAIN_CONFIG}', f'--config.out_dir={out_dir}',
+  found = {'train': finish(start(env, workdir, 'train.py', f'--config={JAXGPT_CONFIG}', f'--config.out_dir={out_dir}',
                                  *config_flags(TINY_RUN | SCHEDULE)))}
   if found['train'].returncode != 0:
     return found
   found['before'] = snapshot(out_dir)
   try:
-    first = sample('--start=ROMEO:')
-    errors = {name: sample(*args) for name, (args, _) in ERRORS.items()}
+    first = sample(*SAMPLE_ARGS, '--start=ROMEO:')
+    errors = {name: sample(*SAMPLE_ARGS, *args) for name, (args, _) in ERRORS.items()}
     found['first'] = finish(first)
     (workdir / 'prompt.txt').write_text('ROMEO:', encoding='utf-8')
-    later = {'again': sample('--start=ROMEO:'),
-             'no_cache': sample('--start=ROMEO:', '--use_cache=False'),
-             'file': sample(f'--start=FILE:{workdir / "prompt.txt"}')}
+    later = {'again': sample(*SAMPLE_ARGS, '--start=ROMEO:'),
+             'no_cache': sample(*SAMPLE_ARGS, '--start=ROMEO:', '--use_cache=False'),
+             'file': sample(*SAMPLE_ARGS, f'--start=FILE:{workdir / "prompt.txt"}'),
+             'nanogpt_config': sample(*spelled('nanogpt', nanogpt_dir / 'config' / 'train_shakespeare_char.py',
+                                               *SAMPLE_ARGS, '--start=ROMEO:')[1:], out_dir_flag=False),
+             'jaxgpt_config': sample(*spelled('jaxgpt', JAXGPT_CONFIG, *SAMPLE_ARGS, '--start=ROMEO:')[1:],
+                                     out_dir_flag=False),
+             'greedy': sample('--num_samples=2', '--max_new_tokens=30', '--start=ROMEO:', '--temperature=0',
+                              '--seed=7'),
+             'greedy_other_seed': sample('--num_samples=2', '--max_new_tokens=30', '--start=ROMEO:',
+                                         '--temperature=0', '--seed=8')}
     found |= {name: finish(popen) for name, popen in (errors | later).items()}
     return found | {'after': snapshot(out_dir)}
   finally:
@@ -248,6 +445,7 @@ def background(request, tmp_path_factory):
     yield None
     return
   shakespeare = request.getfixturevalue('shakespeare')
+  nanogpt_dir = request.getfixturevalue('nanogpt_dir')
   workdir = tmp_path_factory.mktemp('sample')
   make_workdir(workdir, shakespeare)
   cache = tmp_path_factory.getbasetemp() / 'jax-compilation-cache'
@@ -255,7 +453,7 @@ def background(request, tmp_path_factory):
   env = os.environ | {'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
                       'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # leaving it waits for the runs
-    yield pool.submit(run_all, env, workdir), workdir
+    yield pool.submit(run_all, env, workdir, nanogpt_dir), workdir
 
 
 @pytest.fixture(scope='module')
@@ -264,7 +462,7 @@ def runs(background):
   future, workdir = background
   found = future.result()
   assert found['train'].returncode == 0, found['train'].stdout + found['train'].stderr
-  return found | {'workdir': workdir, 'out_dir': workdir / 'out'}
+  return found | {'workdir': workdir, 'out_dir': workdir / OUT_DIR}
 
 
 @pytest.mark.slow
@@ -278,15 +476,83 @@ def test_samples_are_nanogpts_output(runs):
     assert len(text) == len('ROMEO:') + 30  # new lines included: they are characters of the vocabulary
   assert samples[0] != samples[1]
   assert 'Traceback' not in proc.stderr
-  assert 'tokens/s' in proc.stderr
+
+
+SPEED_LINE = re.compile(r'([\d,]+) tokens/s generating 2 x 30 tokens in (\d+\.\d\d) s \(compiling took \d+\.\d s '
+                        rf'before\), from step (10|20) of .*/{OUT_DIR}, (with|without) the key/value cache')
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['again', 'no_cache', 'file'])
-def test_same_samples_again_without_the_cache_and_from_a_file(runs, name):
+@pytest.mark.parametrize('name', ['first', 'no_cache'])
+def test_the_speed_line_is_the_generations_compile_apart(runs, name):
+  [line] = runs[name].stderr.splitlines()
+  speed = SPEED_LINE.fullmatch(line)
+  assert speed, line
+  assert speed[4] == ('with' if name == 'first' else 'without')
+  rate, seconds = int(speed[1].replace(',', '')), float(speed[2])
+  assert abs(rate * seconds - 60) <= rate * 0.005 + seconds * 0.5 + 1e-9, line  # 60 tokens over the seconds shown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['again', 'no_cache', 'file', 'nanogpt_config', 'jaxgpt_config'])
+def test_same_samples_again_without_the_cache_from_a_file_and_through_the_config_file(runs, name):
   proc = runs[name]
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stdout == runs['first'].stdout
+
+
+@pytest.mark.slow
+def test_temperature_0_samples_the_trained_models_argmax_whatever_the_seed(runs):
+  greedy = runs['greedy']
+  assert greedy.returncode == 0, greedy.stdout + greedy.stderr
+  c = sample.parse_sample_config(['sample.py', f'--out_dir={runs["out_dir"]}'])
+  config, tokenizer, params, prompt, _ = sample.load_model(c, 'ROMEO:')
+  graphdef = abstract_params(config)[0]
+  logits_at = jax.jit(lambda p, idx, index: nnx.merge(graphdef, p)(idx, index=index)[0])
+  # 6 + 30 tokens: past block_size 32, where the context is cropped
+  expected = reference_greedy(lambda idx, index: np.asarray(logits_at(params, idx, index)),
+                              np.array([prompt], np.int32), 30, config.block_size)
+  text = tokenizer.decode(expected[0].tolist())
+  assert greedy.stdout == f'{text}{SEPARATOR}{text}{SEPARATOR}'  # every sample the same
+  assert runs['greedy_other_seed'].stdout == greedy.stdout
+  assert runs['first'].stdout != greedy.stdout  # at temperature 0.8, samples of their own
+
+
+@pytest.mark.slow
+def test_the_generation_timed_compiles_nothing(runs, monkeypatch, compiles, capsys):
+  """In process: sample.py compiles its programs before the timed
+  generation (Generator.stream), which then compiles nothing."""
+  real_stream = Generator.stream
+  before, during = [], []
+
+  def stream(self, *args, **kwargs):
+    before.extend(compiles)
+    compiles.clear()
+    yield from real_stream(self, *args, **kwargs)
+    during.extend(compiles)
+
+  monkeypatch.setattr(Generator, 'stream', stream)
+  assert sample.main(['sample.py', f'--out_dir={runs["out_dir"]}', *SAMPLE_ARGS, '--start=ROMEO:']) == 0
+  out, err = capsys.readouterr()
+  assert out == runs['first'].stdout and SPEED_LINE.fullmatch(err.strip()), err
+  assert before and during == []
+
+
+@pytest.mark.slow
+def test_help_names_both_config_file_spellings_and_temperature_0(nanogpt_dir):
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'sample.py'),
+                         str(nanogpt_dir / 'config' / 'train_shakespeare_char.py'), '--help'],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert (proc.returncode, proc.stderr) == (0, ''), proc.stdout + proc.stderr
+  lines = proc.stdout.splitlines()
+  assert lines[:3] == [
+      'usage: python sample.py [--KEY=VALUE ...]     (or --config.KEY=VALUE, the same)',
+      "       python sample.py FILE [--KEY=VALUE ...]     (nanoGPT's spelling: a config file, then the flags)",
+      "       python sample.py --config=FILE [--config.KEY=VALUE ...]     (train.py's spelling of the same)"]
+  assert '--temperature=0 takes the likeliest token each time' in ' '.join(lines)
+  assert f"  --config.out_dir, --out_dir = '{OUT_DIR}'" in lines  # as nanoGPT's file sets it
+  temperature = lines.index('  --config.temperature, --temperature = 0.8')
+  assert '0 = greedy' in lines[temperature + 1]
 
 
 @pytest.mark.slow
@@ -313,7 +579,7 @@ def test_progress_on_a_terminal(runs):
   status, text = run_in_terminal([sys.executable, str(REPO_ROOT / 'sample.py'), f'--out_dir={runs["out_dir"]}',
                                   '--start=ROMEO:', '--num_samples=2', '--max_new_tokens=30'], cwd=runs['workdir'])
   assert status == 0, text
-  assert 'sampling' in text and '100%' in text, text  # the bar, cleared when done
+  assert 'compiling' in text and 'sampling' in text and '100%' in text, text  # the spinner, then the bar
   assert text.count('ROMEO:') == 2 and text.count(SEPARATOR.strip()) == 2
 
 
