@@ -449,12 +449,31 @@ class Trainer:
                f'{self.c.out_dir}; continue with --config.init_from=resume')
 
 
+def keep_records_before(path: pathlib.Path, iter_num: int) -> None:
+  """metrics.jsonl as it was up to iteration iter_num, where a run resumes:
+  the records from there on are of iterations it runs again (after a crash
+  past its last checkpoint) or of a branch it does not continue (resumed
+  from the best checkpoint). Replaced whole, so that a kill leaves one or
+  the other; an unfinished last line goes too."""
+  if not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines(keepends=True):
+    with contextlib.suppress(ValueError, TypeError, KeyError):  # an unfinished line, or not a record
+      if line.endswith('\n') and json.loads(line)['iter'] < iter_num:
+        kept.append(line)
+  rewritten = path.with_suffix('.jsonl.tmp')
+  rewritten.write_text(''.join(kept))
+  rewritten.replace(path)
+
+
 class TrainLogger:
   """What a run reports of its steps and evaluations: nanoGPT's log lines,
-  with their timing and MFU; out_dir/metrics.jsonl (one JSON object a line,
-  appended on resume); wandb, with nanoGPT's keys; the progress bar's figures. Reading
-  each step's loss, it also stops the run at a non-finite one, before
-  anything is saved."""
+  with their timing and MFU; out_dir/metrics.jsonl (one JSON object a line;
+  a resumed run appends to the records before its first iteration); wandb,
+  with nanoGPT's keys; the progress bar's figures. Reading each step's
+  loss, it also stops the run at a non-finite one, before anything is
+  saved."""
 
   def __init__(self, c: ml_collections.ConfigDict, config: GPTConfig, num_params: int, tokens_per_iter: int,
                first_iter: int, main_process: bool, wandb, bar: TrainingProgress, print: Callable[..., None]):
@@ -470,6 +489,8 @@ class TrainLogger:
     with contextlib.ExitStack() as stack:  # all closed again if one fails to open
       if self.main_process:
         path = pathlib.Path(self.c.out_dir) / 'metrics.jsonl'
+        if self.c.init_from == 'resume' and not self.c.eval_only:
+          keep_records_before(path, self.first_iter)
         self.metrics_file = stack.enter_context(path.open('a' if self.c.init_from == 'resume' else 'w'))
       if self.wandb:
         self.wandb.init(project=self.c.wandb_project, name=self.c.wandb_run_name, config=self.c.to_dict())

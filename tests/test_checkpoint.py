@@ -24,6 +24,7 @@ from conftest import REPO_ROOT, STEP_LINE, TINY_RUN, config_flags, finish, make_
 from jaxgpt.checkpoint import CheckpointError, Checkpoints
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
+from jaxgpt.train import keep_records_before
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 # two threads, each shard drawing its own dropout masks: exact resume holds for the sharded step
@@ -392,6 +393,15 @@ def test_resuming_from_the_best_checkpoint_trains_on_from_its_iteration(runs):
   # the checkpoints the uninterrupted run keeps
   assert {step: row[:2] for step, row in listed(out_dir).items()} == \
       {step: row[:2] for step, row in listed(runs['out_a']).items()}
+  # and its metrics.jsonl: the first leg's records before step 20, then this run's (none of the first leg's after)
+  assert history(out_dir) == history(runs['out_a'])
+
+
+def history(out_dir) -> list[tuple[str, int, float]]:
+  """out_dir/metrics.jsonl's records: ('eval', iteration, val loss) or ('iter', iteration, loss), in order."""
+  records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+  return [('eval', r['iter'], round(r['val_loss'], 4)) if 'val_loss' in r else ('iter', r['iter'], round(r['loss'], 4))
+          for r in records]
 
 
 @pytest.mark.slow
@@ -429,3 +439,12 @@ def test_overwrite_starts_afresh_in_an_out_dir_of_checkpoints(runs):
   records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
   assert [(r['iter'], round(r['val_loss'], 4)) for r in records if 'val_loss' in r] == \
       [(step, steps[step][1]) for step in (0, 10, 20)]
+
+
+def test_a_resumed_runs_metrics_keep_the_records_before_its_iteration(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"iter": 0, "val_loss": 4.0}\n{"iter": 5, "loss": 3.0}\n{"iter": 10, "val_loss": 3.5}\n'
+                  '{"iter": 12, "loss": 3.1}\n{"iter": 1')  # killed while writing a line
+  keep_records_before(path, 10)
+  assert path.read_text() == '{"iter": 0, "val_loss": 4.0}\n{"iter": 5, "loss": 3.0}\n'
+  assert [p.name for p in tmp_path.iterdir()] == ['metrics.jsonl']
