@@ -1,6 +1,8 @@
 """Sample from a trained model, as nanoGPT's sample.py.
 
   python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
+  python sample.py config/train_shakespeare_char.py --start="ROMEO:"      # the out_dir that training config wrote
+  python sample.py --config=configs/shakespeare_char.py --temperature=0   # train.py's spelling; greedy
 """
 
 import signal
