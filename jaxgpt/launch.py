@@ -6,22 +6,32 @@ Each process runs the script with the given flags plus
 --config.coordinator_address=127.0.0.1:PORT (a free port),
 --config.num_processes and --config.process_id; they join into one set of
 devices (jax.distributed) and train one model, data parallel, each on its
-own share of the host's cores. Only process 0 prints. Ctrl-C (or SIGTERM)
-reaches every process: they finish the same iteration and save one
+own share of the host's cores. Only process 0 prints, as nanoGPT's
+master_process: the output of each other process (stdout and stderr, the
+C++ lines of gloo and XLA too) goes to rank<N>.log in --log_dir (default: a
+new folder in the system's temporary folder), named on the first line, and
+when one of them fails, the end of its log is shown. Ctrl-C (or SIGTERM)
+reaches every process once: they finish the same iteration and save one
 checkpoint. When one process fails, the others are stopped; the exit status
 is the first failure's.
 """
 
 import argparse
+import ctypes
 import os
+import pathlib
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 
 LAUNCH_KEYS = ('coordinator_address', 'num_processes', 'process_id')  # what launch passes each process
+TAIL_LINES = 20  # of a failed process's log, shown on the terminal
+PR_SET_PDEATHSIG = 1  # prctl's option: a signal to receive when the parent dies (linux/prctl.h)
+INTERRUPTED = 130  # the exit status of a process stopped by Ctrl-C: process 0 says so, the others need not
 
 
 def free_port() -> int:
@@ -38,17 +48,76 @@ def share_cores(nproc: int) -> list[list[int]]:
   return [cpus[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
-def launch(nproc: int, script: str, args: list[str]) -> int:
+def start_process(cores: list[int]) -> None:
+  """Run in each process before the script: pinned to its cores, and sent
+  SIGTERM (a clean stop, as Ctrl-C) if the launcher dies: in a session of
+  its own, it would not hear the terminal close."""
+  os.sched_setaffinity(0, cores)
+  ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def log_paths(nproc: int, log_dir: pathlib.Path | None) -> list[pathlib.Path | None]:
+  """Where each process's output goes: process 0's to this terminal (None),
+  each other's to log_dir/rank<N>.log."""
+  return [None] + [log_dir / f'rank{rank}.log' for rank in range(1, nproc)]
+
+
+def make_log_dir(log_dir: pathlib.Path | None) -> pathlib.Path:
+  """log_dir, made if missing; None: a new folder in the system's temporary
+  folder (not out_dir: train.py has yet to check it, and it may not exist)."""
+  if log_dir is None:
+    return pathlib.Path(tempfile.mkdtemp(prefix='jaxgpt-launch-'))
+  log_dir.mkdir(parents=True, exist_ok=True)
+  return log_dir
+
+
+def describe(code: int) -> str:
+  return f'killed by {signal.Signals(-code).name}' if code < 0 else f'exit status {code}'
+
+
+def show_failure(rank: int, code: int, log: pathlib.Path) -> None:
+  """The end of a failed process's log, each line marked with its rank (as
+  torchrun marks them): its output reaches no terminal otherwise."""
+  lines = log.read_text(errors='replace').splitlines()[-TAIL_LINES:]
+  print(f'process {rank} failed ({describe(code)}); the end of its output (all of it in {log}):', file=sys.stderr)
+  for line in lines:
+    print(f'[rank{rank}]: {line}', file=sys.stderr)
+
+
+def wait(processes: list[subprocess.Popen]) -> dict[int, int]:
+  """Waits until every process has ended well, or one has failed; then the
+  failed ones, {rank: exit status}."""
+  while True:
+    codes = [p.poll() for p in processes]
+    failed = {rank: code for rank, code in enumerate(codes) if code not in (None, 0)}
+    if failed or all(code == 0 for code in codes):
+      return failed
+    time.sleep(0.1)
+
+
+def launch(nproc: int, script: str, args: list[str], log_dir: pathlib.Path | None) -> int:
   """Each process runs on its share of the cores (its CPU affinity), with
   XLA's thread pool sized to match (PJRT_NPROC): unpinned, each process's
   pool would take every core of the host, and the processes' threads
-  would fight over them (docs/performance.md)."""
+  would fight over them (docs/performance.md). Each runs in a session of
+  its own: a Ctrl-C at the terminal reaches it through this process only,
+  once (a second one would stop it at once, unsaved)."""
   address = f'127.0.0.1:{free_port()}'
-  processes = [subprocess.Popen([sys.executable, script, *args, f'--config.coordinator_address={address}',
-                                 f'--config.num_processes={nproc}', f'--config.process_id={i}'],
-                                env=os.environ | {'PJRT_NPROC': str(len(cores))},
-                                preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores))
-               for i, cores in enumerate(share_cores(nproc))]
+  logs = [open(path, 'wb') if path else None for path in log_paths(nproc, log_dir)]
+  processes = []
+  try:
+    for rank, (cores, log) in enumerate(zip(share_cores(nproc), logs)):
+      processes.append(subprocess.Popen(
+          [sys.executable, script, *args, f'--config.coordinator_address={address}',
+           f'--config.num_processes={nproc}', f'--config.process_id={rank}'],
+          stdout=log, stderr=log and subprocess.STDOUT, start_new_session=True,
+          # unbuffered: a log holds every line up to a failure, in the order written
+          env=os.environ | {'PJRT_NPROC': str(len(cores))} | ({'PYTHONUNBUFFERED': '1'} if log else {}),
+          preexec_fn=lambda cores=cores: start_process(cores)))
+  finally:
+    for log in logs:
+      if log:
+        log.close()  # each process holds its own
 
   def forward(signum, frame):
     for p in processes:
@@ -56,31 +125,31 @@ def launch(nproc: int, script: str, args: list[str]) -> int:
         p.send_signal(signum)
 
   previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+  failed = {}
   try:
-    while True:
-      codes = [p.poll() for p in processes]
-      failed = [code for code in codes if code not in (None, 0)]
-      if failed:  # the others would wait for it forever in their next collective
-        for p in processes:
-          if p.poll() is None:
-            p.kill()
-        return failed[0]
-      if all(code == 0 for code in codes):
-        return 0
-      time.sleep(0.1)
+    failed = wait(processes)
   finally:
-    for p in processes:
+    for p in processes:  # the others would wait for a failed one forever in their next collective
       if p.poll() is None:
         p.kill()
       p.wait()
     for s, handler in previous.items():
       signal.signal(s, handler)
+  for rank, code in failed.items():
+    if rank and code != INTERRUPTED:
+      show_failure(rank, code, log_paths(nproc, log_dir)[rank])
+  if not failed:
+    return 0
+  code = next(iter(failed.values()))
+  return 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
 
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog='python -m jaxgpt.launch', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--nproc', type=int, required=True, help='processes to start on this host')
+  parser.add_argument('--log_dir', type=pathlib.Path,
+                      help='the folder of the other processes\' rank<N>.log (default: a new temporary folder)')
   parser.add_argument('script', help='train.py')
   parser.add_argument('args', nargs=argparse.REMAINDER, help="the script's flags")
   args = parser.parse_args(argv[1:])
@@ -97,7 +166,18 @@ def main(argv: list[str]) -> int:
                                                            for key in LAUNCH_KEYS})
   if given:
     parser.error(f'{", ".join(given)}: launch sets these itself; drop them')
-  return launch(args.nproc, args.script, args.args)
+  log_dir = None
+  if args.nproc > 1:  # process 0 alone prints to the terminal
+    try:
+      log_dir = make_log_dir(args.log_dir)
+    except OSError as e:
+      print(f'error: cannot create --log_dir={args.log_dir} ({e.strerror}): pass a folder you can write to',
+            file=sys.stderr)
+      return 1
+    others = 'process 1' if args.nproc == 2 else f'processes 1-{args.nproc - 1}'
+    print(f'the output of {others} goes to {log_dir / "rank1.log"}' +
+          (f' ... rank{args.nproc - 1}.log' if args.nproc > 2 else ''), flush=True)
+  return launch(args.nproc, args.script, args.args, log_dir)
 
 
 if __name__ == '__main__':

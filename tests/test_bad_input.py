@@ -500,6 +500,9 @@ def test_launcher_usage_errors(folder, monkeypatch, capsys):
     launch.main(['launch', '--nproc=1', 'train.py', '--config.num_processes=3', '--process_id=1'])
   assert e.value.code == 2 and '--config.num_processes, --process_id: launch sets these itself; drop them' in \
       capsys.readouterr().err
+  assert launch.main(['launch', '--nproc=2', '--log_dir=empty.txt/logs', 'train.py']) == 1  # no process started
+  assert capsys.readouterr() == ('', 'error: cannot create --log_dir=empty.txt/logs (Not a directory): pass a folder '
+                                     'you can write to\n')
   (folder / 'train.py').unlink()
 
 

@@ -6,10 +6,12 @@ in 2 processes started by `python -m jaxgpt.launch` (127.0.0.1, a free port,
 gloo) against 1 process with 2 devices.
 """
 
+import collections
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -34,6 +36,15 @@ def test_threads_set_by_hand(monkeypatch):
     parallel.gradient_shards(2, 12, 'cpu', fsdp=True)
   assert parallel.gradient_shards(0, 12, 'cpu', fsdp=True) == 1  # automatic: one program, where threads do not apply
   assert parallel.gradient_shards(1, 12, 'cpu', fsdp=True) == 1
+
+
+def test_launch_logs_into_a_new_temporary_folder_or_the_one_named(monkeypatch, tmp_path):
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # the system's temporary folder
+  first, second = launch.make_log_dir(None), launch.make_log_dir(None)
+  assert first.parent == second.parent == tmp_path and first != second and first.name.startswith('jaxgpt-launch-')
+  assert launch.make_log_dir(tmp_path / 'runs' / 'logs') == tmp_path / 'runs' / 'logs'
+  assert (tmp_path / 'runs' / 'logs').is_dir()
+  assert launch.log_paths(3, first) == [None, first / 'rank1.log', first / 'rank2.log']  # process 0: the terminal
 
 
 def test_xla_pool_sized_to_each_step_threads_cores_before_jax_starts(monkeypatch):
@@ -167,12 +178,23 @@ def test_two_processes_train_as_one_process_with_two_devices(workdir):
   however devices are spread over processes: the same losses, whether
   XLA's all-reduce averages the gradients (one process) or the processes
   swap one flat buffer (ShardedTrainStep)."""
-  launched = run('-m', 'jaxgpt.launch', '--nproc=2', REPO_ROOT / 'train.py', f'--config={CONFIG}',
-                 *config_flags(E2E_RUN | dict(out_dir='out-2p', **MULTI)), env=os.environ, cwd=workdir)
+  launched = run('-m', 'jaxgpt.launch', '--nproc=2', '--log_dir=logs-2p', REPO_ROOT / 'train.py',
+                 f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir='out-2p', **MULTI)), env=os.environ,
+                 cwd=workdir)
   assert launched.returncode == 0, launched.stderr
   one = run(REPO_ROOT / 'train.py', f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir='out-2d', **MULTI)),
             env=os.environ | {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, cwd=workdir)
   assert one.returncode == 0, one.stderr
+  # process 0 alone prints, each line once, as the one process does; process 1's output, gloo's line too, is in its log
+  first, *lines = launched.stdout.splitlines()
+  assert first == 'the output of process 1 goes to logs-2p/rank1.log' and launched.stderr == ''
+  assert [line for line in lines if line.startswith('[Gloo]')] == [  # gloo's own std::cout: no log level quiets it
+      '[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1']
+  assert 'Rank 1 is connected' in (workdir / 'logs-2p' / 'rank1.log').read_text()
+
+  def repeated(lines, out_dir):  # nanoGPT's lines said more than once: 'saving checkpoint' at each better val loss
+    return {line.replace(out_dir, 'OUT'): n for line, n in collections.Counter(lines).items() if n > 1}
+  assert repeated(lines, 'out-2p') == repeated(one.stdout.splitlines(), 'out-2d') != {}
   assert 'data parallel over 2 devices in 2 process(es), params replicated' in launched.stdout.splitlines()
   assert launched.stdout.count('tokens per iteration will be: ') == 1  # process 0 alone prints
   (steps_p, iters_p), (steps_d, iters_d) = parse_log(launched.stdout), parse_log(one.stdout)
@@ -194,6 +216,30 @@ def test_launch_stops_every_process_when_one_fails(workdir):
   assert 'error: n_embd=33 is not divisible by n_head=4' in proc.stderr
   proc = run('-m', 'jaxgpt.launch', '--nproc=0', 'train.py', env=os.environ, cwd=workdir)
   assert proc.returncode == 2 and '--nproc=0 must be >= 1' in proc.stderr
+
+
+# process 1 fails as it starts (a sitecustomize module, which Python runs first); process 0 runs on
+FAIL_PROCESS_1 = """
+import os, sys
+if '--config.process_id=1' in sys.argv:
+  print('process 1 starting', flush=True)
+  print('error: process 1 cannot go on (a test)', file=sys.stderr, flush=True)
+  os._exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_launch_shows_the_end_of_a_failed_processs_output(workdir, tmp_path):
+  (tmp_path / 'sitecustomize.py').write_text(FAIL_PROCESS_1)
+  proc = run('-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path / "logs"}', REPO_ROOT / 'train.py',
+             f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir='out-fail', **MULTI)),
+             env=os.environ | {'PYTHONPATH': str(tmp_path)}, cwd=workdir)
+  assert proc.returncode == 3  # process 1's
+  log = tmp_path / 'logs' / 'rank1.log'
+  assert proc.stderr.splitlines() == [f'process 1 failed (exit status 3); the end of its output (all of it in {log}):',
+                                      '[rank1]: process 1 starting', '[rank1]: error: process 1 cannot go on (a test)']
+  assert log.read_text() == 'process 1 starting\nerror: process 1 cannot go on (a test)\n'
+  assert not [line for line in proc.stdout.splitlines() if 'process 1 ' in line][1:]  # the first line names its log
 
 
 @pytest.mark.slow
