@@ -9,15 +9,18 @@ character-level model, its vocabulary. nanoGPT keeps that in
 data/<dataset>/meta.pkl, beside its train.py; import reads it (as plain data:
 no class, no code) from --meta, else from data/<dataset>/ here, else from the
 nanoGPT checkout the ckpt.pt sits in (the first data/<dataset>/ in a folder
-above it). A character-level model whose vocabulary is found nowhere is
-refused: without it sampling and resuming cannot read or write text. Import
-writes into a new or empty --out_dir only.
+above it). Found nowhere, a data set jaxgpt prepares itself (shakespeare_char)
+is prepared here, as train.py does on first use (from data/<dataset>/input.txt,
+downloaded when absent), and its vocabulary taken. Any other character-level
+model without its vocabulary is refused: without it sampling and resuming
+cannot read or write text. Import writes into a new or empty --out_dir only.
 
 Export writes what nanoGPT's sample.py and train.py read: `model` (the
 state_dict), `optimizer` (the AdamW state_dict that configure_optimizers'
 optimizer loads), `model_args`, `iter_num`, `best_val_loss`, `config`; so
 either side's `init_from=resume` continues the other's run. It never replaces
-an existing file unless told to (--overwrite), and writes a temporary file
+an existing file unless told to (--overwrite), makes the target's missing
+folders (as nanoGPT's train.py makes its out_dir), and writes a temporary file
 beside the target, renamed onto it when whole: an interrupted export leaves no
 half file. A ckpt.pt is read with torch.load(weights_only=True): a file that
 names code is refused and none of it runs.
@@ -48,6 +51,8 @@ from jaxgpt.step import init_model
 MODEL_ARGS = SHAPE_KEYS + ('dropout',)  # nanoGPT's model_args
 # GPT-2's tokens, as they are and padded to a multiple of 64: no meta.pkl, the tokenizer is GPT-2's
 GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)
+# the character-level data sets jaxgpt prepares itself (data.PREPARABLE); import prepares them as train.py would
+CHARACTER_SETS = ('shakespeare_char',)
 # nanoGPT's settings of the machine it ran on, not of the run: this machine's defaults stay
 MACHINE_KEYS = ('device', 'dtype', 'compile', 'out_dir', 'init_from', 'wandb_log')
 # the order nanoGPT's modules declare their parameters in (named_parameters order)
@@ -131,7 +136,8 @@ def find_vocab(path: pathlib.Path, dataset: str | None, vocab_size: int,
                meta: str | None) -> tuple[list[str] | None, pathlib.Path | None]:
   """(vocabulary, where it was read) of the checkpoint at path: from meta (a
   meta.pkl or meta.json), else data/<dataset>/ here, else in the nanoGPT
-  checkout path sits in. (None, None) for GPT-2's tokens."""
+  checkout path sits in, else from the data set prepared here, where jaxgpt
+  can prepare it. (None, None) for GPT-2's tokens."""
   if meta is not None:
     meta_path = pathlib.Path(meta)
     if not meta_path.is_file():
@@ -145,6 +151,11 @@ def find_vocab(path: pathlib.Path, dataset: str | None, vocab_size: int,
       folder = root / data.data_dir(dataset)
       vocab = data.load_vocab(folder)
       if vocab is not None:
+        return checked_vocab(vocab, folder, vocab_size), folder
+    if dataset in CHARACTER_SETS:
+      folder = data.ensure_prepared(dataset)  # prints what it does, as train.py's first use
+      vocab = data.load_vocab(folder)
+      if vocab is not None:  # else its token files were there, with no vocabulary: which is the user's to say
         return checked_vocab(vocab, folder, vocab_size), folder
     raise JaxGPTError(f'{path} is a character-level model (vocab_size={vocab_size}) and no data/{dataset}/meta.pkl '
                       f'was found here or in a folder above {nanogpt_checkouts(path)[0]}: pass '
@@ -192,7 +203,6 @@ def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
     params = nanogpt.from_nanogpt(weights, like)
   except ValueError as e:
     raise JaxGPTError(f"{path}: {e}: its weights and model_args disagree, so it is damaged or not nanoGPT's") from None
-  vocab, source = find_vocab(ckpt_path, dataset, config.vocab_size, meta)
   try:
     step = int(ckpt.get('iter_num', 0))
     best_val_loss = float(ckpt.get('best_val_loss', float('inf')))  # nanoGPT saves a 0-d tensor
@@ -203,6 +213,7 @@ def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
   except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
     raise JaxGPTError(f"{path}'s optimizer state does not match its model ({type(e).__name__}: {e}): "
                       'not a ckpt.pt of nanoGPT\'s train.py') from None
+  vocab, source = find_vocab(ckpt_path, dataset, config.vocab_size, meta)  # last: it may prepare the data set
   try:
     pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -273,14 +284,23 @@ def torch_adamw_state(opt_state, state_dict: dict, c, iter_num: int) -> dict:
 
 
 def check_export_path(path: pathlib.Path, overwrite: bool) -> None:
-  """Export writes a new file in an existing folder; an existing file only when told to."""
+  """Export writes a new file; an existing file only when told to."""
   if path.is_dir():
     raise JaxGPTError(f'{path} is a folder: name the file to write, e.g. {path / "ckpt.pt"}')
   if path.exists() and not overwrite:
     raise JaxGPTError(f'{path} exists: export to another path, or pass --overwrite to replace it')
-  if not path.parent.is_dir():
-    raise JaxGPTError(f'cannot write {path}: the folder {path.parent} does not exist; create it '
-                      f'(mkdir -p {path.parent}) or export to another path')
+  nearest = next(folder for folder in path.parents if folder.exists())  # the rest, export makes
+  if not nearest.is_dir():
+    raise JaxGPTError(f'{nearest} is a file, so no folder can hold {path}: export to another path')
+
+
+def make_parent(path: pathlib.Path) -> None:
+  """path's folder, and any above it, made where missing (nanoGPT's train.py
+  makes its out_dir so)."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise JaxGPTError(f'cannot make the folder {path.parent} ({e.strerror}): export to another path') from None
 
 
 def save_atomically(checkpoint: dict, path: pathlib.Path) -> None:
@@ -323,6 +343,7 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = 
   step, meta, c, (params, opt_state) = checkpoints.read(which, read)
   state_dict = {name: torch.from_numpy(np.array(array)) for name, array in nanogpt.to_nanogpt(params).items()}
   state_dict['lm_head.weight'] = state_dict['transformer.wte.weight']  # tied: the same tensor, as nanoGPT saves it
+  make_parent(ckpt_path)
   save_atomically({
       'model': state_dict,
       'optimizer': torch_adamw_state(opt_state, state_dict, c, meta['iter_num']),
@@ -335,13 +356,15 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = 
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog='python -m jaxgpt.ckpt_pt', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
   importer = commands.add_parser('import', help='nanoGPT ckpt.pt -> jaxgpt checkpoint in --out_dir')
   importer.add_argument('ckpt_pt')
   importer.add_argument('--out_dir', required=True)
   importer.add_argument('--meta', help="the vocabulary: nanoGPT's data/<dataset>/meta.pkl (or a meta.json); "
-                        'default: looked for in data/<dataset>/ here, then in the nanoGPT checkout of ckpt_pt')
+                        'default: looked for in data/<dataset>/ here, then in the nanoGPT checkout of ckpt_pt, '
+                        'else shakespeare_char prepared here')
   exporter = commands.add_parser('export', help='jaxgpt checkpoint in --out_dir -> nanoGPT ckpt.pt')
   exporter.add_argument('ckpt_pt')
   exporter.add_argument('--out_dir', required=True)

@@ -18,7 +18,7 @@ import torch
 from flax import nnx
 
 from conftest import REPO_ROOT, TINY, make_workdir, nanogpt_folder, nanogpt_get_lr
-from jaxgpt import ckpt_pt, nanogpt, nanogpt_torch
+from jaxgpt import ckpt_pt, data, nanogpt, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError
@@ -330,6 +330,42 @@ def test_char_model_without_vocabulary_is_refused_and_nothing_written(tmp_path, 
   assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow
+def test_import_prepares_shakespeare_char_when_its_vocabulary_is_found_nowhere(tmp_path, shakespeare):
+  """A fresh checkout with data/shakespeare_char/input.txt alone, a ckpt.pt with no meta.pkl above it:
+  import prepares the data set, as train.py does on first use, and takes its vocabulary; the import
+  then samples and resumes."""
+  nanogpt_checkpoint(tmp_path / 'run' / 'ckpt.pt', dataset='shakespeare_char', vocab=None)
+  here = make_workdir(tmp_path / 'jaxgpt', shakespeare)
+  lines = run(['-m', 'jaxgpt.ckpt_pt', 'import', '../run/ckpt.pt', '--out_dir=out'], here).splitlines()
+  assert lines[0] == 'preparing shakespeare_char in data/shakespeare_char'
+  assert lines[-2:] == ['found vocab_size = 65 (inside data/shakespeare_char)',
+                        'imported ../run/ckpt.pt (iteration 7) into out']
+  vocab = sorted(set(shakespeare.read_text()))
+  prepared = here / 'data' / 'shakespeare_char'
+  assert data.load_vocab(prepared) == vocab and imported_vocab(here / 'out') == vocab
+  assert [(prepared / f'{split}.bin').stat().st_size for split in ('train', 'val')] == [2 * 1_003_854, 2 * 111_540]
+  [text] = samples(run([REPO_ROOT / 'sample.py', '--out_dir=out', '--start=ROMEO:', '--num_samples=1',
+                        '--max_new_tokens=20'], here))
+  assert text.startswith('ROMEO:') and len(text) == 26 and set(text) <= set(vocab)
+  resumed = run([REPO_ROOT / 'train.py', f'--config={REPO_ROOT / "configs" / "shakespeare_char.py"}',
+                 '--config.init_from=resume', '--config.out_dir=out', '--config.max_iters=9', '--config.batch_size=4',
+                 '--config.eval_interval=4', '--config.eval_iters=2', '--config.log_interval=1'], here)
+  assert iterations(resumed) == [7, 8, 9]  # on from nanoGPT's iteration
+
+
+def test_import_refuses_a_prepared_vocabulary_of_another_size(tmp_path, monkeypatch, shakespeare, capsys):
+  config = dataclasses.replace(CONFIG, vocab_size=60)  # not shakespeare_char's 65 characters
+  model = nanogpt_gpt(**{k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS})
+  torch.save({'model': model.state_dict(), 'model_args': {k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS},
+              'iter_num': 1, 'config': {'dataset': 'shakespeare_char'}}, make_workdir(tmp_path, shakespeare) / 'ckpt.pt')
+  monkeypatch.chdir(tmp_path)
+  assert ckpt_pt.main(['ckpt_pt', 'import', 'ckpt.pt', '--out_dir=out']) == 1
+  assert capsys.readouterr().err == ('error: data/shakespeare_char has 65 characters but the model vocab_size=60: '
+                                     'pass --meta=.../meta.pkl of the data set the checkpoint was trained on\n')
+  assert (tmp_path / 'data' / 'shakespeare_char' / 'meta.json').exists() and not (tmp_path / 'out').exists()
+
+
 def test_gpt2_vocabulary_needs_no_meta(tmp_path, monkeypatch):
   config = dataclasses.replace(CONFIG, vocab_size=50304)
   model = nanogpt_gpt(**{k: getattr(config, k) for k in ckpt_pt.MODEL_ARGS})
@@ -383,6 +419,15 @@ def test_interrupted_export_leaves_the_target_as_it_was(jaxgpt_run, tmp_path, mo
   with pytest.raises(KeyboardInterrupt):  # a new file: none at all
     ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'new.pt'))
   assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+def test_export_makes_the_missing_folders(jaxgpt_run, tmp_path, capsys):
+  out_dir, _, _ = jaxgpt_run
+  target = tmp_path / 'nanoGPT' / 'out-jaxgpt' / 'ckpt.pt'  # as nanoGPT's train.py makes its out_dir
+  assert ckpt_pt.main(['ckpt_pt', 'export', f'--out_dir={out_dir}', str(target)]) == 0
+  assert capsys.readouterr().out == f'exported step 3 of {out_dir} to {target}\n'
+  assert torch.load(target, weights_only=True)['iter_num'] == 3
+  assert os.listdir(target.parent) == ['ckpt.pt']  # written whole: no temporary file left beside it
 
 
 NANOGPT_SCRIPTS = ('train.py', 'sample.py', 'configurator.py', 'data/shakespeare_char/prepare.py')

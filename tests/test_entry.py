@@ -62,6 +62,17 @@ def test_every_entry_point_answers_help(command):
     assert proc.returncode == 0 and proc.stdout.startswith('usage:') and proc.stderr == '', (command, flag, proc)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('command', [['ckpt_pt'], ['ckpt_pt', 'import'], ['ckpt_pt', 'export'], ['launch'], ['plot']])
+def test_help_names_the_module_as_it_is_run(command):
+  """usage: python -m jaxgpt.ckpt_pt ..., not the file's name (ckpt_pt.py, __main__.py)."""
+  module, *subcommand = command
+  proc = subprocess.run([sys.executable, '-m', f'jaxgpt.{module}', *subcommand, '--help'], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.startswith(' '.join(['usage: python -m', f'jaxgpt.{module}', *subcommand,
+                                                                  '[-h]'])), proc.stdout
+
+
 def test_a_user_mistake_is_one_error_line_and_exit_1(capsys):
   def work():
     raise JaxGPTError('the problem: the fix')
