@@ -7,11 +7,17 @@ gloo) against 1 process with 2 devices.
 """
 
 import collections
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import subprocess
 import sys
 import tempfile
+import termios
+import time
 
 import pytest
 
@@ -240,6 +246,53 @@ def test_launch_shows_the_end_of_a_failed_processs_output(workdir, tmp_path):
                                       '[rank1]: process 1 starting', '[rank1]: error: process 1 cannot go on (a test)']
   assert log.read_text() == 'process 1 starting\nerror: process 1 cannot go on (a test)\n'
   assert not [line for line in proc.stdout.splitlines() if 'process 1 ' in line][1:]  # the first line names its log
+
+
+def ctrl_c_at_a_terminal(args, cwd, after: str, timeout=300) -> tuple[int, str]:
+  """Runs args in the foreground of a terminal of its own (a pseudo-terminal that is its controlling
+  terminal, as a shell's), types Ctrl-C once `after` shows; its exit status and output."""
+  main_fd, child_fd = pty.openpty()
+
+  def foreground():
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+  popen = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdin=child_fd, stdout=child_fd,
+                           stderr=child_fd, preexec_fn=foreground, env=os.environ | {'COLUMNS': '160'})
+  os.close(child_fd)
+  output, typed, deadline = b'', False, time.monotonic() + timeout
+  try:
+    while select.select([main_fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+      try:
+        chunk = os.read(main_fd, 65536)
+      except OSError:  # the command closed the terminal
+        break
+      output += chunk
+      if not typed and after.encode() in output:
+        os.write(main_fd, b'\x03')  # the terminal sends SIGINT to its foreground process group
+        typed = True
+  finally:
+    os.close(main_fd)
+    if popen.poll() is None:
+      popen.kill()
+  return popen.wait(), output.decode(errors='replace')
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_the_terminal_stops_every_process_once_with_a_checkpoint(workdir, tmp_path):
+  """The terminal's SIGINT reaches the launcher alone, which passes it on once: a second one would stop
+  the processes at once, unsaved."""
+  code, output = ctrl_c_at_a_terminal(
+      ['-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path}', REPO_ROOT / 'train.py', f'--config={CONFIG}',
+       *config_flags(E2E_RUN | dict(out_dir='out-ctrl-c', **(MULTI | {'max_iters': 100000})))], workdir,
+      after='iter 3:')
+  assert code == 0, output
+  lines = [line.strip() for line in re.split(r'\r|\n|\x1b\[[0-9;?]*[A-Za-z]', output)]  # the progress bar's codes too
+  assert sum(line.startswith('SIGINT: finishing this iteration') for line in lines) == 1, output
+  [saved] = [line for line in lines if line.startswith('SIGINT at iteration')]
+  step = int(saved.split()[3].rstrip(':'))
+  assert saved.endswith('saved a checkpoint to out-ctrl-c; continue with --config.init_from=resume')
+  assert str(step) in os.listdir(workdir / 'out-ctrl-c')
+  assert 'Traceback' not in (tmp_path / 'rank1.log').read_text()
 
 
 @pytest.mark.slow
