@@ -110,7 +110,7 @@ def launch(nproc: int, script: str, args: list[str], log_dir: pathlib.Path | Non
       processes.append(subprocess.Popen(
           [sys.executable, script, *args, f'--config.coordinator_address={address}',
            f'--config.num_processes={nproc}', f'--config.process_id={rank}'],
-          stdout=log, stderr=log and subprocess.STDOUT, start_new_session=True,
+          stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True,
           # unbuffered: a log holds every line up to a failure, in the order written
           env=os.environ | {'PJRT_NPROC': str(len(cores))} | ({'PYTHONUNBUFFERED': '1'} if log else {}),
           preexec_fn=lambda cores=cores: start_process(cores)))

@@ -215,8 +215,8 @@ def test_two_processes_train_as_one_process_with_two_devices(workdir):
 
 
 @pytest.mark.slow
-def test_launch_stops_every_process_when_one_fails(workdir):
-  proc = run('-m', 'jaxgpt.launch', '--nproc=2', REPO_ROOT / 'train.py', f'--config={CONFIG}',
+def test_launch_stops_every_process_when_one_fails(workdir, tmp_path):
+  proc = run('-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path}', REPO_ROOT / 'train.py', f'--config={CONFIG}',
              '--config.n_embd=33', env=os.environ, cwd=workdir)
   assert proc.returncode == 1
   assert 'error: n_embd=33 is not divisible by n_head=4' in proc.stderr
