@@ -461,7 +461,9 @@ def bench_processes(nproc: int, iters: int, rounds: int, overrides: list[str]) -
   medians = {name: [] for name in commands}
   for _ in range(rounds):
     for name, command in commands.items():
-      with tempfile.TemporaryDirectory() as out_dir:
+      with tempfile.TemporaryDirectory() as out_dir:  # the launcher's logs of processes 1.. go there too
+        launcher_logs = [f'--log_dir={out_dir}'] if 'jaxgpt.launch' in command else []
+        command = command[:2] + launcher_logs + command[2:]
         proc = subprocess.run([sys.executable, *command, f'--config.out_dir={out_dir}'], capture_output=True, text=True)
       if proc.returncode:
         raise JaxGPTError(f'{name} failed: {(proc.stderr.strip().splitlines() or ["no message"])[-1]}')

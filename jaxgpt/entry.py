@@ -17,10 +17,8 @@ from jaxgpt.errors import JaxGPTError
 def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInterrupt], str]) -> int:
   """work()'s exit status (None: 0). `interrupted`: the line printed on
   Ctrl-C or SIGTERM, or a function of the KeyboardInterrupt giving it."""
-  # imported here, not with this module: nanoGPT's loop (nanogpt_torch)
-  # parses its config and reads its data through cli and data, which import
-  # this module, and its process must not carry jax (~130 MB of resident
-  # memory) into `bench --memory`'s figure for nanoGPT
+  # imported here, not with this module: data.py and prepare.py import this
+  # module, and a program that imports them as a library need not load jax
   from jaxgpt import runtime
   runtime.setup()
   previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line

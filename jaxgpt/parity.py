@@ -115,7 +115,7 @@ def tolerances(trace: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog='python -m jaxgpt.parity', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('trace', help='a nanogpt-trace/1 .npz file')
   parser.add_argument('--compile', default='True', choices=['True', 'False'],
                       help='False: replay through the staged (compile=False) train step')
