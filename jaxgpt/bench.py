@@ -313,6 +313,11 @@ def median_iteration(name: str, args: list[str], cwd: pathlib.Path | None = None
   return float(np.median(times)), len(times)
 
 
+def with_max_iters(flags: list[str], iters: int) -> list[str]:
+  """The seed command's flags with its max_iters=2000 made iters, in either spelling."""
+  return [re.sub(r'max_iters=\d+$', f'max_iters={iters}', flag) for flag in flags]
+
+
 def bench_nanogpt(nanogpt_dir: str | None, iters: int, rounds: int, overrides: list[str],
                   overridden: frozenset[str]) -> None:
   """nanoGPT's own train.py against jaxgpt's, on the seed command, by turns."""
@@ -321,8 +326,8 @@ def bench_nanogpt(nanogpt_dir: str | None, iters: int, rounds: int, overrides: l
   dtypes = [c.dtype] if 'dtype' in overridden else ['float32', 'bfloat16']
   seed = cli.parse_config(['bench'] + SEED_COMMAND)
   with nanogpt_checkout(nanogpt_dir, [c]) as (nanogpt, keys):
-    nanogpt_args = ['train.py', *NANOGPT_SEED_COMMAND, *changed_settings(c, seed, keys), f'--max_iters={iters}']
-    jaxgpt_args = [str(TRAIN_PY), *SEED_COMMAND, *overrides, f'--config.max_iters={iters}']
+    nanogpt_args = ['train.py', *with_max_iters(NANOGPT_SEED_COMMAND, iters), *changed_settings(c, seed, keys)]
+    jaxgpt_args = [str(TRAIN_PY), *with_max_iters(SEED_COMMAND, iters), *overrides]
     print(f"{NANOGPT}: {nanogpt_torch.find('train.py', nanogpt_dir)}, run in a scratch copy of its checkout as\n"
           f"  python {' '.join(nanogpt_args)} --out_dir=TEMP")
     print(f"jaxgpt: python {' '.join(jaxgpt_args)} --config.out_dir=TEMP --config.dtype={'|'.join(dtypes)}", flush=True)

@@ -88,14 +88,14 @@ def test_bench_nanogpt_runs_nanogpts_own_train_py_by_turns(tmp_path, shakespeare
   # the seed command in nanoGPT's spelling, then the overrides that it has too (not dtype)
   assert lines[at + 1] == ('  python train.py config/train_shakespeare_char.py --device=cpu --compile=False '
                            '--eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 '
-                           '--n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 --batch_size=4 '
-                           '--block_size=32 --n_embd=32 --n_head=2 --n_layer=1 --max_iters=6 --out_dir=TEMP')
+                           '--n_embd=128 --max_iters=6 --lr_decay_iters=2000 --dropout=0.0 --batch_size=4 '
+                           '--block_size=32 --n_embd=32 --n_head=2 --n_layer=1 --out_dir=TEMP')
   assert lines[at + 2] == (f'jaxgpt: python {REPO_ROOT / "train.py"} --config={REPO_ROOT / "configs" / "shakespeare_char.py"} '
                            '--config.device=cpu --config.compile=False --config.eval_iters=20 --config.log_interval=1 '
                            '--config.block_size=64 --config.batch_size=12 --config.n_layer=4 --config.n_head=4 '
-                           '--config.n_embd=128 --config.max_iters=2000 --config.lr_decay_iters=2000 '
+                           '--config.n_embd=128 --config.max_iters=6 --config.lr_decay_iters=2000 '
                            f'--config.dropout=0.0 {" ".join(TINY_OVERRIDES)} --config.dtype=float32 '
-                           '--config.max_iters=6 --config.out_dir=TEMP --config.dtype=float32')
+                           '--config.out_dir=TEMP --config.dtype=float32')
   for turn in (1, 2):
     assert re.fullmatch(rf'round {turn} of 2: nanoGPT \d+\.\d\d, float32 \d+\.\d\d ms/iter', lines[at + 2 + turn])
   medians = {}
