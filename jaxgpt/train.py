@@ -457,11 +457,13 @@ def keep_records_before(path: pathlib.Path, iter_num: int) -> None:
   the other; an unfinished last line goes too."""
   if not path.exists():
     return
-  kept = []
-  for line in path.read_text().splitlines(keepends=True):
+  lines, kept = path.read_text().splitlines(keepends=True), []
+  for line in lines:
     with contextlib.suppress(ValueError, TypeError, KeyError):  # an unfinished line, or not a record
       if line.endswith('\n') and json.loads(line)['iter'] < iter_num:
         kept.append(line)
+  if kept == lines:  # the usual resume, after a stop that saved: the folder is left as it was
+    return
   rewritten = path.with_suffix('.jsonl.tmp')
   rewritten.write_text(''.join(kept))
   rewritten.replace(path)

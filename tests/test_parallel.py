@@ -7,7 +7,6 @@ gloo) against 1 process with 2 devices.
 """
 
 import collections
-import fcntl
 import json
 import os
 import pty
@@ -16,7 +15,6 @@ import select
 import subprocess
 import sys
 import tempfile
-import termios
 import time
 
 import pytest
@@ -252,12 +250,13 @@ def ctrl_c_at_a_terminal(args, cwd, after: str, timeout=300) -> tuple[int, str]:
   """Runs args in the foreground of a terminal of its own (a pseudo-terminal that is its controlling
   terminal, as a shell's), types Ctrl-C once `after` shows; its exit status and output."""
   main_fd, child_fd = pty.openpty()
-
-  def foreground():
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-  popen = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdin=child_fd, stdout=child_fd,
-                           stderr=child_fd, preexec_fn=foreground, env=os.environ | {'COLUMNS': '160'})
+  # in a session of its own, the terminal made its controlling one, then args: a small python does it, not a
+  # preexec_fn (that would fork this process, whose jax threads make fork unsafe)
+  take_terminal = ('import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); '
+                   'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+  popen = subprocess.Popen([sys.executable, '-c', take_terminal, *map(str, args)], cwd=cwd, stdin=child_fd,
+                           stdout=child_fd, stderr=child_fd, start_new_session=True,
+                           env=os.environ | {'COLUMNS': '160'})
   os.close(child_fd)
   output, typed, deadline = b'', False, time.monotonic() + timeout
   try:
