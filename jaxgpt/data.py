@@ -136,6 +136,8 @@ def _download(url: str, path: pathlib.Path) -> None:
     with urllib.request.urlopen(url, timeout=30) as response:
       text = response.read()
   except (OSError, http.client.HTTPException) as e:  # HTTPException: a connection cut mid-file
+    with contextlib.suppress(OSError):  # the folder the user is told to put the file in
+      path.parent.mkdir(parents=True, exist_ok=True)
     raise DataError(f'could not download {url} ({e}); offline, put the file at {path} '
                     f'and run again') from None
   with replacing(path.parent, (path.name,)) as files:

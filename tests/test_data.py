@@ -191,6 +191,7 @@ def test_offline_download_says_where_to_put_input(tmp_path, monkeypatch):
   assert message.startswith(f'could not download {data.SHAKESPEARE_URL} (Network is unreachable)')
   assert message.endswith('offline, put the file at data/shakespeare_char/input.txt and run again')
   assert not (tmp_path / 'data' / 'shakespeare_char' / 'input.txt').exists()
+  assert (tmp_path / 'data' / 'shakespeare_char').is_dir()  # ready for the file, as the message says
 
 
 def test_data_module_command(shakespeare, tmp_path, monkeypatch, capsys):
