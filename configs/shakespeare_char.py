@@ -16,16 +16,16 @@ def get_config():
   # evaluate often: a small model on a small data set overfits
   config.eval_interval = 250
   config.eval_iters = 20  # 200 batches an evaluation would cost more than the 250 iterations between
-  # an iteration takes ~30 ms: a line every 10 is a few a second (a terminal
-  # also shows a progress bar); nanoGPT's seed command logs every one
+  # an iteration takes milliseconds: a line every 10 is a few a second (a
+  # terminal also shows a progress bar); nanoGPT's seed command logs every one
   config.log_interval = 10
   # only save when val improves
   config.always_save_checkpoint = False
   # one XLA program a step, its buffers donated: the fastest step, with the
   # same losses as compile=False (two programs)
   config.compile = True
-  # a step's activations are ~50 MB: recomputing them in backward would save
-  # 30 MB and cost ~2% of the step
+  # the step's activations are small beside the process's memory: recomputing
+  # them in backward would cost time and save little (docs/performance.md)
   config.remat = False
 
   config.wandb_project = 'shakespeare-char'

@@ -3,8 +3,9 @@ config/train_shakespeare_char.py, value for value, the recipe for a GPU:
 
   python train.py --config=configs/shakespeare_char_gpu.py --config.device=gpu
 
-On a CPU it runs too, but an iteration takes ~10 s on 2 cores, so its 5000
-iterations take most of a day: configs/shakespeare_char.py is the CPU recipe.
+On a CPU it runs too, but its 5000 iterations of a 6 x 384 model on 256
+tokens take most of a day (docs/performance.md): configs/shakespeare_char.py
+is the CPU recipe.
 """
 
 from jaxgpt.config import base_config

@@ -157,9 +157,9 @@ def mean_across_devices(x: jax.Array, devices: int) -> jax.Array:
   x, and every device gets the same mean.
 
   Two devices swap their buffers in one collective permute and add: on
-  CPUs, gloo's all-reduce as XLA calls it takes ~4 ms for any buffer, the
-  swap ~0.1 ms plus the bytes' time (docs/performance.md). x + x' and x' + x
-  round alike, so both processes keep identical params."""
+  CPUs, gloo's all-reduce as XLA calls it has a fixed cost many times the
+  swap's (docs/performance.md, "Data parallel over processes"). x + x' and
+  x' + x round alike, so both processes keep identical params."""
   if devices == 1:  # XLA keeps a one-device all-reduce: a copy of x, and a rendezvous
     return x
   if devices == 2:
