@@ -1,0 +1,91 @@
+"""Files replaced whole: the one way jaxgpt writes a file a reader may hold.
+
+  with files.replacing(folder / 'train.bin', folder / 'val.bin') as (train, val):
+    train.write_bytes(...)  # or open(train, 'wb'), torch.save(..., train), save_file(..., train)
+
+Each path gets a temporary file beside it (same folder, so the move is a
+rename), created empty with the user's umask and named .NAME.HOST.PID.tmp.
+When the block ends without error each temporary file is synced to disk and
+moved onto its path (os.replace, in the order given), then the folder is
+synced, so after a crash a path holds the old file or the new one, whole. A
+block that raises (Ctrl-C, a full disk) removes its temporary files and
+leaves every path as it was.
+
+A process killed with SIGKILL cannot remove its temporary files; the next
+write of the same path removes those whose process is gone. A temporary file
+of a process still running on this host is left alone: two trainings may
+prepare the same data set at once, each writing its own files whole.
+"""
+
+import contextlib
+import glob
+import os
+import pathlib
+import socket
+from typing import Iterator
+
+HOST = socket.gethostname()  # on a shared folder, only this host's processes can be told alive or gone
+
+
+def temp_path(path: pathlib.Path, pid: int | None = None) -> pathlib.Path:
+  """The temporary file beside path of the process pid (default: this one)."""
+  return path.with_name(f'.{path.name}.{HOST}.{os.getpid() if pid is None else pid}.tmp')
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)  # signal 0: only asks whether the process exists
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def remove_leftovers(path: pathlib.Path) -> None:
+  """Removes the temporary files of path left by processes of this host that
+  are gone (killed while writing)."""
+  prefix, suffix = f'.{path.name}.{HOST}.', '.tmp'
+  for temp in path.parent.glob(f'{glob.escape(prefix)}*{suffix}'):
+    pid = temp.name[len(prefix):-len(suffix)]
+    if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+      temp.unlink(missing_ok=True)
+
+
+def sync_folder(folder: pathlib.Path) -> None:
+  """fsync of a folder: makes the renames in it last through a crash."""
+  fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(*paths: pathlib.Path, removing: tuple[pathlib.Path, ...] = ()) -> Iterator[list[pathlib.Path]]:
+  """Temporary files, one for each path, moved onto their paths when the block
+  ends without error (see the module's docstring); missing folders are made.
+  removing: paths removed just before the moves (files of what is replaced
+  that are not written again). OSError (a full disk, no permission) is the
+  caller's to word."""
+  temps = [temp_path(path) for path in paths]
+  made = []
+  try:
+    for path, temp in zip(paths, temps):
+      path.parent.mkdir(parents=True, exist_ok=True)
+      remove_leftovers(path)
+      temp.open('wb').close()  # 0666 less the umask, as a plain write; tempfile's would be 0600
+      made.append(temp)
+    yield temps
+    for temp in temps:
+      with temp.open('rb') as f:
+        os.fsync(f.fileno())  # the data on disk before a rename makes it the path's
+    for path in removing:
+      path.unlink(missing_ok=True)
+    for path, temp in zip(paths, temps):
+      os.replace(temp, path)
+    for folder in dict.fromkeys(path.parent for path in (*paths, *removing)):
+      sync_folder(folder)
+  finally:
+    for temp in made:
+      temp.unlink(missing_ok=True)
