@@ -35,6 +35,7 @@ from typing import Any, Callable, TypeVar
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
+from orbax.checkpoint import path as ocp_path
 
 from jaxgpt import entry
 from jaxgpt.config import CHECKPOINTS as CHOICES  # which checkpoint to read: the lowest val loss, or the newest
@@ -51,11 +52,40 @@ class CheckpointError(JaxGPTError):
   pass
 
 
+STEP_METADATA = '_CHECKPOINT_METADATA'  # the file orbax writes into each step folder it saves
+
+
+def is_checkpoint(folder: pathlib.Path) -> bool:
+  """Whether folder is a finished checkpoint: named by its step (orbax's
+  unfinished ones carry a suffix) and holding orbax's metadata, not a user's
+  folder named like a step (`2024/`)."""
+  return folder.name.isdigit() and (folder / STEP_METADATA).is_file()
+
+
 def holds_checkpoints(out_dir: str) -> bool:
-  """Whether out_dir holds a finished checkpoint (step folders are named by
-  their step; orbax's unfinished ones carry a suffix). Creates nothing."""
+  """Whether out_dir holds a finished checkpoint. Creates nothing."""
   directory = pathlib.Path(out_dir)
-  return directory.is_dir() and any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
+  return directory.is_dir() and any(is_checkpoint(p) for p in directory.iterdir())
+
+
+class CheckpointSteps(ocp_path.step.NameFormat):
+  """Orbax's step folders (named by their step), but only those that are
+  checkpoints: orbax alone would list, rotate and delete a user's `2024/`."""
+
+  def __init__(self):
+    self.standard = ocp_path.step.standard_name_format()
+
+  def build_name(self, step: int) -> str:
+    return self.standard.build_name(step)
+
+  def find_all(self, base_path):
+    return (m for m in self.standard.find_all(base_path) if is_checkpoint(pathlib.Path(m.path)))
+
+  def find_step(self, base_path, step: int):
+    metadata = self.standard.find_step(base_path, step)
+    if not is_checkpoint(pathlib.Path(metadata.path)):
+      raise ValueError(f'{metadata.path} is not a checkpoint')  # as orbax says of a missing step
+    return metadata
 
 
 def lock(directory: pathlib.Path) -> int:
@@ -114,7 +144,7 @@ class Checkpoints:
       self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
           preservation_policy=keep_latest_and_best,
           best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
-          read_only=read_only, create=not read_only))
+          step_name_format=CheckpointSteps(), read_only=read_only, create=not read_only))
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
     """Starts writing; the arrays are copied off the device before this returns,

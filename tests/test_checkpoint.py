@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, STEP_LINE, TINY_RUN, config_flags, finish, make_workdir, parse_log, snapshot
-from jaxgpt.checkpoint import CheckpointError, Checkpoints
+from jaxgpt.checkpoint import CheckpointError, Checkpoints, holds_checkpoints
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
 from jaxgpt.train import keep_records_before
@@ -285,6 +285,41 @@ def test_a_reader_chooses_again_when_a_writer_rotates_its_checkpoint_away(tmp_pa
   step, params = reader.read('latest', lambda step: (step, reader.params(step, like)))
   assert step == 3 and np.array_equal(params['w'], np.full(3, 3, np.float32))
   reader.close()
+
+
+def test_a_users_files_named_like_steps_are_neither_read_nor_deleted(tmp_path):
+  """A folder `2024/` and a file `2025` of the user's in out_dir: orbax alone
+  would take 2024 for the latest step (resume and sampling would read it, a
+  writer would skip its older steps' saves). Only orbax's step folders count."""
+  out_dir = tmp_path / 'out'
+  out_dir.mkdir()
+  (out_dir / '2024').mkdir()
+  (out_dir / '2024' / 'notes.txt').write_text('mine')
+  (out_dir / '2025').write_text('mine too')
+  assert not holds_checkpoints(out_dir)  # a run from scratch may write here
+  with pytest.raises(CheckpointError, match='no checkpoint in'):
+    Checkpoints(out_dir, read_only=True).latest_step()
+
+  def save(checkpoints, step, val_loss):
+    checkpoints.save(step, {'w': np.full(3, step, np.float32)}, {'mu': np.zeros(3, np.float32)},
+                     {'iter_num': step, 'val_loss': val_loss, 'model_args': dict(TINY_MODEL_ARGS)})
+
+  with Checkpoints(out_dir) as writer:
+    for step, val_loss in [(1, 2.0), (2, 3.0), (3, 4.0)]:  # 2 rotated away
+      save(writer, step, val_loss)
+  assert holds_checkpoints(out_dir)
+  assert sorted(p.name for p in out_dir.iterdir()) == ['1', '2024', '2025', '3']
+  assert (out_dir / '2024' / 'notes.txt').read_text() == 'mine' and (out_dir / '2025').read_text() == 'mine too'
+  with Checkpoints(out_dir, read_only=True) as reader:  # what a resume and sample.py read
+    assert (reader.steps(), reader.latest_step(), reader.best_step()) == ([1, 3], 3, 1)
+    assert reader.read('latest', lambda step: reader.params(step, {'w': np.zeros(3, np.float32)}))['w'].tolist() == \
+        [3.0, 3.0, 3.0]
+  proc = list_checkpoints(out_dir)
+  assert proc.returncode == 0, proc.stderr
+  assert [row.split()[:3] for row in proc.stdout.splitlines()[1:]] == [['1', '2.0000', 'best'], ['3', '4.0000', 'latest']]
+
+
+TINY_MODEL_ARGS = dict(block_size=16, vocab_size=65, n_layer=1, n_head=1, n_embd=8, bias=True, dropout=0.0)
 
 
 def test_a_second_writer_on_out_dir_is_refused_with_its_holder_named(tmp_path):
