@@ -117,13 +117,26 @@ def counting_tokens(tmp_path):
   return path
 
 
-def test_batch_targets_are_inputs_shifted_by_one(counting_tokens):
-  x, y = BatchSampler(counting_tokens, block_size=8, batch_size=4, vocab_size=1000)(np.random.default_rng(0), steps=3)
+# the largest vocabulary a uint16 file holds, and the first of the 1000 ids at its edge
+UINT16_VOCAB = 2**16
+EDGE = UINT16_VOCAB - 1000
+
+
+def test_batch_targets_are_inputs_shifted_by_one(tmp_path):
+  """Ids up to 65,535, their top bit set and their two bytes unequal: a
+  file read as int16, big-endian or bytes, or from the wrong offset, gives
+  other numbers."""
+  path = tmp_path / 'tokens.bin'
+  np.arange(EDGE, UINT16_VOCAB, dtype='<u2').tofile(path)  # token EDGE + i at offset i, little-endian as nanoGPT's
+  x, y = BatchSampler(path, block_size=8, batch_size=4, vocab_size=UINT16_VOCAB)(np.random.default_rng(0), steps=3)
   assert x.shape == y.shape == (3, 4, 8)
   assert x.dtype == y.dtype == np.int32
+  starts = x[..., :1] - EDGE
+  assert starts.min() >= 0 and starts.max() <= 1000 - 8 - 1  # windows that fit in the file
+  np.testing.assert_array_equal(x, EDGE + starts + np.arange(8))  # the file's ids from each start
   np.testing.assert_array_equal(y, x + 1)
-  np.testing.assert_array_equal(x[..., 1:], x[..., :-1] + 1)  # windows of consecutive tokens
-  assert x.min() >= 0 and y.max() <= 999  # never past the end
+  x, y = BatchSampler(path, block_size=999, batch_size=1, vocab_size=UINT16_VOCAB)(np.random.default_rng(0))
+  np.testing.assert_array_equal(np.concatenate([x[0, 0], y[0, 0, -1:]]), np.arange(EDGE, UINT16_VOCAB))  # all of it
 
 
 def test_batches_cover_every_start(counting_tokens):
