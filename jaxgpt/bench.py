@@ -94,7 +94,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import cli, data, entry, nanogpt_torch, parallel, runtime
+from jaxgpt import cli, entry, nanogpt_torch, parallel, prepare, runtime
 from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.generate import Generator
@@ -272,10 +272,10 @@ def nanogpt_checkout(nanogpt_dir: str | None, runs) -> Iterator[tuple[pathlib.Pa
     if c.dataset != 'shakespeare_char':
       raise JaxGPTError(f"dataset={c.dataset}: the bench runs nanoGPT's train.py on shakespeare_char, the data set "
                         'its prepare.py is copied for; leave dataset out')
-  here = data.ensure_prepared('shakespeare_char')
+  here = prepare.ensure_prepared('shakespeare_char')
   if not (here / 'input.txt').is_file():
     raise JaxGPTError(f'{here / "input.txt"} not found, from which nanoGPT\'s prepare.py makes its data set: put tiny '
-                      f'Shakespeare there ({data.SHAKESPEARE_URL})')
+                      f'Shakespeare there ({prepare.SHAKESPEARE_URL})')
   with tempfile.TemporaryDirectory(prefix='nanogpt-') as folder:
     nanogpt = nanogpt_torch.lay_out(pathlib.Path(folder), files, here / 'input.txt')
     for name in ('train.bin', 'val.bin'):

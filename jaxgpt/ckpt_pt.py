@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxgpt import data, entry, nanogpt
+from jaxgpt import data, entry, nanogpt, prepare
 from jaxgpt.checkpoint import CHOICES, Checkpoints, holds_checkpoints
 from jaxgpt.config import base_config, validate
 from jaxgpt.model import SHAPE_KEYS, GPTConfig
@@ -49,9 +49,7 @@ from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.step import init_model
 
 MODEL_ARGS = SHAPE_KEYS + ('dropout',)  # nanoGPT's model_args
-# GPT-2's tokens, as they are and padded to a multiple of 64: no meta.pkl, the tokenizer is GPT-2's
-GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)
-# the character-level data sets jaxgpt prepares itself (data.PREPARABLE); import prepares them as train.py would
+# the character-level data sets jaxgpt prepares itself (prepare.PREPARABLE); import prepares them as train.py would
 CHARACTER_SETS = ('shakespeare_char',)
 # nanoGPT's settings of the machine it ran on, not of the run: this machine's defaults stay
 MACHINE_KEYS = ('device', 'dtype', 'compile', 'out_dir', 'init_from', 'wandb_log')
@@ -144,7 +142,7 @@ def find_vocab(path: pathlib.Path, dataset: str | None, vocab_size: int,
       raise JaxGPTError(f'--meta={meta} is not a file: pass the meta.pkl (or meta.json) of the data set the '
                         'checkpoint was trained on')
     return checked_vocab(data.read_vocab(meta_path), meta_path, vocab_size), meta_path
-  if vocab_size in GPT2_VOCAB_SIZES:
+  if vocab_size in data.GPT2_VOCAB_SIZES:
     return None, None
   if dataset is not None:
     for root in (pathlib.Path('.'), *nanogpt_checkouts(path)):
@@ -153,7 +151,7 @@ def find_vocab(path: pathlib.Path, dataset: str | None, vocab_size: int,
       if vocab is not None:
         return checked_vocab(vocab, folder, vocab_size), folder
     if dataset in CHARACTER_SETS:
-      folder = data.ensure_prepared(dataset)  # prints what it does, as train.py's first use
+      folder = prepare.ensure_prepared(dataset)  # prints what it does, as train.py's first use
       vocab = data.load_vocab(folder)
       if vocab is not None:  # else its token files were there, with no vocabulary: which is the user's to say
         return checked_vocab(vocab, folder, vocab_size), folder

@@ -270,9 +270,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       'usually max_iters), or --config.decay_lr=False for a constant learning rate')
   if c.seed not in SEEDS:
     raise ConfigError(f'seed={c.seed} must be in [0, 2**32): pass e.g. --config.seed=1337')
+  # step folders, metrics.jsonl and their rotation need a folder of their own, not the user's files around them
   if not c.out_dir:
     raise ConfigError("out_dir='' would write checkpoints into the current folder: pass a folder, "
                       'e.g. --config.out_dir=out')
+  if pathlib.Path(c.out_dir).resolve() == pathlib.Path.cwd().resolve():
+    raise ConfigError(f"out_dir='{c.out_dir}' is the current folder: its checkpoints would mix with your files: "
+                      'pass a folder of its own, e.g. --config.out_dir=out')
   if c.overwrite and c.init_from == 'resume':
     raise ConfigError('overwrite=True and init_from=resume contradict each other: resume continues the checkpoints '
                       'in out_dir, overwrite replaces them with a new run\'s; pass one of the two')

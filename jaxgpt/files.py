@@ -4,7 +4,8 @@
     train.write_bytes(...)  # or open(train, 'wb'), torch.save(..., train), save_file(..., train)
 
 Each path gets a temporary file beside it (same folder, so the move is a
-rename), created empty with the user's umask and named .NAME.HOST.PID.tmp.
+rename), created empty with the user's umask and named .NAME.HOST.PID.RANDOM.tmp
+(RANDOM: two writers in one process, e.g. threads, do not share one).
 When the block ends without error each temporary file is synced to disk and
 moved onto its path (os.replace, in the order given), then the folder is
 synced, so after a crash a path holds the old file or the new one, whole. A
@@ -21,6 +22,7 @@ import contextlib
 import glob
 import os
 import pathlib
+import secrets
 import socket
 from typing import Iterator
 
@@ -28,8 +30,8 @@ HOST = socket.gethostname()  # on a shared folder, only this host's processes ca
 
 
 def temp_path(path: pathlib.Path, pid: int | None = None) -> pathlib.Path:
-  """The temporary file beside path of the process pid (default: this one)."""
-  return path.with_name(f'.{path.name}.{HOST}.{os.getpid() if pid is None else pid}.tmp')
+  """A new temporary file's name beside path, of the process pid (default: this one)."""
+  return path.with_name(f'.{path.name}.{HOST}.{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}.tmp')
 
 
 def _alive(pid: int) -> bool:
@@ -47,7 +49,7 @@ def remove_leftovers(path: pathlib.Path) -> None:
   are gone (killed while writing)."""
   prefix, suffix = f'.{path.name}.{HOST}.', '.tmp'
   for temp in path.parent.glob(f'{glob.escape(prefix)}*{suffix}'):
-    pid = temp.name[len(prefix):-len(suffix)]
+    pid = temp.name[len(prefix):-len(suffix)].split('.')[0]
     if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
       temp.unlink(missing_ok=True)
 
@@ -74,7 +76,7 @@ def replacing(*paths: pathlib.Path, removing: tuple[pathlib.Path, ...] = ()) -> 
     for path, temp in zip(paths, temps):
       path.parent.mkdir(parents=True, exist_ok=True)
       remove_leftovers(path)
-      temp.open('wb').close()  # 0666 less the umask, as a plain write; tempfile's would be 0600
+      temp.open('xb').close()  # 0666 less the umask, as a plain write; tempfile's would be 0600
       made.append(temp)
     yield temps
     for temp in temps:

@@ -26,7 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
+from jaxgpt import cli
+from jaxgpt.errors import JaxGPTError
 
 LAUNCH_KEYS = ('coordinator_address', 'num_processes', 'process_id')  # what launch passes each process
 TAIL_LINES = 20  # of a failed process's log, shown on the terminal
@@ -95,21 +98,25 @@ def wait(processes: list[subprocess.Popen]) -> dict[int, int]:
     time.sleep(0.1)
 
 
-def launch(nproc: int, script: str, args: list[str], log_dir: pathlib.Path | None) -> int:
+def check_config(script: str, args: list[str]) -> None:
+  """Parses the run config as train.py will (--help aside: process 0 shows it)."""
+  if not cli.wants_help([script, *args]):
+    cli.parse_config([script, *args])
+
+
+def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], log_dir: pathlib.Path | None) -> int:
   """Each process runs on its share of the cores (its CPU affinity), with
   XLA's thread pool sized to match (PJRT_NPROC): unpinned, each process's
   pool would take every core of the host, and the processes' threads
   would fight over them (docs/performance.md). Each runs in a session of
   its own: a Ctrl-C at the terminal reaches it through this process only,
   once (a second one would stop it at once, unsaved)."""
-  address = f'127.0.0.1:{free_port()}'
   logs = [open(path, 'wb') if path else None for path in log_paths(nproc, log_dir)]
   processes = []
   try:
     for rank, (cores, log) in enumerate(zip(share_cores(nproc), logs)):
       processes.append(subprocess.Popen(
-          [sys.executable, script, *args, f'--config.coordinator_address={address}',
-           f'--config.num_processes={nproc}', f'--config.process_id={rank}'],
+          [sys.executable, script, *process_args(rank)],
           stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True,
           # unbuffered: a log holds every line up to a failure, in the order written
           env=os.environ | {'PJRT_NPROC': str(len(cores))} | ({'PYTHONUNBUFFERED': '1'} if log else {}),
@@ -166,6 +173,17 @@ def main(argv: list[str]) -> int:
                                                            for key in LAUNCH_KEYS})
   if given:
     parser.error(f'{", ".join(given)}: launch sets these itself; drop them')
+  address = f'127.0.0.1:{free_port()}'
+
+  def process_args(rank: int) -> list[str]:
+    return [*args.args, f'--config.coordinator_address={address}', f'--config.num_processes={args.nproc}',
+            f'--config.process_id={rank}']
+
+  try:  # a mistake in the flags is said once here, not once by each process
+    check_config(args.script, process_args(0))
+  except JaxGPTError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   log_dir = None
   if args.nproc > 1:  # process 0 alone prints to the terminal
     try:
@@ -177,7 +195,7 @@ def main(argv: list[str]) -> int:
     others = 'process 1' if args.nproc == 2 else f'processes 1-{args.nproc - 1}'
     print(f'the output of {others} goes to {log_dir / "rank1.log"}' +
           (f' ... rank{args.nproc - 1}.log' if args.nproc > 2 else ''), flush=True)
-  return launch(args.nproc, args.script, args.args, log_dir)
+  return launch(args.nproc, args.script, process_args, log_dir)
 
 
 if __name__ == '__main__':

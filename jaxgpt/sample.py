@@ -42,7 +42,6 @@ from jaxgpt.generate import Generator, generation_bytes
 from jaxgpt.step import abstract_params
 from jaxgpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
-GPT2_VOCAB_SIZES = (50257, data.GPT2_VOCAB_SIZE)  # GPT-2's own, and nanoGPT's padded to a multiple of 64
 SEPARATOR = '---------------'
 # float32's positive finite range, as Python floats (a float32 compared with 1e39 would cast it: a warning)
 FLOAT32_RANGE = (float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max))
@@ -186,7 +185,7 @@ def load_model(c: ml_collections.ConfigDict, text: str) -> tuple[GPTConfig, Char
       config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
       if meta['vocab'] is not None:
         tokenizer = CharTokenizer(meta['vocab'])
-      elif config.vocab_size in GPT2_VOCAB_SIZES or meta['config'].get('init_from') in GPT2_MODELS:  # GPT-2 tokens
+      elif config.vocab_size in data.GPT2_VOCAB_SIZES or meta['config'].get('init_from') in GPT2_MODELS:  # GPT-2 tokens
         tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))
       else:
         raise no_vocabulary_error(checkpoints.directory / str(step), config.vocab_size, meta['config'])

@@ -35,7 +35,7 @@ import ml_collections
 import optax
 from jax.experimental import multihost_utils
 
-from jaxgpt import data, gpt2, memory, parallel, runtime, step
+from jaxgpt import data, gpt2, memory, parallel, prepare, runtime, step
 from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.model import SHAPE_KEYS, GPTConfig
@@ -213,10 +213,10 @@ def prepared_dataset(c: ml_collections.ConfigDict, main_process: bool,
   """The data set's folder and vocabulary (None: GPT-2 tokens), prepared
   first when it can be (by process 0; the others wait for it)."""
   if main_process:
-    data.ensure_prepared(c.dataset, c.gpt2_dir)
+    prepare.ensure_prepared(c.dataset, c.gpt2_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('data prepared')
-  folder = data.ensure_prepared(c.dataset, c.gpt2_dir)
+  folder = prepare.ensure_prepared(c.dataset, c.gpt2_dir)
   vocab = data.load_vocab(folder)
   if vocab is None:
     print(f'defaulting to vocab_size of GPT-2 to {data.GPT2_VOCAB_SIZE} (50257 rounded up for efficiency)')

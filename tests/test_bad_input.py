@@ -16,7 +16,7 @@ import pytest
 from orbax import checkpoint as ocp
 
 from conftest import REPO_ROOT, TINY_RUN, config_flags, make_workdir, snapshot
-from jaxgpt import bench, checkpoint, ckpt_pt, cli, data, launch, prepare, sample
+from jaxgpt import bench, checkpoint, ckpt_pt, cli, launch, prepare, sample
 
 # ml_collections loads config files through a deprecated importlib call
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module\\(\\) method is deprecated:DeprecationWarning')
@@ -35,7 +35,7 @@ def folder(tmp_path_factory, shakespeare):
   for name, text in BAD_CONFIG_FILES.items():
     (root / 'configs' / name).write_text(text)
   char = make_workdir(root, shakespeare) / 'data' / 'shakespeare_char'
-  data.prepare_shakespeare_char(char)
+  prepare.prepare_shakespeare_char(char)
   for name in ('short', 'pickled', 'corrupt_meta', 'other_vocab'):
     (root / 'data' / name).mkdir()
   np.arange(10, dtype=np.uint16).tofile(root / 'data' / 'short' / 'train.bin')  # fewer than block_size + 1
@@ -376,7 +376,7 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
                              'latin1.txt is not UTF-8 text (invalid continuation byte at byte 3): convert it first'),
     'prepare too many characters': ((prepare.main, ['prepare', 'char', 'many_chars.txt', '--name', 'many']),
                                     'has 65,536 distinct characters, more than the 65,535 that uint16 token ids can number'),
-    'data command over a data set': ((data.main, ['jaxgpt.data', 'shakespeare_char']),
+    'data command over a data set': ((prepare.dataset_main, ['jaxgpt.data', 'shakespeare_char']),
                                      'data/shakespeare_char already holds a data set (train.bin, val.bin, meta.json): '
                                      'pass --overwrite to prepare it again'),
     'import a missing file': (import_('nope.pt', '--out_dir=imported'), 'nope.pt is not a readable nanoGPT checkpoint (no such file)'),

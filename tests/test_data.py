@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import file_size_limit, make_workdir
-from jaxgpt import data, gpt2
+from jaxgpt import data, gpt2, prepare
 from jaxgpt.data import BatchSampler, DataError
 
 # nanoGPT's shakespeare_char vocabulary: the sorted characters of input.txt
@@ -23,7 +23,7 @@ CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 def prepared(shakespeare, tmp_path_factory):
   folder = tmp_path_factory.mktemp('shakespeare_char')
   shutil.copy(shakespeare, folder / 'input.txt')
-  data.prepare_shakespeare_char(folder)
+  prepare.prepare_shakespeare_char(folder)
   return folder
 
 
@@ -57,7 +57,7 @@ def test_ids_decode_to_the_text(prepared, shakespeare):
 
 def test_prepare_prints_nanogpts_summary(shakespeare, tmp_path, capsys):
   shutil.copy(shakespeare, tmp_path / 'input.txt')
-  data.prepare_shakespeare_char(tmp_path)
+  prepare.prepare_shakespeare_char(tmp_path)
   assert capsys.readouterr().out.splitlines() == [
       'length of dataset in characters: 1,115,394',
       'vocab size: 65',
@@ -172,7 +172,7 @@ def test_missing_dataset(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(DataError, match=r"data/openwebtext/train\.bin not found: prepare the data set first "
                                       r"\(nanoGPT's data/openwebtext/prepare\.py writes the same files\)"):
-    data.ensure_prepared('openwebtext')
+    prepare.ensure_prepared('openwebtext')
   assert capsys.readouterr().out == ''  # nothing it knows how to prepare
 
 
@@ -181,13 +181,13 @@ def test_missing_val_split(tmp_path, monkeypatch):
   (tmp_path / 'data' / 'owt').mkdir(parents=True)
   np.zeros(100, np.uint16).tofile(tmp_path / 'data' / 'owt' / 'train.bin')
   with pytest.raises(DataError, match=r'data/owt/val\.bin not found'):
-    data.ensure_prepared('owt')
+    prepare.ensure_prepared('owt')
 
 
 def test_ensure_prepared_prepares_shakespeare(shakespeare, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   folder = make_workdir(tmp_path, shakespeare) / 'data' / 'shakespeare_char'
-  assert data.ensure_prepared('shakespeare_char').resolve() == folder
+  assert prepare.ensure_prepared('shakespeare_char').resolve() == folder
   assert (folder / 'train.bin').stat().st_size == 2 * 1_003_854
   assert len(data.load_vocab(folder)) == 65
 
@@ -199,9 +199,9 @@ def test_offline_download_says_where_to_put_input(tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen', offline)
   monkeypatch.chdir(tmp_path)
   with pytest.raises(DataError) as e:
-    data.ensure_prepared('shakespeare_char')
+    prepare.ensure_prepared('shakespeare_char')
   message = str(e.value)
-  assert message.startswith(f'could not download {data.SHAKESPEARE_URL} (Network is unreachable)')
+  assert message.startswith(f'could not download {prepare.SHAKESPEARE_URL} (Network is unreachable)')
   assert message.endswith('offline, put the file at data/shakespeare_char/input.txt and run again')
   assert not (tmp_path / 'data' / 'shakespeare_char' / 'input.txt').exists()
   assert (tmp_path / 'data' / 'shakespeare_char').is_dir()  # ready for the file, as the message says
@@ -210,11 +210,11 @@ def test_offline_download_says_where_to_put_input(tmp_path, monkeypatch):
 def test_data_module_command(shakespeare, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(SystemExit) as e:  # argparse's usage error
-    data.main(['jaxgpt.data', 'openwebtext'])
+    prepare.dataset_main(['jaxgpt.data', 'openwebtext'])
   assert e.value.code == 2
   assert "argument dataset: invalid choice: 'openwebtext' (choose from 'shakespeare_char', 'shakespeare')" in capsys.readouterr().err
   make_workdir(tmp_path, shakespeare)
-  assert data.main(['jaxgpt.data', 'shakespeare_char']) == 0
+  assert prepare.dataset_main(['jaxgpt.data', 'shakespeare_char']) == 0
   assert (tmp_path / 'data' / 'shakespeare_char' / 'val.bin').stat().st_size == 2 * 111_540
 
 
@@ -275,13 +275,13 @@ def test_two_trainings_preparing_at_once(shakespeare, tmp_path, monkeypatch):
 
   def second_training_starts(*args, **kwargs):  # while the first writes meta.json, after the ids
     monkeypatch.setattr(json, 'dumps', dumps)
-    assert data.ensure_prepared('shakespeare_char') == pathlib.Path('data/shakespeare_char')
+    assert prepare.ensure_prepared('shakespeare_char') == pathlib.Path('data/shakespeare_char')
     second['vocab'] = data.load_vocab(folder)
     second['train'] = np.memmap(folder / 'train.bin', dtype=np.uint16, mode='r')
     return dumps(*args, **kwargs)
 
   monkeypatch.setattr(json, 'dumps', second_training_starts)
-  data.ensure_prepared('shakespeare_char')
+  prepare.ensure_prepared('shakespeare_char')
   assert ''.join(second['vocab']) == CHARS
   np.testing.assert_array_equal(second['train'], np.fromfile(folder / 'train.bin', dtype=np.uint16))
   assert sorted(p.name for p in folder.iterdir()) == ['input.txt', 'meta.json', 'train.bin', 'val.bin']
@@ -300,7 +300,7 @@ def test_interrupted_preparation_leaves_the_old_data_set(prepared, tmp_path, mon
 
   monkeypatch.setattr(json, 'dumps', interrupt)
   with pytest.raises(KeyboardInterrupt):
-    data.prepare_shakespeare_char(folder)
+    prepare.prepare_shakespeare_char(folder)
   monkeypatch.undo()
   before['input.txt'] = (folder / 'input.txt').read_bytes()
   assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -309,18 +309,18 @@ def test_interrupted_preparation_leaves_the_old_data_set(prepared, tmp_path, mon
 def test_data_command_replaces_a_data_set_only_with_overwrite(shakespeare, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   folder = make_workdir(tmp_path, shakespeare) / 'data' / 'shakespeare_char'
-  assert data.main(['jaxgpt.data', 'shakespeare_char']) == 0
+  assert prepare.dataset_main(['jaxgpt.data', 'shakespeare_char']) == 0
   reading = np.memmap(folder / 'train.bin', dtype=np.uint16, mode='r')  # a training reading it
   old = np.array(reading)
   before = {p.name: p.read_bytes() for p in folder.iterdir()}
   capsys.readouterr()
-  assert data.main(['jaxgpt.data', 'shakespeare_char']) == 1
+  assert prepare.dataset_main(['jaxgpt.data', 'shakespeare_char']) == 1
   assert capsys.readouterr().err.splitlines() == [
       'error: data/shakespeare_char already holds a data set (train.bin, val.bin, meta.json): pass --overwrite to '
       'prepare it again']
   assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
   (folder / 'input.txt').write_text('ab\n' * 1000)
-  assert data.main(['jaxgpt.data', 'shakespeare_char', '--overwrite']) == 0
+  assert prepare.dataset_main(['jaxgpt.data', 'shakespeare_char', '--overwrite']) == 0
   np.testing.assert_array_equal(reading, old)  # the old file, whole, under the old memmap
   assert data.load_vocab(folder) == ['\n', 'a', 'b']
   assert np.fromfile(folder / 'train.bin', dtype=np.uint16)[:3].tolist() == [1, 2, 0]
@@ -339,7 +339,7 @@ def test_gpt2_tokens_over_a_character_set_drop_its_vocabulary(tmp_path, monkeypa
   folder.mkdir(parents=True)
   (folder / 'input.txt').write_text('to be or not to be\n' * 100)
   (folder / 'meta.json').write_text(json.dumps({'vocab_size': 2, 'itos': ['a', 'b']}))
-  data.prepare('shakespeare', overwrite=True)
+  prepare.prepare('shakespeare', overwrite=True)
   assert sorted(p.name for p in folder.iterdir()) == ['input.txt', 'train.bin', 'val.bin']
   assert data.load_vocab(folder) is None
   assert bytes(np.fromfile(folder / 'train.bin', dtype=np.uint16).astype(np.uint8)[:5]) == b'to be'
@@ -351,8 +351,8 @@ def test_download_is_whole_or_absent(tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen', lambda url, timeout: io.BytesIO(b'First Citizen:\n' * 10_000))
   monkeypatch.chdir(tmp_path)
   with file_size_limit(100_000), pytest.raises(DataError) as e:
-    data.ensure_prepared('shakespeare_char')
+    prepare.ensure_prepared('shakespeare_char')
   assert str(e.value).startswith('cannot write to data/shakespeare_char (File too large): ')
   assert list((tmp_path / 'data' / 'shakespeare_char').iterdir()) == []
-  data.ensure_prepared('shakespeare_char')  # no limit: the download, then the data set
+  prepare.ensure_prepared('shakespeare_char')  # no limit: the download, then the data set
   assert (tmp_path / 'data' / 'shakespeare_char' / 'input.txt').stat().st_size == 150_000

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, file_size_limit, make_workdir, run_in_terminal
-from jaxgpt import data, prepare
+from jaxgpt import prepare
 
 
 def read_set(folder):
@@ -24,7 +24,7 @@ def read_set(folder):
 def test_char_set_is_shakespeare_chars_preparation(shakespeare, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   make_workdir(tmp_path, shakespeare)
-  data.prepare_shakespeare_char(tmp_path / 'data' / 'shakespeare_char')
+  prepare.prepare_shakespeare_char(tmp_path / 'data' / 'shakespeare_char')
   monkeypatch.setattr(prepare, 'CHUNK_BYTES', 100_003)  # 12 chunks, the split inside one of them
   assert prepare.main(['prepare', 'char', str(shakespeare), '--name', 'mine']) == 0
   assert capsys.readouterr().out.splitlines()[-1] == 'wrote data/mine: train with --config.dataset=mine'
