@@ -26,10 +26,34 @@ def test_num_params_counts_the_model_without_building_it(config):
   assert memory.num_params(config) == GPT(config, rngs=nnx.Rngs(0)).num_params(non_embedding=False)
 
 
-def test_available_memory_is_read_from_the_kernel():
+MEMINFO = 'MemTotal:        8000000 kB\nMemFree:          500000 kB\nMemAvailable:    4000000 kB\n'
+CGROUP_STAT = 'anon 900000000\nfile 300000000\ninactive_file 200000000\n'
+
+
+@pytest.mark.parametrize('files, available', [
+    ({'/proc/meminfo': MEMINFO}, (4_096_000_000, 'MemAvailable')),  # no cgroup v2
+    ({'/proc/meminfo': MEMINFO, '/sys/fs/cgroup/memory.max': 'max\n', '/sys/fs/cgroup/memory.current': '1200000000\n',
+      '/sys/fs/cgroup/memory.stat': CGROUP_STAT}, (4_096_000_000, 'MemAvailable')),  # a cgroup without a limit
+    # a limit of 3 GB, 1.2 GB used of which 0.2 GB is page cache the kernel can drop: 2 GB left, less than MemAvailable
+    ({'/proc/meminfo': MEMINFO, '/sys/fs/cgroup/memory.max': '3000000000\n',
+      '/sys/fs/cgroup/memory.current': '1200000000\n', '/sys/fs/cgroup/memory.stat': CGROUP_STAT},
+     (2_000_000_000, 'the cgroup memory limit')),
+    # a limit of 8 GB leaves more than MemAvailable: the machine's figure is the tighter
+    ({'/proc/meminfo': MEMINFO, '/sys/fs/cgroup/memory.max': '8000000000\n',
+      '/sys/fs/cgroup/memory.current': '1200000000\n', '/sys/fs/cgroup/memory.stat': CGROUP_STAT},
+     (4_096_000_000, 'MemAvailable')),
+    ({}, None),  # neither readable (not Linux): no check
+])
+def test_available_memory_is_the_tighter_of_the_kernels_figures(monkeypatch, files, available):
+  monkeypatch.setattr(memory, '_read', files.get)
+  assert memory.available_bytes() == available
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='reads /proc/meminfo, which only Linux has')
+def test_available_memory_is_read_from_this_machine():
   available, source = memory.available_bytes()
-  meminfo = dict(line.split(':') for line in pathlib.Path('/proc/meminfo').read_text().splitlines())
-  assert 0 < available <= int(meminfo['MemAvailable'].split()[0]) * 1024
+  total_kb = int(pathlib.Path('/proc/meminfo').read_text().split()[1])  # MemTotal, which does not change
+  assert 0 < available <= total_kb * 1024
   assert source in ('MemAvailable', 'the cgroup memory limit')
 
 
