@@ -179,20 +179,30 @@ def test_bad_processes(overrides, message):
   assert message in str(e.value)
 
 
-@pytest.mark.parametrize('overrides', [
-    ['--config.num_processes=2', '--config.process_id=1', '--config.coordinator_address=10.0.0.1:1234'],
-    ['--config.num_processes=2', '--config.coordinator_address=[::1]:1234'],
-    ['--config.num_processes=2'],  # the address from JAX_COORDINATOR_ADDRESS (parallel.initialize)
-    ['--config.coordinator_address=not checked with one process'],
-    ['--config.seed=0'], ['--config.seed=4294967295'],
-    ['--config.min_lr=0.01'],  # above learning_rate: nanoGPT's cosine rises to it
-    ['--config.warmup_iters=5000'],  # past lr_decay_iters=2000: nanoGPT warms up, then holds min_lr
-    ['--config.warmup_iters=2000', '--config.max_iters=1999'],  # equal, but the run never gets to 2000
-    ['--config.warmup_iters=2000', '--config.decay_lr=False'],
-    ['--config.learning_rate=1'],  # an int for a float
+@pytest.mark.parametrize('overrides, values', [
+    (['--config.num_processes=2', '--config.process_id=1', '--config.coordinator_address=10.0.0.1:1234'],
+     {'num_processes': 2, 'process_id': 1, 'coordinator_address': '10.0.0.1:1234'}),
+    (['--config.num_processes=2', '--config.coordinator_address=[::1]:1234'],
+     {'num_processes': 2, 'process_id': 0, 'coordinator_address': '[::1]:1234'}),
+    # the address from JAX_COORDINATOR_ADDRESS (parallel.initialize)
+    (['--config.num_processes=2'], {'num_processes': 2, 'process_id': 0, 'coordinator_address': ''}),
+    (['--config.coordinator_address=not checked with one process'],
+     {'num_processes': 1, 'coordinator_address': 'not checked with one process'}),
+    (['--config.seed=0'], {'seed': 0}), (['--config.seed=4294967295'], {'seed': 4294967295}),
+    # above learning_rate: nanoGPT's cosine rises to it
+    (['--config.min_lr=0.01'], {'min_lr': 0.01, 'learning_rate': 1e-3}),
+    # past lr_decay_iters=2000: nanoGPT warms up, then holds min_lr
+    (['--config.warmup_iters=5000'], {'warmup_iters': 5000, 'lr_decay_iters': 2000}),
+    # equal, but the run never gets to 2000
+    (['--config.warmup_iters=2000', '--config.max_iters=1999'],
+     {'warmup_iters': 2000, 'lr_decay_iters': 2000, 'max_iters': 1999}),
+    (['--config.warmup_iters=2000', '--config.decay_lr=False'], {'warmup_iters': 2000, 'decay_lr': False}),
+    (['--config.learning_rate=1'], {'learning_rate': 1.0}),  # an int for a float
 ])
-def test_values_nanogpt_takes(overrides):
-  parse_config(['train', '--config=configs/shakespeare_char.py', *overrides])
+def test_values_nanogpt_takes(overrides, values):
+  c = parse_config(['train', '--config=configs/shakespeare_char.py', *overrides])
+  assert {key: c[key] for key in values} == values
+  assert all(type(c[key]) is type(value) for key, value in values.items())  # 1 read as 1.0, not the int 1
 
 
 def test_issues_short_run_with_a_recipes_warmup():
