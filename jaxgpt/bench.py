@@ -155,7 +155,7 @@ def build_step(c, dtype: str):
   _, graphdef, params = init_model(config, c.seed)
   tx = make_optimizer(c)
   state = [params, tx.init(params)]
-  step = make_train_step(c, config, graphdef, tx, parallel.make_mesh())
+  step = make_train_step(c, graphdef, tx, parallel.make_mesh(), runtime.compiler_options(dtype, config.n_embd))
   rng = np.random.default_rng(0)
   shape = (c.gradient_accumulation_steps, c.batch_size, c.block_size)
   xs, ys = (rng.integers(0, SHAKESPEARE_VOCAB_SIZE, shape, dtype=np.int32) for _ in range(2))

@@ -57,11 +57,18 @@ def residual_barrier(x: jax.Array) -> jax.Array:
   Without it XLA:CPU fuses the elementwise chain of the whole residual stream
   into the transpose feeding every weight-gradient dot, so the backward pass
   recomputes it once per layer: O(n_layer^2) work, see docs/performance.md.
-  Needs `jaxgpt.runtime`'s XLA flag, or XLA drops the barrier. A program
-  with no backward pass (evaluation, sampling) has nothing to recompute, and
-  there the barrier only splits fusions: a plain identity.
+  A program that differentiates it is compiled with KEEP_RESIDUAL_BARRIERS,
+  or XLA drops the barrier. A program with no backward pass (evaluation,
+  sampling) has nothing to recompute, and there the barrier only splits
+  fusions: a plain identity.
   """
   return x
+
+
+# XLA compiler options that keep `residual_barrier`: XLA:CPU's pass
+# cse_barrier_expander deletes optimization barriers; switched off per program
+# (jax.jit's compiler_options), not for the whole process
+KEEP_RESIDUAL_BARRIERS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
 def _barrier_fwd(x):

@@ -7,7 +7,8 @@ nanoGPT's initial weights, the batches of every step, and what nanoGPT
 computed: logits of the first batch, loss, lr and gradient norm of every step,
 and the final weights. This loads the weights through the nanoGPT name map,
 builds the optimizer and train step with the code train.py uses, replays the
-batches and prints the differences, then PASS or FAIL (exit 0 or 1).
+batches and prints the differences, then PASS or FAIL (exit 0 or 1; a file
+that is not a trace, or flags that do not fit it: one error line, exit 1).
 """
 
 import argparse
@@ -21,8 +22,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt import nanogpt, parallel, runtime
+from jaxgpt import entry, nanogpt, parallel, runtime
 from jaxgpt.config import base_config
+from jaxgpt.errors import JaxGPTError
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model, ShardedTrainStep, TrainStep
@@ -37,6 +39,9 @@ LOSS_TOL = 1e-5
 LR_REL_TOL = 1e-6
 GRAD_NORM_REL_TOL = 1e-4
 WEIGHTS_MIN_TOL = 1e-5  # final weights: max(this, 10 x float32's own drift from float64)
+# the figures a trace holds beside its init/ and final/ weights (tests/fixtures/README.md)
+TRACE_FIGURES = {'meta', 'x', 'y', 'loss', 'loss_fp64', 'lr', 'grad_norm', 'grad_norm_fp64', 'logits0',
+                 'final_fp64_max_abs_diff'}
 
 
 def trace_config(meta: dict):
@@ -81,11 +86,12 @@ def replay(trace: dict, fused: bool = True, mesh: Mesh | None = None, fsdp: bool
     opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
   else:
     opt_state = jax.jit(tx.init)(params)
+  options = runtime.compiler_options(config.dtype, config.n_embd)
   if threads > 1:
     step = ShardedTrainStep(graphdef, tx, mesh=parallel.make_mesh(), shards=threads, dropout=False, seed=c.seed,
-                            compiler_options=runtime.compiler_options(config.dtype, config.n_embd))
+                            compiler_options=options)
   else:
-    step = TrainStep(graphdef, tx, config=config, dropout=False, seed=c.seed, fused=fused)
+    step = TrainStep(graphdef, tx, dropout=False, seed=c.seed, fused=fused, compiler_options=options)
   losses, grad_norms = [], []
   for i in range(meta['steps']):
     params, opt_state, metrics = step(params, opt_state, batches[0][i], batches[1][i], i)
@@ -125,31 +131,49 @@ def main(argv: list[str] | None = None) -> int:
                       help='split each batch across all devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4)')
   parser.add_argument('--fsdp', action='store_true', help='with --data_parallel: split params and AdamW state too')
   args = parser.parse_args(argv)
-  runtime.setup()  # the train step's speed settings, as train.py runs it
-  try:
-    if pathlib.Path(args.trace).is_file() and not zipfile.is_zipfile(args.trace):  # numpy would advise allow_pickle
-      raise ValueError('not a .npz file, or one cut short')
-    with np.load(args.trace) as npz:
-      trace = {k: npz[k] for k in npz.files}
-    if json.loads(str(trace['meta'])).get('format') != 'nanogpt-trace/1':
-      raise ValueError('not a nanogpt-trace/1 file')
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-    print(f'error: cannot read {args.trace} as a nanoGPT trace: {e}', file=sys.stderr)
-    return 2
+  return entry.run(lambda: compare(args), f'interrupted: the replay of {args.trace} stopped, nothing was written')
 
+
+def read_trace(path: str) -> dict[str, np.ndarray]:
+  """The arrays of the trace at path, its keys checked against the format's."""
+  try:
+    if pathlib.Path(path).is_file() and not zipfile.is_zipfile(path):  # numpy would advise allow_pickle
+      raise ValueError('not a .npz file, or one cut short')
+    with np.load(path) as npz:
+      trace = {k: npz[k] for k in npz.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise JaxGPTError(f'cannot read {path} as a nanoGPT trace: {e}') from None
+  figures = {k for k in trace if '/' not in k}
+  missing, unexpected = sorted(TRACE_FIGURES - figures), sorted(figures - TRACE_FIGURES)
+  weights = {prefix: {k.removeprefix(prefix) for k in trace if k.startswith(prefix)} for prefix in ('init/', 'final/')}
+  if missing or unexpected or not weights['init/'] or weights['init/'] != weights['final/']:
+    said = [f'{what} {", ".join(keys)}' for what, keys in (('missing', missing), ('unexpected', unexpected)) if keys]
+    if not weights['init/'] or weights['init/'] != weights['final/']:
+      said.append('init/ and final/ weights that differ in names, or none')
+    raise JaxGPTError(f'{path} is not a nanogpt-trace/1 file ({"; ".join(said)}): record it again with the '
+                      'tracer of tests/fixtures/README.md')
+  try:
+    meta_format = json.loads(str(trace['meta'])).get('format')
+  except (ValueError, AttributeError) as e:
+    raise JaxGPTError(f'cannot read {path} as a nanoGPT trace: its meta is not a JSON object ({e})') from None
+  if meta_format != 'nanogpt-trace/1':
+    raise JaxGPTError(f'{path} is not a nanogpt-trace/1 file (its meta says format={meta_format!r})')
+  return trace
+
+
+def compare(args: argparse.Namespace) -> int:
+  """Replays the trace named by args and prints each figure's difference and
+  tolerance, then PASS or FAIL; 0 on PASS, 1 on FAIL."""
+  trace = read_trace(args.trace)
   rows = trace['x'].shape[2]
   if args.threads < 1 or rows % args.threads:
-    print(f'error: --threads={args.threads}: the trace\'s batches of {rows} rows do not split into that many '
-          'equal shards', file=sys.stderr)
-    return 2
+    raise JaxGPTError(f'--threads={args.threads}: the trace\'s batches of {rows} rows do not split into that many '
+                      'equal shards')
   if args.threads > 1 and args.data_parallel:
-    print('error: --threads and --data_parallel: pick one', file=sys.stderr)
-    return 2
+    raise JaxGPTError('--threads and --data_parallel: pick one')
   mesh = parallel.make_mesh() if args.data_parallel else None
-  if mesh is not None and trace['x'].shape[2] % mesh.size:
-    print(f'error: the trace\'s batches of {trace["x"].shape[2]} rows do not split across {mesh.size} devices',
-          file=sys.stderr)
-    return 2
+  if mesh is not None and rows % mesh.size:
+    raise JaxGPTError(f'the trace\'s batches of {rows} rows do not split across {mesh.size} devices')
   diffs = replay(trace, fused=args.compile == 'True', mesh=mesh, fsdp=args.fsdp, threads=args.threads)
   limits = tolerances(trace)
   kinds = {'lr': 'max rel', 'grad_norm': 'max rel'}

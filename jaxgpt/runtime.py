@@ -1,6 +1,6 @@
 """The process's CPU runtime: its set-up, and the device jax runs on.
 
-`setup` is process-wide (glibc's malloc, XLA's flags, jax's compilation
+`setup` is process-wide (glibc's malloc, jax's dispatch and compilation
 cache, a warning filter), so importing jaxgpt does not run it: the
 command-line entry points do (jaxgpt/entry.py), and a notebook or script that
 trains through the library calls `jaxgpt.runtime.setup()` itself, before its
@@ -18,21 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxgpt.errors import JaxGPTError
-
-
-def _disable_barrier_expander() -> None:
-  """Keep `lax.optimization_barrier` alive on XLA:CPU.
-
-  The model puts barriers at residual boundaries (`model.residual_barrier`) so
-  that XLA does not recompute the whole residual stream inside every
-  weight-gradient transpose (O(n_layer^2) work). XLA:CPU's pass
-  `cse_barrier_expander` deletes barriers; this switches it off. XLA reads the
-  flag when the backend starts, so it must be set before the first jax array.
-  """
-  flag = '--xla_disable_hlo_passes=cse_barrier_expander'
-  flags = os.environ.get('XLA_FLAGS', '')
-  if flag not in flags:
-    os.environ['XLA_FLAGS'] = f'{flags} {flag}'.strip()
 
 
 @functools.cache
@@ -215,8 +200,8 @@ def _run_programs_inline() -> None:
 
 def setup() -> None:
   """Sets the process up for training and sampling. Before jax starts its
-  CPU backend (the first array or device query): XLA reads its flags then."""
-  _disable_barrier_expander()
+  CPU backend (the first array or device query): jax reads its dispatch
+  setting then."""
   _keep_freed_memory()
   _run_programs_inline()
   _cache_compiled_programs()

@@ -25,8 +25,8 @@ from jax.experimental import multihost_utils
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt import parallel, runtime
-from jaxgpt.model import GPT, GPTConfig, cross_entropy
+from jaxgpt import parallel
+from jaxgpt.model import GPT, KEEP_RESIDUAL_BARRIERS, cross_entropy
 
 Params = dict  # nested {module: {param: array}}, from nnx.to_pure_dict
 
@@ -88,12 +88,12 @@ class TrainStep:
   (compile=False): gradients and the update are two jitted programs, the
   closest analogue of uncompiled PyTorch; same numbers. The dropout key of
   each step is derived from (seed, iter_num), so a resumed run draws the same.
-  config is the model's: its compute dtype and width pick XLA's matmul library.
+  compiler_options: XLA's, for the model's matmuls (`jaxgpt.runtime.compiler_options`).
   """
 
-  def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, config: GPTConfig,
-               dropout: bool, seed: int, fused: bool):
-    jit = functools.partial(jax.jit, compiler_options=runtime.compiler_options(config.dtype, config.n_embd))
+  def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, dropout: bool, seed: int,
+               fused: bool, compiler_options: dict):
+    jit = functools.partial(jax.jit, compiler_options=compiler_options | KEEP_RESIDUAL_BARRIERS)
     base_key = jax.random.key(seed)
 
     def loss_and_grads(params, xs, ys, iter_num):
@@ -161,7 +161,7 @@ class ShardedTrainStep:
 
   def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, mesh: Mesh, shards: int,
                dropout: bool, seed: int, compiler_options: dict):
-    jit = functools.partial(jax.jit, compiler_options=compiler_options)
+    jit = functools.partial(jax.jit, compiler_options=compiler_options | KEEP_RESIDUAL_BARRIERS)
     base_key = jax.random.key(seed)
     first_shard = jax.process_index() * shards  # this process's shards, numbered across processes
 
@@ -232,21 +232,21 @@ def _local_struct(a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
                               sharding=jax.sharding.SingleDeviceSharding(device))
 
 
-def make_train_step(c, config: GPTConfig, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    mesh: Mesh) -> TrainStep | ShardedTrainStep:
+def make_train_step(c, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
+                    compiler_options: dict) -> TrainStep | ShardedTrainStep:
   """The train step a run config (`c`) asks for on this mesh: its rows
   split over threads where the process has cores for them
   (parallel.gradient_shards), or across processes on CPUs, where it
   exchanges one flat buffer a step; else one program (compile=True) or
-  two."""
+  two. compiler_options: XLA's, for the model's matmuls."""
   shards = parallel.gradient_shards(c.threads, c.batch_size, c.device, c.fsdp)
   if jax.process_count() > 1:  # every process must run the same update program: the fewest shards of any
     shards = int(multihost_utils.process_allgather(np.array(shards)).min())
-  options = runtime.compiler_options(config.dtype, config.n_embd)
   if shards > 1 or (jax.process_count() > 1 and parallel.threads_apply(c.device, c.fsdp)):
     return ShardedTrainStep(graphdef, tx, mesh=mesh, shards=shards, dropout=c.dropout > 0, seed=c.seed,
-                            compiler_options=options)
-  return TrainStep(graphdef, tx, config=config, dropout=c.dropout > 0, seed=c.seed, fused=c.compile)
+                            compiler_options=compiler_options)
+  return TrainStep(graphdef, tx, dropout=c.dropout > 0, seed=c.seed, fused=c.compile,
+                   compiler_options=compiler_options)
 
 
 # Evaluation batches are grouped into calls of about this many tokens: one
@@ -273,14 +273,15 @@ def eval_calls(eval_iters: int, batches_per_call: int) -> list[tuple[int, int]]:
   return calls
 
 
-def make_eval_losses(graphdef: nnx.GraphDef, config: GPTConfig,
-                   batches_per_call: int) -> Callable[[Params, jax.Array, jax.Array, int], jax.Array]:
+def make_eval_losses(graphdef: nnx.GraphDef, batches_per_call: int,
+                     compiler_options: dict) -> Callable[[Params, jax.Array, jax.Array, int], jax.Array]:
   """Returns eval_losses(params, xs, ys, first) -> the losses of micro-batches
   first, ..., first + batches_per_call - 1 of the batches xs, ys: (n, B, T),
   each batch's mean as if evaluated alone, in one jitted program (dropout
-  off). A few batches a call, so a long evaluation can stop between calls."""
+  off), compiled with compiler_options. A few batches a call, so a long
+  evaluation can stop between calls."""
 
-  @functools.partial(jax.jit, compiler_options=runtime.compiler_options(config.dtype, config.n_embd))
+  @functools.partial(jax.jit, compiler_options=compiler_options)
   def eval_losses(params, xs, ys, first):
     x, y = (jax.lax.dynamic_slice_in_dim(a, first, batches_per_call) for a in (xs, ys))
     logits, _ = nnx.merge(graphdef, params)(x.reshape(-1, x.shape[-1]))

@@ -283,11 +283,12 @@ class Trainer:
       self._check_memory_before_compiling()
     graphdef, abstract_params = step.abstract_params(self.config)
     tx = make_optimizer(c)
-    self.train_step = step.make_train_step(c, self.config, graphdef, tx, mesh)
+    compiler_options = runtime.compiler_options(self.config.dtype, self.config.n_embd)
+    self.train_step = step.make_train_step(c, graphdef, tx, mesh, compiler_options)
     if isinstance(self.train_step, step.ShardedTrainStep):
       cleanup.callback(self.train_step.close)  # its threads end with the run
     self.eval_batches_per_call = step.eval_batches_per_call(c.eval_iters, c.batch_size, c.block_size)
-    self.eval_losses = step.make_eval_losses(graphdef, self.config, self.eval_batches_per_call)
+    self.eval_losses = step.make_eval_losses(graphdef, self.eval_batches_per_call, compiler_options)
     self.xs, self.ys = self.train_batches(start.iter_num, self.micro_steps)
     self._compile_within_memory(mesh, tx, abstract_params, start.iter_num)
 

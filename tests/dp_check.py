@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from conftest import TINY, max_diff
-from jaxgpt import parallel
+from jaxgpt import parallel, runtime
 from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import init_model, TrainStep
@@ -33,7 +33,8 @@ def train(mesh, fsdp):
     opt_state = parallel.init_optimizer_state(mesh, tx, params, fsdp)
   else:
     opt_state = jax.jit(tx.init)(params)
-  step = TrainStep(graphdef, tx, config=CONFIG, dropout=CONFIG.dropout > 0, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, dropout=CONFIG.dropout > 0, seed=0, fused=True,
+                   compiler_options=runtime.compiler_options(CONFIG.dtype, CONFIG.n_embd))
   losses, after_first = [], None
   for i in range(STEPS):
     params, opt_state, metrics = step(params, opt_state, xs[i], ys[i], i)

@@ -18,7 +18,7 @@ import torch
 from flax import nnx
 
 from conftest import REPO_ROOT, TINY, make_workdir, nanogpt_folder, nanogpt_get_lr
-from jaxgpt import ckpt_pt, data, nanogpt, nanogpt_torch
+from jaxgpt import ckpt_pt, data, nanogpt, nanogpt_torch, runtime
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError
@@ -107,7 +107,8 @@ def torch_step(model, optimizer, batch, grad_clip):
 def jax_train_step(c):
   """jaxgpt's train step: (params, opt_state, batch, iter_num) -> (params, opt_state),
   the batch (x, then y one token on) as one micro-batch."""
-  step = TrainStep(init_model(CONFIG, seed=0)[1], make_optimizer(c), config=CONFIG, dropout=False, seed=0, fused=True)
+  step = TrainStep(init_model(CONFIG, seed=0)[1], make_optimizer(c), dropout=False, seed=0, fused=True,
+                   compiler_options=runtime.compiler_options(CONFIG.dtype, CONFIG.n_embd))
 
   def train_step(params, opt_state, batch, iter_num):
     xs, ys = batch[None, :, :-1].astype(np.int32), batch[None, :, 1:].astype(np.int32)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 PROGRAM = 'import jax, os; from jaxgpt import runtime; runtime.setup(); jax.jit(lambda x: x + 1)(1).block_until_ready(); ' \
-          'print(jax.config.jax_compilation_cache_dir); print(os.environ["XLA_FLAGS"])'
+          'print(jax.config.jax_compilation_cache_dir); print(os.environ.get("XLA_FLAGS", ""))'
 
 
 def run(env, program=PROGRAM):
@@ -34,7 +34,7 @@ def test_compiled_programs_are_kept_in_the_user_cache(tmp_path):
   cache_dir, xla_flags = proc.stdout.splitlines()
   assert cache_dir == str(tmp_path / 'jaxgpt' / 'xla')
   assert list((tmp_path / 'jaxgpt' / 'xla').iterdir())  # the jitted program was written there
-  assert '--xla_disable_hlo_passes=cse_barrier_expander' in xla_flags.split()
+  assert xla_flags == ''  # XLA's flags are the user's: the step's programs carry their own options
 
 
 @pytest.mark.slow
@@ -45,4 +45,4 @@ def test_a_cache_dir_of_ones_own_is_kept(tmp_path):
   cache_dir, xla_flags = proc.stdout.splitlines()
   assert cache_dir == str(tmp_path / 'mine') and list((tmp_path / 'mine').iterdir())
   assert not (tmp_path / 'xdg').exists()
-  assert xla_flags == '--xla_cpu_enable_fast_math=false --xla_disable_hlo_passes=cse_barrier_expander'
+  assert xla_flags == '--xla_cpu_enable_fast_math=false'

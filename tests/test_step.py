@@ -1,6 +1,7 @@
 """The train step: gradient accumulation, fused vs staged vs sharded over threads, dropout keys, matmul library."""
 
 import dataclasses
+import os
 import platform
 import sys
 
@@ -16,6 +17,11 @@ from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
 from jaxgpt.step import (ShardedTrainStep, TrainStep, _loss, _loss_and_grads, eval_batches_per_call, eval_calls,
                          init_model, make_eval_losses)
+
+
+def options_for(config) -> dict:
+  """XLA's options for the model's matmuls, as train.py passes them."""
+  return runtime.compiler_options(config.dtype, config.n_embd)
 
 
 def run_config(**overrides) -> ml_collections.ConfigDict:
@@ -52,7 +58,7 @@ def test_staged_step_equals_fused_step(batch):
   for fused in (True, False):
     _, graphdef, params = init_model(TINY, seed=0)
     opt_state = tx.init(params)
-    step = TrainStep(graphdef, tx, config=TINY, dropout=False, seed=0, fused=fused)
+    step = TrainStep(graphdef, tx, dropout=False, seed=0, fused=fused, compiler_options=options_for(TINY))
     losses = []
     for i in range(3):
       params, opt_state, metrics = step(params, opt_state, batch[0][i:i + 1], batch[1][i:i + 1], i)
@@ -70,7 +76,7 @@ def test_dropout_keys_follow_the_iteration(batch):
   config = dataclasses.replace(TINY, dropout=0.5)
   tx = make_optimizer(run_config())
   _, graphdef, params = init_model(config, seed=0)
-  step = TrainStep(graphdef, tx, config=config, dropout=True, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, dropout=True, seed=0, fused=True, compiler_options=options_for(config))
   losses = {}
   for name, iter_num in (('a', 7), ('b', 7), ('c', 8)):
     params_copy = jax.tree.map(np.array, params)
@@ -109,7 +115,8 @@ def test_sharded_step_equals_fused_step(batch, shards, accum):
   divides by sqrt(v), so weights whose gradient is near 0 move by a few 1e-6)."""
   xs, ys = (a.reshape(3, accum, 8 // accum, -1) for a in batch)
   graphdef = init_model(TINY, seed=0)[1]
-  fused = TrainStep(graphdef, make_optimizer(run_config()), config=TINY, dropout=False, seed=0, fused=True)
+  fused = TrainStep(graphdef, make_optimizer(run_config()), dropout=False, seed=0, fused=True,
+                    compiler_options=options_for(TINY))
   want = train_steps(fused, TINY, (xs, ys), range(3))
   got = train_steps(sharded_step(TINY, shards), TINY, (xs, ys), range(3))
   np.testing.assert_allclose(got[0], want[0], atol=1e-6)
@@ -124,7 +131,8 @@ def test_sharded_dropout_is_fixed_by_seed_iteration_and_shard(batch):
   xs, ys = (a[:, None] for a in batch)  # (steps, accum 1, 8, T)
   # shard 0 of 1 draws the fused step's masks: (seed, iteration, shard 0) is one key
   graphdef = init_model(config, seed=0)[1]
-  fused = TrainStep(graphdef, make_optimizer(run_config()), config=config, dropout=True, seed=0, fused=True)
+  fused = TrainStep(graphdef, make_optimizer(run_config()), dropout=True, seed=0, fused=True,
+                    compiler_options=options_for(config))
   one_shard = train_steps(sharded_step(config, 1, dropout=True), config, (xs, ys), range(2))
   assert one_shard[0] == pytest.approx(train_steps(fused, config, (xs, ys), range(2))[0], abs=1e-6)
   # two shards draw masks of their own: not the one-shard run's
@@ -169,21 +177,34 @@ def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype, n_embd):
   config = dataclasses.replace(TINY, dtype=dtype, n_embd=n_embd)
   _, graphdef, params = init_model(config, seed=0)
   tx = make_optimizer(run_config())
-  step = TrainStep(graphdef, tx, config=config, dropout=False, seed=0, fused=True)
+  step = TrainStep(graphdef, tx, dropout=False, seed=0, fused=True, compiler_options=options_for(config))
   [(train_program, _)] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
-  programs = {'train': train_program,
-              'eval': make_eval_losses(graphdef, config, 2).lower(params, batch[0][:2], batch[1][:2], 0).compile()}
+  eval_losses = make_eval_losses(graphdef, 2, options_for(config))
+  programs = {'train': train_program, 'eval': eval_losses.lower(params, batch[0][:2], batch[1][:2], 0).compile()}
   for name, program in programs.items():
     hlo = program.as_text()
     assert library in hlo, name
     assert ('__onednn_fusion' in hlo) == onednn, name
 
 
+def test_the_train_step_keeps_the_residual_barriers_without_any_xla_flag(batch):
+  # the barriers' compiler option travels with the step's programs: nothing in XLA_FLAGS asks for it
+  assert 'cse_barrier_expander' not in os.environ.get('XLA_FLAGS', '')
+  _, graphdef, params = init_model(TINY, seed=0)
+  tx = make_optimizer(run_config())
+  for fused in (True, False):
+    step = TrainStep(graphdef, tx, dropout=False, seed=0, fused=fused, compiler_options={})
+    grads_program = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)[0][0]
+    assert grads_program.as_text().count('opt-barrier') >= 2 * TINY.n_layer, fused
+  sharded = sharded_step(TINY, 2).compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
+  assert 'opt-barrier' in sharded[0][0].as_text()
+
+
 @pytest.mark.parametrize('first', [0, 1])
 def test_grouped_evaluation_gives_each_batchs_own_loss(batch, first):
   _, graphdef, params = init_model(TINY, seed=0)
   xs, ys = batch
-  losses = make_eval_losses(graphdef, TINY, 2)(params, xs, ys, first)
+  losses = make_eval_losses(graphdef, 2, {})(params, xs, ys, first)
   alone = jnp.stack([_loss(graphdef, params, xs[i], ys[i], None) for i in (first, first + 1)])
   assert losses.shape == (2,)
   assert max_diff(losses, alone) < 2e-6  # a few float32 ulps: the sums run in another order
@@ -218,7 +239,7 @@ def test_without_onednn_float32_compiles_xlas_own_dots_to_the_same_losses(batch,
   losses = {}
   for has_onednn in (True, False):
     monkeypatch.setattr(runtime, 'has_onednn', lambda: has_onednn)
-    step = TrainStep(graphdef, tx, config=TINY, dropout=False, seed=0, fused=True)
+    step = TrainStep(graphdef, tx, dropout=False, seed=0, fused=True, compiler_options=options_for(TINY))
     [(program, _)] = step.compile(params, tx.init(params), batch[0][:1], batch[1][:1], 0)
     assert ('__onednn_fusion' in program.as_text()) == has_onednn
     state = (jax.tree.map(jnp.copy, params), tx.init(params))
