@@ -142,16 +142,18 @@ def read_trace(path: str) -> dict[str, np.ndarray]:
     with np.load(path) as npz:
       trace = {k: npz[k] for k in npz.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise JaxGPTError(f'cannot read {path} as a nanoGPT trace: {e}') from None
+    raise JaxGPTError(f'cannot read {path} as a nanoGPT trace: {getattr(e, "strerror", None) or e}') from None
   figures = {k for k in trace if '/' not in k}
-  missing, unexpected = sorted(TRACE_FIGURES - figures), sorted(figures - TRACE_FIGURES)
-  weights = {prefix: {k.removeprefix(prefix) for k in trace if k.startswith(prefix)} for prefix in ('init/', 'final/')}
-  if missing or unexpected or not weights['init/'] or weights['init/'] != weights['final/']:
-    said = [f'{what} {", ".join(keys)}' for what, keys in (('missing', missing), ('unexpected', unexpected)) if keys]
-    if not weights['init/'] or weights['init/'] != weights['final/']:
-      said.append('init/ and final/ weights that differ in names, or none')
-    raise JaxGPTError(f'{path} is not a nanogpt-trace/1 file ({"; ".join(said)}): record it again with the '
-                      'tracer of tests/fixtures/README.md')
+  init, final = ({k.removeprefix(prefix) for k in trace if k.startswith(prefix)} for prefix in ('init/', 'final/'))
+  problems = [f'{what} {", ".join(sorted(keys))}' for what, keys in
+              (('missing', TRACE_FIGURES - figures), ('unexpected', figures - TRACE_FIGURES)) if keys]
+  if not init:
+    problems.append('no init/ weights')
+  elif init != final:
+    problems.append(f'init/ and final/ weights named otherwise ({", ".join(sorted(init ^ final))})')
+  if problems:
+    raise JaxGPTError(f'{path} is not a nanogpt-trace/1 file ({"; ".join(problems)}): record it again as '
+                      'tests/fixtures/README.md says')
   try:
     meta_format = json.loads(str(trace['meta'])).get('format')
   except (ValueError, AttributeError) as e:
