@@ -43,7 +43,7 @@ from jaxgpt.errors import JaxGPTError
 
 
 FORMAT = 'jaxgpt-checkpoint/1'
-READ_ATTEMPTS = 3  # checkpoints deleted under a reader this often in a row: a writer saving very often
+READ_PATIENCE_S = 60.0  # how long a reader chooses again while a writer saving every iteration rotates its choice away
 DELETION_WAIT_S = 2.0  # a checkpoint folder that outlives a failed read by this long is not being deleted
 T = TypeVar('T')
 
@@ -191,12 +191,13 @@ class Checkpoints:
     """read(step) of the best or the latest checkpoint (`which`, one of CHOICES). A training saving
     into out_dir deletes the checkpoints it no longer keeps, maybe the one
     chosen here while it is read: then the choice is made again."""
-    for attempt in range(READ_ATTEMPTS):
+    deadline = time.monotonic() + READ_PATIENCE_S
+    while True:
       step = self.chosen_step(which)
       try:
         return read(step)
       except UnreadableCheckpoint:
-        if attempt == READ_ATTEMPTS - 1 or not self._goes_away(step):
+        if time.monotonic() >= deadline or not self._goes_away(step):
           raise
         self.manager.reload()
 

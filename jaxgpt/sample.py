@@ -178,22 +178,23 @@ def load_model(c: ml_collections.ConfigDict, text: str) -> tuple[GPTConfig, Char
   checkpoint in out_dir, or of GPT-2; `what` names them for the closing line.
   The weights are read only once the generation is known to fit in memory."""
   if c.init_from == 'resume':
-    checkpoints = Checkpoints(c.out_dir, read_only=True)
+    # closed on every way out: orbax's threads, left to the interpreter's exit, print tracebacks there
+    with Checkpoints(c.out_dir, read_only=True) as checkpoints:
 
-    def read(step: int):
-      meta = checkpoints.meta(step)
-      config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
-      if meta['vocab'] is not None:
-        tokenizer = CharTokenizer(meta['vocab'])
-      elif config.vocab_size in data.GPT2_VOCAB_SIZES or meta['config'].get('init_from') in GPT2_MODELS:  # GPT-2 tokens
-        tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))
-      else:
-        raise no_vocabulary_error(checkpoints.directory / str(step), config.vocab_size, meta['config'])
-      prompt = tokenizer.encode(text)
-      check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
-      params = checkpoints.params(step, abstract_params(config)[1])
-      return config, tokenizer, params, prompt, f'step {step} of {c.out_dir}'
-    return checkpoints.read(c.checkpoint, read)
+      def read(step: int):
+        meta = checkpoints.meta(step)
+        config = GPTConfig(**(meta['model_args'] | {'dtype': c.dtype, 'dropout': 0.0, 'remat': False}))
+        if meta['vocab'] is not None:
+          tokenizer = CharTokenizer(meta['vocab'])
+        elif config.vocab_size in data.GPT2_VOCAB_SIZES or meta['config'].get('init_from') in GPT2_MODELS:
+          tokenizer = gpt2.tokenizer(c.gpt2_dir or meta['config'].get('gpt2_dir', ''))  # GPT-2 tokens
+        else:
+          raise no_vocabulary_error(checkpoints.directory / str(step), config.vocab_size, meta['config'])
+        prompt = tokenizer.encode(text)
+        check_memory(config, c.num_samples, len(prompt) + c.max_new_tokens)
+        params = checkpoints.params(step, abstract_params(config)[1])
+        return config, tokenizer, params, prompt, f'step {step} of {c.out_dir}'
+      return checkpoints.read(c.checkpoint, read)
   folder = gpt2.locate(c.init_from, c.gpt2_dir, (gpt2.CONFIG, gpt2.WEIGHTS, gpt2.TOKENIZER))
   config = dataclasses.replace(gpt2.pretrained_config(folder), dtype=c.dtype)
   tokenizer = GPT2Tokenizer(folder)
@@ -227,7 +228,7 @@ def print_samples(tokenizer, rows: np.ndarray) -> None:
 
 @contextlib.contextmanager
 def signals_noted() -> Iterator[list[str]]:
-  """Within: SIGINT and SIGTERM are noted in the list yielded (their names),
+  """Within: SIGINT, SIGTERM and SIGHUP are noted in the list yielded (their names),
   not raised, so that sampling stops between two tokens and never midway
   through reading a checkpoint; a second one raises KeyboardInterrupt at once.
   A signal the shell told this process to ignore (a background job's SIGINT)
@@ -235,13 +236,15 @@ def signals_noted() -> Iterator[list[str]]:
   received = []
 
   def note(signum: int, frame: types.FrameType | None) -> None:
+    if signum == signal.SIGHUP:
+      entry.leave_closed_terminal()
     if received:
       raise KeyboardInterrupt(signal.Signals(signum).name)
     received.append(signal.Signals(signum).name)
 
-  handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+  handled = [s for s in entry.STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
   previous_handlers = {s: signal.signal(s, note) for s in handled}
-  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held by sample.py while jax loaded
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, set(entry.STOP_SIGNALS))  # held by sample.py while jax loaded
   try:
     yield received
   finally:

@@ -23,6 +23,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -695,3 +696,36 @@ def test_a_signal_while_sampling_prints_the_samples_so_far_and_exits_130(runs, n
   for text in samples[:2]:
     assert text.startswith('ROMEO:') and len(text) == len('ROMEO:') + new_tokens
   assert samples[0] != samples[1]
+
+
+SAVING_EVERY_ITERATION = dict(eval_interval=1, eval_iters=1, always_save_checkpoint=True, log_interval=1,
+                              max_iters=100000, dropout=0.0)
+
+
+@pytest.mark.slow
+def test_samples_read_while_a_training_saves_every_iteration(tmp_path, shakespeare):
+  """Each save deletes the checkpoint it no longer keeps, maybe the one a
+  sample.py chose or reads: it chooses again, and says nothing of it. Three
+  at a time, three times over, while the training saves."""
+  workdir = make_workdir(tmp_path, shakespeare)
+  out_dir = workdir / 'out'
+  training = start(os.environ, workdir, 'train.py', f'--config={JAXGPT_CONFIG}', f'--config.out_dir={out_dir}',
+                   *config_flags(TINY_RUN | SAVING_EVERY_ITERATION))
+  try:
+    deadline = time.monotonic() + 300
+    while len([p for p in out_dir.glob('*') if p.name.isdigit()]) < 2:  # saving: the best and the latest
+      assert training.poll() is None and time.monotonic() < deadline, finish(training).stderr
+      time.sleep(0.2)
+    for _ in range(3):
+      readers = [start(os.environ, workdir, 'sample.py', f'--out_dir={out_dir}', f'--checkpoint={which}',
+                       '--num_samples=1', '--max_new_tokens=10', '--start=ROMEO:')
+                 for which in ('latest', 'best', 'latest')]
+      for proc in map(finish, readers):
+        assert proc.returncode == 0, proc.stderr
+        assert 'ROMEO:' in proc.stdout, proc.stdout
+        assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr, proc.stderr
+    assert training.poll() is None  # it saved all along
+  finally:
+    training.send_signal(signal.SIGINT)
+    stopped = finish(training)
+  assert stopped.returncode == 0, stopped.stderr
