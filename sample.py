@@ -9,7 +9,7 @@ import signal
 import sys
 
 if __name__ == '__main__':
-  # Ctrl-C or SIGTERM while jax loads is held for sample.main's handler: one line, exit 130
-  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+  # Ctrl-C, SIGTERM or SIGHUP while jax loads is held for sample.main's handler: one line, exit 130
+  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
   from jaxgpt import sample
   sys.exit(sample.main(sys.argv))

@@ -1,27 +1,58 @@
 """What every command-line entry point does around its work.
 
-The process is set up first (`jaxgpt.runtime.setup`: importing jaxgpt does
-not do it, so that a library user's process is left as it was); SIGTERM then
-acts as Ctrl-C. A user's mistake (`JaxGPTError`) ends as one `error: ...`
-line and exit status 1, and Ctrl-C as one line saying what was left as it
-was, and exit status 130; neither prints a traceback.
+A command that runs jax sets its process up first (`jaxgpt.runtime.setup`:
+importing jaxgpt does not do it, so that a library user's process is left as
+it was); one that does not (plotting, preparing data) leaves jax unloaded.
+SIGTERM, and SIGHUP (the terminal closed), then act as Ctrl-C. A user's
+mistake (`JaxGPTError`) ends as one `error: ...` line and exit status 1, and
+Ctrl-C as one line saying what was left as it was, and exit status 130;
+neither prints a traceback.
 """
 
+import contextlib
+import os
 import signal
+import stat
 import sys
 from collections.abc import Callable
 
 from jaxgpt.errors import JaxGPTError
 
+# the signals that stop a command as Ctrl-C does: Ctrl-C itself, a kill, and the terminal closed (an ssh session
+# dropped)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInterrupt], str]) -> int:
+
+def leave_closed_terminal() -> None:
+  """After SIGHUP: standard output and error, where they went to the
+  terminal, go to /dev/null instead, since a write to a terminal that has
+  closed fails (EIO) and would end the work before it saved or stopped
+  cleanly. A file or a pipe (a log) is kept."""
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(OSError, ValueError):  # a closed or detached stream: nothing to keep from it
+      if stat.S_ISCHR(os.fstat(stream.fileno()).st_mode):  # the terminal (a character device), not a file or pipe
+        os.dup2(devnull, stream.fileno())
+  os.close(devnull)
+
+
+def _stop(signum: int, frame) -> None:
+  """SIGTERM or SIGHUP as Ctrl-C: a KeyboardInterrupt."""
+  if signum == signal.SIGHUP:
+    leave_closed_terminal()
+  signal.default_int_handler(signum, frame)
+
+
+def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInterrupt], str], *,
+        uses_jax: bool = True) -> int:
   """work()'s exit status (None: 0). `interrupted`: the line printed on
-  Ctrl-C or SIGTERM, or a function of the KeyboardInterrupt giving it."""
-  # imported here, not with this module: data.py and prepare.py import this
-  # module, and a program that imports them as a library need not load jax
-  from jaxgpt import runtime
-  runtime.setup()
-  previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: cleaned up, one line
+  Ctrl-C, SIGTERM or SIGHUP, or a function of the KeyboardInterrupt giving
+  it. uses_jax: whether work runs jax, whose process is then set up first."""
+  if uses_jax:
+    # imported here, not with this module: a command that does not run jax need not load it
+    from jaxgpt import runtime
+    runtime.setup()
+  previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS if signum != signal.SIGINT}
   try:
     return work() or 0
   except JaxGPTError as e:
@@ -31,4 +62,5 @@ def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInt
     print(interrupted(e) if callable(interrupted) else interrupted, file=sys.stderr)
     return 130
   finally:
-    signal.signal(signal.SIGTERM, previous)  # called in process (tests, notebooks): left as it was
+    for signum, handler in previous.items():  # called in process (tests, notebooks): left as they were
+      signal.signal(signum, handler)

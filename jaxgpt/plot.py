@@ -165,7 +165,7 @@ def main(argv: list[str]) -> int:
     plot(args.out_dir, args.reference, out, args.smooth, args.log_scale)
     print(f'wrote {out}')
 
-  return entry.run(plot_file, f'interrupted: {out} is as it was')
+  return entry.run(plot_file, f'interrupted: {out} is as it was', uses_jax=False)
 
 
 if __name__ == '__main__':

@@ -276,7 +276,7 @@ def main(argv: list[str]) -> int:
     out = prepare_char(args.path, args.name, args.overwrite)
     print(f'wrote {out}: train with --config.dataset={args.name}')
 
-  return entry.run(prepare, f'interrupted: the data set in {data_dir(args.name)} is as it was')
+  return entry.run(prepare, f'interrupted: the data set in {data_dir(args.name)} is as it was', uses_jax=False)
 
 
 def dataset_main(argv: list[str]) -> int:
@@ -288,7 +288,7 @@ def dataset_main(argv: list[str]) -> int:
   parser.add_argument('--overwrite', action='store_true', help='replace the data set if it is prepared already')
   args = parser.parse_args(argv[1:])
   return entry.run(lambda: prepare(args.dataset, args.gpt2_dir, args.overwrite),
-                   f'interrupted: the data set in {data_dir(args.dataset)} is as it was')
+                   f'interrupted: the data set in {data_dir(args.dataset)} is as it was', uses_jax=False)
 
 
 if __name__ == '__main__':

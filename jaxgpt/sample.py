@@ -9,7 +9,7 @@ optional config file: as nanoGPT's configurator, a training config sets what
 sampling shares with training (out_dir, device, ...), and the flags override
 it. Samples are printed one after another, each followed by a line of dashes;
 the speed of the generation, its compile left out, goes to stderr. Ctrl-C (or
-SIGTERM) while sampling prints the samples as far as they got, then exits
+SIGTERM, or SIGHUP: the terminal closed) while sampling prints the samples as far as they got, then exits
 with status 130. A bad flag, prompt or checkpoint, or a generation too large
 for the machine's memory, is answered with one `error:` line before the
 weights are read.

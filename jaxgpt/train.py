@@ -9,10 +9,10 @@ resumed run starts from the latest checkpoint, or from the best
 (`checkpoint=best`); an out_dir holding checkpoints takes no other run unless
 `overwrite=True`, which replaces them. Before any weight exists, the run's
 memory is estimated from the compiled programs and held against the
-machine's (jaxgpt/memory.py). Ctrl-C or SIGTERM stops after the step or
-evaluation batch in flight, with a checkpoint.
+machine's (jaxgpt/memory.py). Ctrl-C, SIGTERM or SIGHUP stops after the step
+or evaluation batch in flight, with a checkpoint.
 
-The parts, in the order a run meets them: `StopSignals` (Ctrl-C and SIGTERM),
+The parts, in the order a run meets them: `StopSignals` (Ctrl-C, SIGTERM, SIGHUP),
 `Start` (scratch, resume or GPT-2: the model and its first `TrainState`),
 `Trainer` (everything built before the first step, and the loop itself) and
 `TrainLogger` (what is reported of each step and evaluation).
@@ -35,7 +35,7 @@ import ml_collections
 import optax
 from jax.experimental import multihost_utils
 
-from jaxgpt import data, gpt2, memory, parallel, prepare, runtime, step
+from jaxgpt import data, entry, gpt2, memory, parallel, prepare, runtime, step
 from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.model import SHAPE_KEYS, GPTConfig
@@ -69,7 +69,7 @@ class TrainState:
 
 
 class StopSignals:
-  """Ctrl-C or SIGTERM, noted and acted on between steps (or evaluation
+  """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), noted and acted on between steps (or evaluation
   batches): the step in flight finishes, a checkpoint is saved, the run
   stops. Before training begins it stops at the next such point, with
   nothing written; raised in the middle of jax's start-up it could crash
@@ -81,7 +81,7 @@ class StopSignals:
     self.training = False  # set when the first step is about to run
 
   def __enter__(self) -> 'StopSignals':
-    self.replaced = {signum: signal.signal(signum, self._note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    self.replaced = {signum: signal.signal(signum, self._note) for signum in entry.STOP_SIGNALS}
     return self
 
   def __exit__(self, *exc_info) -> None:
@@ -89,6 +89,8 @@ class StopSignals:
       signal.signal(signum, handler)
 
   def _note(self, signum: int, frame) -> None:
+    if signum == signal.SIGHUP:
+      entry.leave_closed_terminal()
     if self.received:
       raise KeyboardInterrupt
     self.received.append(signum)

@@ -91,6 +91,36 @@ def test_ctrl_c_and_sigterm_are_one_line_and_exit_130(capsys):
   assert capsys.readouterr().err == 'SIGINT: stopped\n'
 
 
+def test_a_closed_terminal_sighup_is_one_line_and_exit_130(capsys):
+  previous = signal.getsignal(signal.SIGHUP)
+  assert entry.run(lambda: signal.raise_signal(signal.SIGHUP), 'interrupted: nothing was written') == 130
+  assert capsys.readouterr().err == 'interrupted: nothing was written\n'  # stderr is no terminal here: kept
+  assert signal.getsignal(signal.SIGHUP) is previous
+
+
+# each command on what it needs: a data set to prepare from a small text, or a folder with no metrics.jsonl to plot
+COMMANDS_WITHOUT_JAX = {'prepare': ['jaxgpt.prepare', 'char', 'input.txt', '--name', 'tiny'],
+                        'data': ['jaxgpt.data', 'shakespeare_char'],
+                        'plot': ['jaxgpt.plot', 'no_run']}
+
+
+@pytest.mark.parametrize('command', COMMANDS_WITHOUT_JAX)
+def test_commands_that_run_no_jax_leave_it_unloaded(command, tmp_path):
+  """Preparing data and plotting run through entry.run, but do not set jax up (runtime.setup imports it)."""
+  (tmp_path / 'input.txt').write_text('To be, or not to be: that is the question.\n' * 50)
+  (tmp_path / 'no_run').mkdir()
+  module, *args = COMMANDS_WITHOUT_JAX[command]
+  program = ('import runpy, sys\n'
+             f'sys.argv = [{module!r}, *{args!r}]\n'
+             'try:\n'
+             f'  runpy.run_module({module!r}, run_name="__main__", alter_sys=True)\n'
+             'finally:\n'
+             '  print("jax loaded:", "jax" in sys.modules, file=sys.stderr)\n')
+  proc = subprocess.run([sys.executable, '-c', program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.stderr.splitlines()[-1] == 'jax loaded: False', proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
 def test_work_returns_its_exit_status():
   assert entry.run(lambda: None, '') == 0
   assert entry.run(lambda: 3, '') == 3

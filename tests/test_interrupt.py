@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT, TINY_RUN, config_flags, finish, make_workdir
+from jaxgpt.checkpoint import STEP_METADATA
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 TINY_FLAGS = config_flags(TINY_RUN | dict(eval_interval=20, eval_iters=3, log_interval=1, dropout=0.1, warmup_iters=5,
@@ -70,6 +71,26 @@ def test_ctrl_c_saves_and_resume_continues_exactly(workdir):
 
 
 @pytest.mark.slow
+def test_the_terminal_closed_sighup_saves_and_stops_as_ctrl_c(workdir):
+  # an ssh session dropped: the run was killed unsaved (exit 129) after 12,566 iterations
+  run = start(workdir, '--config.max_iters=1000', f'--config.out_dir={workdir / "hup"}')
+  for line in run.stdout:
+    if line.startswith('iter 5:'):
+      run.send_signal(signal.SIGHUP)
+      break
+  stopped = finish(run)
+  assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+  assert 'Traceback' not in stopped.stderr
+  assert 'SIGHUP: finishing this iteration or evaluation batch, then saving a checkpoint (again to stop at once, ' \
+         'unsaved)' in stopped.stdout
+  stop_line = stopped.stdout.splitlines()[-1]
+  stopped_at = int(re.fullmatch(rf'SIGHUP at iteration (\d+): saved a checkpoint to {re.escape(str(workdir / "hup"))}; '
+                                'continue with --config.init_from=resume', stop_line)[1])
+  assert 6 <= stopped_at < 1000
+  assert (workdir / 'hup' / str(stopped_at)).is_dir()
+
+
+@pytest.mark.slow
 def test_sigterm_during_an_evaluation_abandons_it_and_saves(workdir):
   # an evaluation of 100,000 batches would take minutes: the stop ends it
   # between two batches, and the checkpoint holds the state before it
@@ -92,7 +113,7 @@ def test_sigterm_during_an_evaluation_abandons_it_and_saves(workdir):
   assert losses_from(resumed.stdout, 0) == losses_from(uninterrupted.stdout, 0)
 
 
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=['SIGINT', 'SIGTERM', 'SIGHUP'])
 @pytest.mark.parametrize('checkpoint, message', [
     (False, 'interrupted, before any checkpoint was saved'),
     (True, 'interrupted: continue from the last checkpoint in out with --config.init_from=resume'),
@@ -103,8 +124,9 @@ def test_a_stop_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys
   a checkpoint that does not exist."""
   from jaxgpt import cli, train
   monkeypatch.chdir(tmp_path)
-  if checkpoint:
+  if checkpoint:  # a finished checkpoint's folder, as orbax leaves it
     (tmp_path / 'out' / '10').mkdir(parents=True)
+    (tmp_path / 'out' / '10' / STEP_METADATA).write_text('{}')
 
   def unhandled(signum, frame):  # what the test sees of a main that leaves SIGTERM's default: death
     raise AssertionError('main did not handle SIGTERM')
@@ -119,7 +141,7 @@ def test_a_stop_before_training_begins_is_one_line(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=['SIGINT', 'SIGTERM', 'SIGHUP'])
 def test_a_stop_during_start_up_is_one_line_and_writes_nothing(workdir, signum):
   """Ctrl-C or SIGTERM while the data set is read and the step compiles: it
   stops there, one line, exit 130 (raised inside jax's start-up, it once
