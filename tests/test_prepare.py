@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -180,3 +181,112 @@ def test_data_folder_not_writable(tmp_path, monkeypatch, capsys):
   assert capsys.readouterr().err.splitlines() == [
       'error: cannot write to data/mine (Permission denied): free some space or fix its permissions, then run again; '
       'its files are as they were']
+
+
+def prepare_command(folder, shell_command, **kwargs):
+  """python -m jaxgpt.prepare run by bash in folder, PREPARE standing for the command."""
+  return subprocess.run(['bash', '-c', shell_command.replace('PREPARE', f'{sys.executable} -m jaxgpt.prepare')],
+                        cwd=folder, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize('shell_command, path', [
+    ('cat fox.txt | PREPARE char /dev/stdin --name mine --overwrite', '/dev/stdin'),
+    ('PREPARE char <(cat fox.txt) --name mine --overwrite', '/dev/fd/63'),
+    ('mkfifo pipe && PREPARE char pipe --name mine --overwrite', 'pipe'),  # no writer: opening it would wait
+], ids=['pipe', 'process substitution', 'FIFO'])
+def test_text_read_once_is_refused_and_the_data_set_kept(tmp_path, monkeypatch, shell_command, path):
+  """A pipe gives its text once, and the text is read twice (the vocabulary,
+  then the ids): one line, exit 1, and the data set there as it was, byte
+  for byte, where it was replaced with empty token files (or, from a FIFO,
+  the command hung on its second read)."""
+  monkeypatch.chdir(tmp_path)
+  assert prepare_text(tmp_path, 'mine', 'abcd' * 1000) == 0
+  before = files_of(tmp_path / 'data' / 'mine')
+  (tmp_path / 'fox.txt').write_text('the quick brown fox\n' * 100, encoding='utf-8')
+  proc = prepare_command(tmp_path, shell_command)
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr == (f'error: {path} is a pipe, not a file: its text is read twice (the vocabulary, then the ids), '
+                         'so save it to a file first (e.g. cmd > input.txt) and give that path\n')
+  assert proc.stdout == ''
+  assert files_of(tmp_path / 'data' / 'mine') == before
+
+
+def test_dev_stdin_of_a_file_is_the_file(tmp_path, monkeypatch):
+  """`< fox.txt` makes /dev/stdin the file itself, which can be read twice:
+  the data set is the one of the file's path."""
+  monkeypatch.chdir(tmp_path)
+  text = 'the quick brown fox\n' * 100
+  assert prepare_text(tmp_path, 'fox', text) == 0
+  proc = prepare_command(tmp_path, 'PREPARE char /dev/stdin --name stdin < fox.txt')
+  assert proc.returncode == 0, proc.stderr
+  assert files_of(tmp_path / 'data' / 'stdin') == files_of(tmp_path / 'data' / 'fox')
+  assert len(read_set(tmp_path / 'data' / 'stdin')[0]['train']) == int(len(text) * 0.9)
+
+
+def test_a_leading_byte_order_mark_is_not_a_character(tmp_path, monkeypatch):
+  """Windows' UTF-8 files begin with U+FEFF: dropped there, so the data set
+  is the one of the same text without it (one inside the text is a
+  character of it, and stays)."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'bom.txt').write_bytes(b'\xef\xbb\xbf' + 'to be or not\n'.encode('utf-8') * 50)
+  assert prepare.main(['prepare', 'char', 'bom.txt', '--name', 'bom']) == 0
+  assert prepare_text(tmp_path, 'plain', 'to be or not\n' * 50) == 0
+  assert files_of(tmp_path / 'data' / 'bom') == files_of(tmp_path / 'data' / 'plain')
+  assert read_set(tmp_path / 'data' / 'bom')[1]['itos'] == ['\n', ' ', 'b', 'e', 'n', 'o', 'r', 't']
+  assert prepare_text(tmp_path, 'inner', 'to be\ufeffor not\n') == 0
+  assert '\ufeff' in read_set(tmp_path / 'data' / 'inner')[1]['itos']
+
+
+def test_a_byte_order_mark_counts_in_the_byte_of_an_error(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'bom.txt').write_bytes(b'\xef\xbb\xbf' + 'caf\u00e9 au lait'.encode('latin-1'))
+  assert prepare.main(['prepare', 'char', 'bom.txt', '--name', 'bom']) == 1
+  assert capsys.readouterr().err == ('error: bom.txt is not UTF-8 text (invalid continuation byte at byte 6): convert '
+                                     'it first, e.g. iconv -f latin1 -t utf-8\n')
+
+
+def test_text_that_changes_between_its_two_reads_keeps_the_data_set(tmp_path, monkeypatch, capsys):
+  """A file still being written when it is prepared: the ids would not be
+  those of the vocabulary's text, so nothing is replaced."""
+  monkeypatch.chdir(tmp_path)
+  assert prepare_text(tmp_path, 'mine', 'abcd' * 1000) == 0
+  before = files_of(tmp_path / 'data' / 'mine')
+  (tmp_path / 'log.txt').write_text('line one\n', encoding='utf-8')
+  chunks = prepare.text_chunks
+
+  def appended_after_the_first_read(path, description):
+    if description == 'writing':
+      with path.open('a', encoding='utf-8') as f:
+        f.write('line two\n')
+    return chunks(path, description)
+
+  monkeypatch.setattr(prepare, 'text_chunks', appended_after_the_first_read)
+  capsys.readouterr()
+  assert prepare.main(['prepare', 'char', 'log.txt', '--name', 'mine', '--overwrite']) == 1
+  assert capsys.readouterr().err == ('error: log.txt changed while it was read (9 characters, then 18): prepare it '
+                                     'again once it is no longer being written\n')
+  assert files_of(tmp_path / 'data' / 'mine') == before
+
+
+def test_the_leftovers_of_a_killed_preparation_go_with_the_next(tmp_path):
+  """kill -9 while the files are written leaves its temporary files (nothing
+  can remove them then); the next preparation of the data set removes them."""
+  (tmp_path / 'fox.txt').write_text('the quick brown fox\n' * 1000, encoding='utf-8')
+  stalled = ('import json, sys, time; json.dumps = lambda *args, **kwargs: time.sleep(600); '  # after the ids
+             'from jaxgpt import prepare; prepare.main(["prepare", "char", "fox.txt", "--name", "fox"])')
+  killed = subprocess.Popen([sys.executable, '-c', stalled], cwd=tmp_path, stdout=subprocess.DEVNULL)
+  folder = tmp_path / 'data' / 'fox'
+  try:
+    for _ in range(600):  # the three temporary files made, then the ids written into them
+      if len(list(folder.glob('.*.tmp'))) == 3:
+        break
+      time.sleep(0.1)
+  finally:
+    killed.kill()
+    killed.wait()
+  leftovers = sorted(p.name for p in folder.iterdir())
+  assert [name.split('.')[1:3] for name in leftovers] == [['meta', 'json'], ['train', 'bin'], ['val', 'bin']]
+  assert all(name.split('.')[-3] == str(killed.pid) for name in leftovers)
+  proc = prepare_command(tmp_path, 'PREPARE char fox.txt --name fox')
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(p.name for p in folder.iterdir()) == ['meta.json', 'train.bin', 'val.bin']
