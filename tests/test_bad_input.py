@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 
 import numpy as np
 import pytest
@@ -77,6 +78,9 @@ def folder(tmp_path_factory, shakespeare):
   (root / 'latin1.txt').write_bytes('caf\u00e9 au lait'.encode('latin-1'))
   (root / 'many_chars.txt').write_text(''.join(chr(c) for c in range(0x10000, 0x20000)), encoding='utf-8')
   (root / 'empty.txt').write_text('')
+  os.mkfifo(root / 'fifo')  # text that can be read once, as a pipe's
+  with socket.socket(socket.AF_UNIX) as listener:
+    listener.bind(str(root / 'socket'))  # the socket's file stays after it is closed
   (root / 'a_file').write_text('not a folder')
   with pytest.MonkeyPatch.context() as patch:
     patch.chdir(root)
@@ -360,7 +364,14 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
     'prepare, name outside data/': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', '../escaped']),
                                     "--name='../escaped' is not a data set name"),
     'prepare a device': ((prepare.main, ['prepare', 'char', '/dev/zero', '--name', 'zeros']),
-                         '/dev/zero is a device, not a text file: give the path of a UTF-8 text file'),
+                         '/dev/zero is a device, not a file: its text is read twice (the vocabulary, then the ids), so '
+                         'save it to a file first (e.g. cmd > input.txt) and give that path'),
+    'prepare a FIFO': ((prepare.main, ['prepare', 'char', 'fifo', '--name', 'fifo']),  # no writer: not opened, no hang
+                       'fifo is a pipe, not a file: its text is read twice'),
+    'prepare a FIFO over a data set': ((prepare.main, ['prepare', 'char', 'fifo', '--name', 'shakespeare_char',
+                                                       '--overwrite']), 'fifo is a pipe, not a file'),
+    'prepare a socket': ((prepare.main, ['prepare', 'char', 'socket', '--name', 'socket']),
+                         'socket is a socket, not a file: its text is read twice'),
     'prepare, a blank name': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', ' ']),
                               "--name=' ' is not a data set name"),
     'prepare, name ..': ((prepare.main, ['prepare', 'char', 'empty.txt', '--name', '..']), "--name='..' is not a data set name"),
@@ -371,7 +382,7 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
     'prepare a missing file': ((prepare.main, ['prepare', 'char', 'nope.txt', '--name', 'nope']),
                                'cannot read nope.txt (No such file or directory): give the path of a UTF-8 text file'),
     'prepare a folder': ((prepare.main, ['prepare', 'char', 'configs', '--name', 'configs']),
-                         'cannot read configs (Is a directory): give the path of a UTF-8 text file'),
+                         'configs is a folder: give the path of a UTF-8 text file'),
     'prepare latin-1 text': ((prepare.main, ['prepare', 'char', 'latin1.txt', '--name', 'latin']),
                              'latin1.txt is not UTF-8 text (invalid continuation byte at byte 3): convert it first'),
     'prepare too many characters': ((prepare.main, ['prepare', 'char', 'many_chars.txt', '--name', 'many']),
