@@ -1,12 +1,14 @@
 """jaxgpt against nanoGPT, number by number: the replay of the traces in tests/fixtures.
 
-The tolerances are jaxgpt.parity's, from tests/fixtures/README.md: a
+The tolerances are those of tests/fixtures/README.md's table, read from it
+(the reference's reasoned figures, not jaxgpt.parity's constants restated): a
 faithful float32 port lands within 2e-6 of nanoGPT's loss and 1e-6 of its
 logits, so 1e-5 holds with headroom, and a real difference (a wrong GELU or
 schedule) moves the loss by 1e-4 or more within a few steps.
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -32,20 +34,38 @@ def test_cli_passes_on_trace(trace):
     assert len(row) == 1 and row[0].endswith('ok'), proc.stdout
 
 
-def test_staged_step_within_tolerance(tiny_trace):
-  # compile=False: gradients and update as two jitted programs, same numbers
-  diffs = parity.replay(tiny_trace, fused=False)
-  limits = parity.tolerances(tiny_trace)
-  assert set(diffs) == {'logits0', 'loss', 'lr', 'grad_norm', 'weights'}
-  for name, diff in diffs.items():
-    assert diff <= limits[name], f'{name}: {diff:.3e} > {limits[name]:.1e}'
+def readme_tolerances(trace: dict) -> dict[str, float]:
+  """The tolerances of tests/fixtures/README.md's table (the same as
+  ../shared/reference/README.md's), for this trace."""
+  table = (FIXTURES / 'README.md').read_text().split('## The tolerances')[1]
+  rows = dict(re.findall(r'^\| (\w+)[^|]* \| (.* diff <= .+) \|$', table, re.MULTILINE))  # a figure's first word: rule
+  floor, drifts = re.fullmatch(r'max abs diff <= max\(([\d.e-]+), (\d+) x final_fp64_max_abs_diff\)',
+                               rows.pop('final')).groups()
+  rule = r'(?:max abs|rel) diff <= ([\d.e-]+)'
+  limits = {figure: float(re.fullmatch(rule, text)[1]) for figure, text in rows.items()}
+  return limits | {'weights': max(float(floor), int(drifts) * float(trace['final_fp64_max_abs_diff']))}
+
+
+@pytest.mark.parametrize('name, fused', [
+    # compile=True: one program a step, train.py's default
+    ('tiny.npz', True), ('seed_model.npz', True),
+    # compile=False: gradients and update as two jitted programs, the same numbers
+    ('tiny.npz', False),
+])
+def test_replay_within_tolerance(name, fused):
+  trace = load_trace(name)
+  diffs = parity.replay(trace, fused=fused)
+  limits = readme_tolerances(trace)
+  assert set(diffs) == set(limits) == {'logits0', 'loss', 'lr', 'grad_norm', 'weights'}
+  for figure, diff in diffs.items():
+    assert diff <= limits[figure], f'{figure}: {diff:.3e} > {limits[figure]:.1e}'
 
 
 @pytest.mark.parametrize('threads', [2, 4])
 def test_step_sharded_over_threads_within_tolerance(tiny_trace, threads):
   # each batch's rows split over threads, their gradients averaged: the same numbers
   diffs = parity.replay(tiny_trace, threads=threads)
-  limits = parity.tolerances(tiny_trace)
+  limits = readme_tolerances(tiny_trace)
   for name, diff in diffs.items():
     assert diff <= limits[name], f'{name}: {diff:.3e} > {limits[name]:.1e}'
 
@@ -66,13 +86,28 @@ def test_threads_that_do_not_divide_the_trace_batch_are_refused(capsys):
                                      'equal shards\n')
 
 
-def test_tolerances_are_the_reference_ones(tiny_trace):
-  """The figures of tests/fixtures/README.md, written out: the final weights'
-  is 10 x the trace's own float32 drift from float64 where that exceeds 1e-5."""
-  assert parity.tolerances(tiny_trace) == pytest.approx(
+def test_readme_tolerances_are_read_whole(tiny_trace):
+  # the final weights': 10 x the trace's own float32 drift from float64 where that exceeds 1e-5
+  assert readme_tolerances(tiny_trace) == pytest.approx(
       {'logits0': 1e-5, 'loss': 1e-5, 'lr': 1e-6, 'grad_norm': 1e-4, 'weights': 2.58088e-5}, rel=1e-5)
-  seed_trace = load_trace('seed_model.npz')  # drifts by 9.5e-7: the 1e-5 floor holds
-  assert parity.tolerances(seed_trace)['weights'] == 1e-5
+  assert readme_tolerances(load_trace('seed_model.npz'))['weights'] == 1e-5  # drifts by 9.5e-7: the floor holds
+
+
+@pytest.mark.parametrize('name', ['tiny.npz', 'seed_model.npz'])
+def test_a_difference_just_beyond_a_readme_tolerance_fails(name, monkeypatch, capsys):
+  """Every figure just within its tolerance passes; any one just beyond
+  fails, alone. The replay's differences are set, so only the verdict runs."""
+  path, trace = FIXTURES / name, load_trace(name)
+  limits, steps = readme_tolerances(trace), len(trace['loss'])
+  for beyond in [None, *limits]:
+    diffs = {figure: limit * (1.01 if figure == beyond else 0.99) for figure, limit in limits.items()}
+    monkeypatch.setattr(parity, 'replay', lambda *args, diffs=diffs, **kwargs: diffs)
+    assert parity.main([str(path)]) == (0 if beyond is None else 1)
+    lines = capsys.readouterr().out.splitlines()
+    assert {line.split()[0]: line.split()[-1] for line in lines[1:-1]} == {
+        figure: 'FAIL' if figure == beyond else 'ok' for figure in limits}
+    assert lines[-1] == (f'PASS: jaxgpt matches nanoGPT on {path} ({steps} steps)' if beyond is None else
+                         f'FAIL: {beyond} outside tolerance ({path}, {steps} steps)')
 
 
 @pytest.mark.slow  # trains several steps in process
