@@ -17,6 +17,7 @@ is the first failure's.
 """
 
 import argparse
+import contextlib
 import ctypes
 import os
 import pathlib
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+
+import ml_collections
 
 from jaxgpt import cli
 from jaxgpt.errors import JaxGPTError
@@ -98,43 +101,66 @@ def wait(processes: list[subprocess.Popen]) -> dict[int, int]:
     time.sleep(0.1)
 
 
-def check_config(script: str, args: list[str]) -> None:
-  """Parses the run config as train.py will (--help aside: process 0 shows it)."""
-  if not cli.wants_help([script, *args]):
-    cli.parse_config([script, *args])
+def check_config(script: str, args: list[str]) -> ml_collections.ConfigDict | None:
+  """The run config, parsed as train.py will; None for --help (process 0 shows it)."""
+  return None if cli.wants_help([script, *args]) else cli.parse_config([script, *args])
 
 
-def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], log_dir: pathlib.Path | None) -> int:
+def training_began(process: subprocess.Popen, metrics: pathlib.Path | None) -> bool:
+  """Whether process 0 has begun training: train.py opens out_dir/metrics.jsonl
+  just before its first step, and keeps it open. Read from the process's open
+  files (/proc), as it says nothing else the launcher can see."""
+  if metrics is None:  # no run (--help)
+    return False
+  fds = pathlib.Path(f'/proc/{process.pid}/fd')
+  try:
+    links = [os.readlink(fd) for fd in fds.iterdir()]
+  except OSError:  # the process ended, or a file was closed while being listed
+    return False
+  return str(metrics) in links
+
+
+def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], log_dir: pathlib.Path | None,
+           metrics: pathlib.Path | None) -> int:
   """Each process runs on its share of the cores (its CPU affinity), with
   XLA's thread pool sized to match (PJRT_NPROC): unpinned, each process's
   pool would take every core of the host, and the processes' threads
   would fight over them (docs/performance.md). Each runs in a session of
   its own: a Ctrl-C at the terminal reaches it through this process only,
-  once (a second one would stop it at once, unsaved)."""
-  logs = [open(path, 'wb') if path else None for path in log_paths(nproc, log_dir)]
-  processes = []
-  try:
-    for rank, (cores, log) in enumerate(zip(share_cores(nproc), logs)):
-      processes.append(subprocess.Popen(
-          [sys.executable, script, *process_args(rank)],
-          stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True,
-          # unbuffered: a log holds every line up to a failure, in the order written
-          env=os.environ | {'PJRT_NPROC': str(len(cores))} | ({'PYTHONUNBUFFERED': '1'} if log else {}),
-          preexec_fn=lambda cores=cores: start_process(cores)))
-  finally:
-    for log in logs:
-      if log:
-        log.close()  # each process holds its own
+  once (a second one would stop it at once, unsaved). metrics: process 0's
+  metrics.jsonl, open once training began."""
+  processes: list[subprocess.Popen] = []
+  stopped_before_training = []  # the signal, when one came before training began
 
-  def forward(signum, frame):
+  def stop(signum, frame):
+    """Once training began, the processes finish the same iteration and save a checkpoint. Before, there is
+    nothing to save, and a process stopped while the others join, compile or wait for it in a collective would
+    wait for them until jax.distributed's timeout (minutes) and end in XLA's fatal errors: all are stopped now."""
+    if stopped_before_training or not (processes and training_began(processes[0], metrics)):
+      stopped_before_training.append(signum)
+      for p in processes:
+        if p.poll() is None:
+          p.kill()
+      return
     for p in processes:
       if p.poll() is None:
         p.send_signal(signum)
 
-  previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
   failed = {}
   try:
-    failed = wait(processes)
+    for rank, (cores, log_path) in enumerate(zip(share_cores(nproc), log_paths(nproc, log_dir))):
+      if stopped_before_training:
+        break
+      with open(log_path, 'wb') if log_path else contextlib.nullcontext() as log:  # each process holds its own
+        processes.append(subprocess.Popen(
+            [sys.executable, script, *process_args(rank)],
+            stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True,
+            # unbuffered: a log holds every line up to a failure, in the order written
+            env=os.environ | {'PJRT_NPROC': str(len(cores))} | ({'PYTHONUNBUFFERED': '1'} if log else {}),
+            preexec_fn=lambda cores=cores: start_process(cores)))
+    if not stopped_before_training:
+      failed = wait(processes)
   finally:
     for p in processes:  # the others would wait for a failed one forever in their next collective
       if p.poll() is None:
@@ -142,6 +168,11 @@ def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], lo
       p.wait()
     for s, handler in previous.items():
       signal.signal(s, handler)
+  if stopped_before_training:
+    if sys.stdout.isatty():  # process 0's progress bar, cut off: its line ended, the cursor it hid shown
+      print('\x1b[?25h', flush=True)
+    print('interrupted, before any checkpoint was saved', file=sys.stderr)
+    return INTERRUPTED
   for rank, code in failed.items():
     if rank and code != INTERRUPTED:
       show_failure(rank, code, log_paths(nproc, log_dir)[rank])
@@ -180,7 +211,7 @@ def main(argv: list[str]) -> int:
             f'--config.process_id={rank}']
 
   try:  # a mistake in the flags is said once here, not once by each process
-    check_config(args.script, process_args(0))
+    config = check_config(args.script, process_args(0))
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -195,7 +226,8 @@ def main(argv: list[str]) -> int:
     others = 'process 1' if args.nproc == 2 else f'processes 1-{args.nproc - 1}'
     print(f'the output of {others} goes to {log_dir / "rank1.log"}' +
           (f' ... rank{args.nproc - 1}.log' if args.nproc > 2 else ''), flush=True)
-  return launch(args.nproc, args.script, process_args, log_dir)
+  metrics = pathlib.Path(config.out_dir, 'metrics.jsonl').resolve() if config else None
+  return launch(args.nproc, args.script, process_args, log_dir, metrics)
 
 
 if __name__ == '__main__':

@@ -9,9 +9,11 @@ gloo) against 1 process with 2 devices.
 import collections
 import json
 import os
+import pathlib
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import E2E_RUN, REPO_ROOT, config_flags, make_workdir, parse_log
+from conftest import E2E_RUN, REPO_ROOT, config_flags, linux_only, make_workdir, parse_log
 from jaxgpt import launch, parallel, runtime
 from jaxgpt.config import ConfigError, base_config
 
@@ -81,6 +83,7 @@ def _with(c, **values):
   return c
 
 
+@linux_only('the CPU affinity (os.sched_getaffinity), which launch deals out')
 @pytest.mark.parametrize('cpus, nproc, shares', [
     ({0, 1}, 2, [[0], [1]]), ({0, 1, 2, 3, 4, 5, 6, 7}, 3, [[0, 1], [2, 3, 4], [5, 6, 7]]),
     ({2, 3, 8, 9}, 2, [[2, 3], [8, 9]]), ({0, 1, 2}, 1, [[0, 1, 2]])])
@@ -293,6 +296,77 @@ def test_ctrl_c_at_the_terminal_stops_every_process_once_with_a_checkpoint(workd
   assert saved.endswith('saved a checkpoint to out-ctrl-c; continue with --config.init_from=resume')
   assert str(step) in os.listdir(workdir / 'out-ctrl-c')
   assert 'Traceback' not in (tmp_path / 'rank1.log').read_text()
+
+
+def children(pid: int) -> list[int]:
+  """The processes pid started (each of its threads' children)."""
+  return [int(child) for task in os.listdir(f'/proc/{pid}/task')
+          for child in pathlib.Path(f'/proc/{pid}/task/{task}/children').read_text().split()]
+
+
+def alive(pid: int) -> bool:
+  try:
+    return pathlib.Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0] != 'Z'
+  except FileNotFoundError:
+    return False
+
+
+FATALS = ('F0000', 'Check failed', 'Traceback', 'Fatal Python error')  # XLA's C++ fatal lines, Python's
+
+
+@pytest.mark.slow
+@linux_only("the launcher's /proc: each process's open files and children")
+@pytest.mark.parametrize('how', ['ctrl-c to the group', 'SIGTERM to the launcher'])
+@pytest.mark.parametrize('after', [1.0, 3.0])
+def test_a_stop_while_the_processes_start_ends_them_all_at_once_with_one_line(workdir, tmp_path, how, after):
+  """Stopped before training begins (starting, joining, compiling), the processes have nothing to save: they
+  are stopped at once, not left waiting for each other until jax.distributed's timeout and XLA's fatal lines."""
+  out_dir = tmp_path / 'out'
+  popen = subprocess.Popen(
+      [sys.executable, '-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path}', REPO_ROOT / 'train.py',
+       f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir=out_dir, **(MULTI | {'max_iters': 100000})))],
+      cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    time.sleep(after)
+    started = children(popen.pid)  # those started yet: the launcher starts no more once stopped
+    if how == 'ctrl-c to the group':
+      os.killpg(popen.pid, signal.SIGINT)
+    else:
+      popen.send_signal(signal.SIGTERM)
+    stdout, stderr = popen.communicate(timeout=30)
+  finally:
+    if popen.poll() is None:
+      os.killpg(popen.pid, signal.SIGKILL)
+      popen.communicate()
+  assert not [pid for pid in started if alive(pid)]
+  assert popen.returncode == 130, stdout + stderr
+  assert stderr.splitlines()[-1:] == ['interrupted, before any checkpoint was saved'], stderr
+  rank1 = (tmp_path / 'rank1.log').read_text()
+  assert not [fatal for fatal in FATALS if fatal in stdout + stderr + rank1], stdout + stderr + rank1
+  assert not [p for p in out_dir.glob('*') if p.name.isdigit()] if out_dir.exists() else True  # nothing saved
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_while_training_saves_a_checkpoint(workdir, tmp_path):
+  out_dir = tmp_path / 'out'
+  popen = subprocess.Popen(
+      [sys.executable, '-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path}', REPO_ROOT / 'train.py',
+       f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir=out_dir, **(MULTI | {'max_iters': 100000})))],
+      cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in popen.stdout:
+      if line.startswith('iter 3:'):
+        popen.send_signal(signal.SIGTERM)
+        break
+    stdout, stderr = popen.communicate(timeout=120)
+  finally:
+    if popen.poll() is None:
+      popen.kill()
+      popen.communicate()
+  assert popen.returncode == 0, stderr
+  [saved] = [line for line in stdout.splitlines() if line.startswith('SIGTERM at iteration')]
+  assert saved.endswith(f'saved a checkpoint to {out_dir}; continue with --config.init_from=resume')
+  assert str(int(saved.split()[3].rstrip(':'))) in os.listdir(out_dir)
 
 
 @pytest.mark.slow
