@@ -10,10 +10,12 @@ own share of the host's cores. Only process 0 prints, as nanoGPT's
 master_process: the output of each other process (stdout and stderr, the
 C++ lines of gloo and XLA too) goes to rank<N>.log in --log_dir (default: a
 new folder in the system's temporary folder), named on the first line, and
-when one of them fails, the end of its log is shown. Ctrl-C (or SIGTERM)
+when one of them fails, the end of its log is shown (a mistake in the
+flags is said once, before any process starts). Ctrl-C (or SIGTERM)
 reaches every process once: they finish the same iteration and save one
-checkpoint. When one process fails, the others are stopped; the exit status
-is the first failure's.
+checkpoint; before training begins there is nothing to save, and they are
+stopped at once. When one process fails, the others are stopped; the exit
+status is the first failure's.
 """
 
 import argparse
@@ -88,6 +90,13 @@ def show_failure(rank: int, code: int, log: pathlib.Path) -> None:
   print(f'process {rank} failed ({describe(code)}); the end of its output (all of it in {log}):', file=sys.stderr)
   for line in lines:
     print(f'[rank{rank}]: {line}', file=sys.stderr)
+
+
+def said_by_process_0(code: int, code_0: int, log: pathlib.Path) -> bool:
+  """Whether a process stopped on a user mistake that process 0 stopped on too, and so printed: one found only
+  once the processes joined (the devices they train on together), each process finding it alike."""
+  lines = log.read_text(errors='replace').splitlines()
+  return code == code_0 == 1 and bool(lines) and lines[-1].startswith('error: ')
 
 
 def wait(processes: list[subprocess.Popen]) -> dict[int, int]:
@@ -174,8 +183,9 @@ def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], lo
     print('interrupted, before any checkpoint was saved', file=sys.stderr)
     return INTERRUPTED
   for rank, code in failed.items():
-    if rank and code != INTERRUPTED:
-      show_failure(rank, code, log_paths(nproc, log_dir)[rank])
+    log = log_paths(nproc, log_dir)[rank]
+    if rank and code != INTERRUPTED and not said_by_process_0(code, processes[0].returncode, log):
+      show_failure(rank, code, log)
   if not failed:
     return 0
   code = next(iter(failed.values()))

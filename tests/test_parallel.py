@@ -222,6 +222,13 @@ def test_launch_stops_every_process_when_one_fails(workdir, tmp_path):
   assert proc.returncode == 1  # said once, by the launcher: no process started
   assert proc.stdout == '' and proc.stderr.startswith('error: n_embd=33 is not divisible by n_head=4') and \
       len(proc.stderr.splitlines()) == 1, proc.stderr
+  # a mistake found once the processes joined: each finds it, process 0 alone says it
+  proc = run('-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path}', REPO_ROOT / 'train.py', f'--config={CONFIG}',
+             *config_flags(E2E_RUN | dict(out_dir='out-odd', gradient_accumulation_steps=1)), env=os.environ, cwd=workdir)
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines() == ['error: gradient_accumulation_steps=1 is not divisible by the 2 devices training '
+                                      'together: make it a multiple of 2, as nanoGPT requires of its world size']
+  assert (tmp_path / 'rank1.log').read_text().splitlines()[-1] == proc.stderr.splitlines()[0]
   proc = run('-m', 'jaxgpt.launch', '--nproc=0', 'train.py', env=os.environ, cwd=workdir)
   assert proc.returncode == 2 and '--nproc=0 must be >= 1' in proc.stderr
 
