@@ -164,6 +164,10 @@ CONFIG_CASES = {
     'grad_clip past float32': (train('--config.grad_clip=1e308'), 'grad_clip=1e+308 is not a finite float32 number'),
     'seed past 32 bits': (train('--config.seed=4294967296'), 'seed=4294967296 must be in [0, 2**32)'),
     'empty out_dir': (train('--config.out_dir='), "out_dir='' would write checkpoints into the current folder"),
+    'out_dir the current folder': (train('--config.out_dir=.'), "out_dir='.' is the current folder: its checkpoints "
+                                   'would mix with your files: pass a folder of its own, e.g. --config.out_dir=out'),
+    'out_dir the current folder, spelled otherwise': (train('--config.out_dir=data/..'),
+                                                      "out_dir='data/..' is the current folder"),
     'empty dataset': (train('--config.dataset='), "--config.dataset='' is not a data set name"),
     'dataset outside data': (train('--config.dataset=../data'), "--config.dataset='../data' is not a data set name"),
     'process_id outside': (train('--config.num_processes=2', '--config.process_id=2'),
@@ -330,6 +334,10 @@ def write_nanogpt_files(folder):
   for name, contents in spoilt.items():
     torch.save(contents, folder / f'{name}.pt')
   torch.save({'model': Payload(), 'model_args': {}}, folder / 'code.pt')
+  whole = (folder / 'ckpt.pt').read_bytes()
+  for name, part in (('cut_head', whole[:100]), ('cut_half', whole[:len(whole) // 2]), ('cut_tail', whole[:-1]),
+                     ('zeros', bytes(len(whole)))):
+    (folder / f'{name}.pt').write_bytes(part)
   shutil.copytree('out', folder / 'corrupt_out')
   for meta in (folder / 'corrupt_out').glob('*/meta/metadata'):
     meta.write_text('{not json')
@@ -417,7 +425,15 @@ TOOL_CASES = {  # the helper modules' command lines: data preparation, checkpoin
                               '--meta=nope/meta.pkl is not a file: pass the meta.pkl'),
     'import --meta a folder': (import_('nanogpt/ckpt.pt', '--out_dir=imported', '--meta=data/shakespeare_char'),
                                '--meta=data/shakespeare_char is not a file'),
-    'import into checkpoints': (import_('nanogpt/ckpt.pt', '--out_dir=out'), 'out already holds checkpoints: import into an empty --out_dir'),
+    'import into checkpoints': (import_('nanogpt/ckpt.pt', '--out_dir=out'),
+                                '--out_dir=out is not empty: import into a new or empty folder'),
+    'import into a folder of other files': (import_('nanogpt/ckpt.pt', '--out_dir=configs'),
+                                            '--out_dir=configs is not empty: import into a new or empty folder'),
+    **{f'import a ckpt.pt {how}': (import_(f'nanogpt/{name}.pt', '--out_dir=imported'),
+                                   f'nanogpt/{name}.pt is truncated or corrupt (not a whole file of torch.save): was the '
+                                   'training or copy that wrote it stopped? Pass a whole ckpt.pt')
+       for name, how in (('cut_head', 'cut to its first 100 bytes'), ('cut_half', 'cut in half'),
+                         ('cut_tail', 'short of its last byte'), ('zeros', 'of zeros'))},
     'import into a file': (import_('nanogpt/ckpt.pt', '--out_dir=a_file'), '--out_dir=a_file is a file: import into a new or empty folder'),
     'import into a folder that cannot be made': (import_('nanogpt/ckpt.pt', '--out_dir=a_file/imported'),
                                                  'cannot create --out_dir=a_file/imported (Not a directory)'),
@@ -511,6 +527,13 @@ def test_launcher_usage_errors(folder, monkeypatch, capsys):
     launch.main(['launch', '--nproc=1', 'train.py', '--config.num_processes=3', '--process_id=1'])
   assert e.value.code == 2 and '--config.num_processes, --process_id: launch sets these itself; drop them' in \
       capsys.readouterr().err
+  # a mistake in the flags: said once, by the launcher, before any process starts (or any log folder is made)
+  for flag, message in (('--config.bogus=1', "unknown config key 'bogus': valid keys are "),
+                        ('--config.out_dir=.', "out_dir='.' is the current folder")):
+    assert launch.main(['launch', '--nproc=2', '--log_dir=logs', 'train.py', flag]) == 1
+    out, err = capsys.readouterr()
+    assert out == '' and len(err.splitlines()) == 1 and err.startswith(f'error: {message}'), err
+    assert not (folder / 'logs').exists()
   assert launch.main(['launch', '--nproc=2', '--log_dir=empty.txt/logs', 'train.py']) == 1  # no process started
   assert capsys.readouterr() == ('', 'error: cannot create --log_dir=empty.txt/logs (Not a directory): pass a folder '
                                      'you can write to\n')
