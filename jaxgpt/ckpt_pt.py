@@ -13,7 +13,12 @@ above it). Found nowhere, a data set jaxgpt prepares itself (shakespeare_char)
 is prepared here, as train.py does on first use (from data/<dataset>/input.txt,
 downloaded when absent), and its vocabulary taken. Any other character-level
 model without its vocabulary is refused: without it sampling and resuming
-cannot read or write text. Import writes into a new or empty --out_dir only.
+cannot read or write text. Import writes into a new or empty --out_dir only,
+and a failed import (a full disk) leaves it as it was.
+
+Neither side draws a random model to learn its shapes: the weights and the
+AdamW state are read into their abstract shapes (jax.eval_shape), so the
+memory held is the checkpoint's own.
 
 Export writes what nanoGPT's sample.py and train.py read: `model` (the
 state_dict), `optimizer` (the AdamW state_dict that configure_optimizers'
@@ -22,8 +27,9 @@ either side's `init_from=resume` continues the other's run. It never replaces
 an existing file unless told to (--overwrite), makes the target's missing
 folders (as nanoGPT's train.py makes its out_dir), and writes a temporary file
 beside the target, renamed onto it when whole: an interrupted export leaves no
-half file. A ckpt.pt is read with torch.load(weights_only=True): a file that
-names code is refused and none of it runs.
+half file (the leftovers of one killed, e.g. by kill -9, the next export to
+that path removes). A ckpt.pt is read with torch.load(weights_only=True): a
+file that names code is refused and none of it runs.
 """
 
 import argparse
@@ -32,21 +38,24 @@ import os
 import pathlib
 import pickle
 import re
+import shutil
 import sys
 import warnings
+import zipfile
 
 import jax
 import ml_collections
 import numpy as np
 import optax
+from absl import logging as absl_logging
 
-from jaxgpt import data, entry, nanogpt, prepare
-from jaxgpt.checkpoint import CHOICES, Checkpoints, holds_checkpoints
+from jaxgpt import data, entry, files, nanogpt, prepare
+from jaxgpt.checkpoint import CHOICES, CheckpointError, Checkpoints
 from jaxgpt.config import base_config, validate
 from jaxgpt.model import SHAPE_KEYS, GPTConfig
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.optim import lr_schedule, make_optimizer
-from jaxgpt.step import init_model
+from jaxgpt.step import abstract_params
 
 MODEL_ARGS = SHAPE_KEYS + ('dropout',)  # nanoGPT's model_args
 # the character-level data sets jaxgpt prepares itself (prepare.PREPARABLE); import prepares them as train.py would
@@ -86,6 +95,9 @@ def read_nanogpt_ckpt(path: pathlib.Path) -> dict:
     raise JaxGPTError(f'{path} is not a readable nanoGPT checkpoint (not a file of torch.save): pass the ckpt.pt '
                       "nanoGPT's train.py wrote in its out_dir") from None
   except Exception as e:  # torch.load raises many kinds: OSError, EOFError, RuntimeError, ...
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; a truncated one has lost its central directory
+      raise JaxGPTError(f'{path} is truncated or corrupt (not a whole file of torch.save): was the training or copy '
+                        'that wrote it stopped? Pass a whole ckpt.pt') from None
     message = str(e).splitlines()[0][:200] if str(e) else ''
     raise JaxGPTError(f'{path} is not a readable nanoGPT checkpoint ({type(e).__name__}: {message})') from None
   for key, kind in (('model', dict), ('model_args', dict)):
@@ -177,8 +189,8 @@ def check_import_dir(out_dir: str) -> None:
   directory = pathlib.Path(out_dir)
   if directory.exists() and not directory.is_dir():
     raise JaxGPTError(f'--out_dir={out_dir} is a file: import into a new or empty folder')
-  if holds_checkpoints(out_dir):
-    raise JaxGPTError(f'{out_dir} already holds checkpoints: import into an empty --out_dir')
+  if directory.is_dir() and any(directory.iterdir()):
+    raise JaxGPTError(f'--out_dir={out_dir} is not empty: import into a new or empty folder')
 
 
 def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
@@ -196,7 +208,7 @@ def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
   # torch.compile'd models save their names with an _orig_mod. prefix
   weights = {k.removeprefix('_orig_mod.'): v.float().numpy() for k, v in ckpt['model'].items()
              if not k.endswith('.attn.bias')}
-  _, _, like = init_model(config, seed=0)
+  _, like = abstract_params(config)  # the shapes alone: no random model drawn to be replaced
   try:
     params = nanogpt.from_nanogpt(weights, like)
   except ValueError as e:
@@ -207,23 +219,78 @@ def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
   except (TypeError, ValueError, RuntimeError) as e:
     raise JaxGPTError(f"{path}'s iter_num or best_val_loss is not a number ({e}): not a nanoGPT ckpt.pt") from None
   try:
-    opt_state = adamw_state(make_optimizer(c).init(params), ckpt.get('optimizer'), weights, step, like)
+    opt_state = adamw_state(make_optimizer(c), params, ckpt.get('optimizer'), weights, step, like)
   except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
     raise JaxGPTError(f"{path}'s optimizer state does not match its model ({type(e).__name__}: {e}): "
                       'not a ckpt.pt of nanoGPT\'s train.py') from None
+  check_space(pathlib.Path(out_dir), (params, opt_state))
   vocab, source = find_vocab(ckpt_path, dataset, config.vocab_size, meta)  # last: it may prepare the data set
-  try:
-    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise JaxGPTError(f'cannot create --out_dir={out_dir} ({e.strerror}): pass a folder you can write to') from None
   if source is not None:
     print(f'found vocab_size = {len(vocab)} (inside {source})')
-  checkpoints = Checkpoints(out_dir)
-  checkpoints.save(step, params, opt_state, {
-      'iter_num': step, 'val_loss': best_val_loss, 'best_val_loss': best_val_loss,
-      'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab})
-  checkpoints.close()
+  meta = {'iter_num': step, 'val_loss': best_val_loss, 'best_val_loss': best_val_loss,
+          'model_args': dataclasses.asdict(config), 'config': c.to_dict(), 'vocab': vocab}
+  save_into_empty(pathlib.Path(out_dir), step, params, opt_state, meta)
   return step
+
+
+def check_space(directory: pathlib.Path, arrays) -> None:
+  """Refuses a save the disk holding directory has no room for: orbax's
+  threads would fail at the first write that does not fit, each noisily,
+  and torch names a full disk in its zip writer's words."""
+  needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(arrays))
+  free = shutil.disk_usage(next(folder for folder in (directory, *directory.absolute().parents)
+                                if folder.exists())).free
+  if free < needed:
+    raise JaxGPTError(f'{directory} has {free / 1e6:.1f} MB free and the checkpoint needs {needed / 1e6:.1f} MB: '
+                      'free some space or write it elsewhere')
+
+
+def save_into_empty(directory: pathlib.Path, step: int, params, opt_state, meta: dict) -> None:
+  """Saves the checkpoint into directory, new or empty; a save that fails
+  (a full disk, Ctrl-C) leaves it as it was: what was written is removed."""
+  missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise JaxGPTError(f'cannot create --out_dir={directory} ({e.strerror}): pass a folder you can write to') from None
+  checkpoints = Checkpoints(str(directory))  # takes the writer's lock: from here on, what directory holds is ours
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.FATAL)  # orbax's threads log each failed write, hundreds of lines
+  try:
+    with checkpoints:
+      checkpoints.save(step, params, opt_state, meta)
+  except BaseException as e:
+    remove_written(directory, missing)
+    # Checkpoints words a failed write for train.py (resume from the checkpoints before); orbax's own error
+    # says a full disk as ValueError('RESOURCE_EXHAUSTED: ...')
+    failure = e.__context__ if isinstance(e, CheckpointError) else e
+    if not isinstance(failure, (OSError, ValueError)):
+      raise
+    raise JaxGPTError(f'could not write the checkpoint to {directory} ({write_error_reason(failure)}): free some '
+                      'space or import into another --out_dir; nothing was written') from None
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+def remove_written(directory: pathlib.Path, made: list[pathlib.Path]) -> None:
+  """Removes what a failed save wrote into directory: the folders made for it
+  (made, deepest first), else all it holds, since it was empty."""
+  if made:
+    shutil.rmtree(made[-1], ignore_errors=True)
+    return
+  for written in directory.iterdir():  # orbax's unfinished *.orbax-checkpoint-tmp
+    if written.is_dir():
+      shutil.rmtree(written, ignore_errors=True)
+    else:
+      written.unlink(missing_ok=True)
+
+
+def write_error_reason(e: Exception) -> str:
+  """The system's words for a failed write: orbax's errors carry its code (tensorstore's os_error_code)."""
+  code = re.search(r"os_error_code='(\d+)'", str(e))
+  if code:
+    return os.strerror(int(code[1]))
+  return e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
 
 
 def _adamw_groups(weights: dict) -> tuple[list[str], list[str]]:
@@ -237,12 +304,15 @@ def _adamw_groups(weights: dict) -> tuple[list[str], list[str]]:
   return [n for n in names if weights[n].ndim >= 2], [n for n in names if weights[n].ndim < 2]
 
 
-def adamw_state(opt_state, torch_state: dict | None, weights: dict[str, np.ndarray], step: int, like):
-  """opt_state holding nanoGPT's AdamW moments (and `step` updates done), when
-  torch_state (the ckpt's `optimizer`) has them; else opt_state as it is.
-  The inverse of torch_adamw_state."""
+def adamw_state(tx: optax.GradientTransformation, params, torch_state: dict | None,
+                weights: dict[str, np.ndarray], step: int, like):
+  """tx's state of params holding nanoGPT's AdamW moments (and `step` updates
+  done), when torch_state (the ckpt's `optimizer`) has them; else a fresh
+  one. The moments fill the state's abstract shapes: no zero moments are
+  made to be replaced. The inverse of torch_adamw_state."""
   if not torch_state or not torch_state.get('state'):
-    return opt_state
+    return tx.init(params)
+  opt_state = jax.eval_shape(tx.init, like)
   decayed, rest = _adamw_groups(weights)
   moments = torch_state['state']
   mu, nu = ({name: moments[i][key].float().numpy() for i, name in enumerate(decayed + rest)}
@@ -292,33 +362,24 @@ def check_export_path(path: pathlib.Path, overwrite: bool) -> None:
     raise JaxGPTError(f'{nearest} is a file, so no folder can hold {path}: export to another path')
 
 
-def make_parent(path: pathlib.Path) -> None:
-  """path's folder, and any above it, made where missing (nanoGPT's train.py
-  makes its out_dir so)."""
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise JaxGPTError(f'cannot make the folder {path.parent} ({e.strerror}): export to another path') from None
-
-
 def save_atomically(checkpoint: dict, path: pathlib.Path) -> None:
-  """torch.save into a temporary file beside path, renamed onto path when
-  whole: an export stopped at any point (a full disk, Ctrl-C) leaves path as
-  it was, never half written."""
+  """torch.save through files.replacing: an export stopped at any point (a
+  full disk, Ctrl-C) leaves path as it was, never half written; path's
+  missing folders are made (nanoGPT's train.py makes its out_dir so)."""
   torch = _torch()
-  partial = path.with_name(f'.{path.name}.{os.getpid()}.partial')
+  missing = [folder for folder in path.parents if not folder.exists()]
   try:
-    with open(partial, 'wb') as f:  # created as a plain write would (0666 less the umask)
-      torch.save(checkpoint, f)
-      f.flush()
-      os.fsync(f.fileno())  # on disk before the rename makes it path
-    os.replace(partial, path)
+    with files.replacing(path) as (temp,):
+      torch.save(checkpoint, temp)
   except BaseException as e:
-    partial.unlink(missing_ok=True)
-    if isinstance(e, OSError):
-      raise JaxGPTError(f'could not write {path} ({e.strerror or e}): free some space or export to another path; '
-                        'nothing was written') from None
-    raise
+    if missing:  # the folders made for path, removed with it
+      shutil.rmtree(missing[-1], ignore_errors=True)
+    if not isinstance(e, (OSError, RuntimeError)):  # Ctrl-C: path is as it was, as entry.run says
+      raise
+    # torch's zip writer reports a failed write (a full disk) as a RuntimeError that names no cause
+    reason = write_error_reason(e) if isinstance(e, OSError) else 'the write stopped short, as on a full disk'
+    raise JaxGPTError(f'could not write {path} ({reason}): free some space or export to another path; '
+                      'nothing was written') from None
 
 
 def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = False) -> int:
@@ -330,18 +391,17 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = 
     raise JaxGPTError(f'{path!r} names a folder: name the file to write, e.g. {os.path.join(path, "ckpt.pt")}')
   ckpt_path = pathlib.Path(path)
   check_export_path(ckpt_path, overwrite)
-  checkpoints = Checkpoints(out_dir, read_only=True)
-
-  def read(step: int):
-    meta = checkpoints.meta(step)
-    c = base_config()
-    c.update(meta['config'])
-    _, _, like = init_model(GPTConfig(**meta['model_args']), seed=0)
-    return step, meta, c, checkpoints.state(step, like, make_optimizer(c).init(like))
-  step, meta, c, (params, opt_state) = checkpoints.read(which, read)
+  with Checkpoints(out_dir, read_only=True) as checkpoints:
+    def read(step: int):
+      meta = checkpoints.meta(step)
+      c = base_config()
+      c.update(meta['config'])
+      _, like = abstract_params(GPTConfig(**meta['model_args']))  # shapes only: the checkpoint fills them
+      return step, meta, c, checkpoints.state(step, like, jax.eval_shape(make_optimizer(c).init, like))
+    step, meta, c, (params, opt_state) = checkpoints.read(which, read)
   state_dict = {name: torch.from_numpy(np.array(array)) for name, array in nanogpt.to_nanogpt(params).items()}
   state_dict['lm_head.weight'] = state_dict['transformer.wte.weight']  # tied: the same tensor, as nanoGPT saves it
-  make_parent(ckpt_path)
+  check_space(ckpt_path.parent, (params, opt_state))
   save_atomically({
       'model': state_dict,
       'optimizer': torch_adamw_state(opt_state, state_dict, c, meta['iter_num']),

@@ -10,7 +10,9 @@ else the Hugging Face hub cache, downloading into it when online. Needs the
   python -m jaxgpt.gpt2 export --out_dir=out-shakespeare-char FOLDER
 
 writes a jaxgpt checkpoint as such a folder, which transformers'
-GPT2LMHeadModel.from_pretrained loads.
+GPT2LMHeadModel.from_pretrained loads. Its files are written whole (see
+jaxgpt/files.py): an export stopped at any point, or failing on a full disk,
+leaves the folder as it was (a folder it made, removed).
 
 Hugging Face keeps the four projection weights as Conv1D, (in, out); nanoGPT
 and jaxgpt keep them as Linear, (out, in): they are transposed both ways.
@@ -20,16 +22,15 @@ runs its weights with the exact GELU, and so does jaxgpt. The export says
 """
 
 import argparse
-import contextlib
 import json
-import os
 import pathlib
+import shutil
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from jaxgpt import entry, nanogpt
+from jaxgpt import entry, files, nanogpt
 from jaxgpt.config import GPT2_MODELS
 from jaxgpt.model import GPTConfig
 from jaxgpt.errors import JaxGPTError, optional_import
@@ -138,28 +139,21 @@ def save_pretrained(folder: pathlib.Path, config: GPTConfig, params) -> None:
       'resid_pdrop': config.dropout, 'embd_pdrop': config.dropout, 'attn_pdrop': config.dropout,
   }
   contiguous = {name: np.ascontiguousarray(array, np.float32) for name, array in state_dict.items()}
+  missing = [f for f in (folder, *folder.parents) if not f.exists()]  # the folders the export makes
   try:
-    folder.mkdir(parents=True, exist_ok=True)
-    # each file written beside its place and moved in whole: an interrupted
-    # export leaves the folder as it was
-    with _replacing(folder / WEIGHTS) as temp:
-      _safetensors_numpy().save_file(contiguous, temp, metadata={'format': 'pt'})
-    with _replacing(folder / CONFIG) as temp:
-      temp.write_text(json.dumps(hf_config, indent=2) + '\n')
-  except OSError as e:
-    raise GPT2Error(f'cannot write {folder} ({e.strerror or e}): free some space or pick another folder') from None
-
-
-@contextlib.contextmanager
-def _replacing(path: pathlib.Path) -> Iterator[pathlib.Path]:
-  """A temporary path beside `path`, moved onto it when the block ends
-  without error, and removed when it raises."""
-  temp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    yield temp
-    os.replace(temp, path)
-  finally:
-    temp.unlink(missing_ok=True)
+    with files.replacing(folder / WEIGHTS, folder / CONFIG) as (weights, config_json):
+      # serialized here and written into files' temporary file: safetensors' save_file writes a
+      # temporary file of its own (mode 0600, a random name a killed export would leave behind)
+      weights.write_bytes(_safetensors_numpy().save(contiguous, metadata={'format': 'pt'}))
+      config_json.write_text(json.dumps(hf_config, indent=2) + '\n')
+  except BaseException as e:
+    if missing:
+      shutil.rmtree(missing[-1], ignore_errors=True)
+    if not isinstance(e, Exception):  # Ctrl-C: the folder is as it was, as entry.run says
+      raise
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+    raise GPT2Error(f'cannot write {folder} ({reason}): free some space or pick another folder; '
+                    'nothing was written') from None
 
 
 def export(out_dir: str, folder: str, which: str = 'best', overwrite: bool = False) -> int:
@@ -171,12 +165,11 @@ def export(out_dir: str, folder: str, which: str = 'best', overwrite: bool = Fal
                     'to replace it')
   from jaxgpt.checkpoint import Checkpoints  # orbax and jax: not needed to read GPT-2's weights
   from jaxgpt.step import abstract_params
-  checkpoints = Checkpoints(out_dir, read_only=True)
-
-  def read(step: int) -> tuple[int, GPTConfig, Any]:
-    config = GPTConfig(**checkpoints.meta(step)['model_args'])
-    return step, config, checkpoints.params(step, abstract_params(config)[1])
-  step, config, params = checkpoints.read(which, read)
+  with Checkpoints(out_dir, read_only=True) as checkpoints:
+    def read(step: int) -> tuple[int, GPTConfig, Any]:
+      config = GPTConfig(**checkpoints.meta(step)['model_args'])
+      return step, config, checkpoints.params(step, abstract_params(config)[1])
+    step, config, params = checkpoints.read(which, read)
   save_pretrained(pathlib.Path(folder), config, params)
   return step
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import REPO_ROOT, TINY, make_workdir, nanogpt_folder, nanogpt_get_lr
-from jaxgpt import ckpt_pt, data, nanogpt, nanogpt_torch, runtime
+from conftest import REPO_ROOT, TINY, file_size_limit, make_workdir, nanogpt_folder, nanogpt_get_lr
+from jaxgpt import ckpt_pt, data, files, nanogpt, nanogpt_torch, runtime
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError
@@ -408,8 +408,8 @@ def test_interrupted_export_leaves_the_target_as_it_was(jaxgpt_run, tmp_path, mo
   target = tmp_path / 'ckpt.pt'
   target.write_bytes(b'the nanoGPT run of last week')
 
-  def save_half_then_interrupt(obj, f):
-    f.write(b'half a checkpoint')
+  def save_half_then_interrupt(obj, path):
+    pathlib.Path(path).write_bytes(b'half a checkpoint')
     raise KeyboardInterrupt
 
   monkeypatch.setattr(torch, 'save', save_half_then_interrupt)
@@ -429,6 +429,66 @@ def test_export_makes_the_missing_folders(jaxgpt_run, tmp_path, capsys):
   assert capsys.readouterr().out == f'exported step 3 of {out_dir} to {target}\n'
   assert torch.load(target, weights_only=True)['iter_num'] == 3
   assert os.listdir(target.parent) == ['ckpt.pt']  # written whole: no temporary file left beside it
+
+
+def dead_pid() -> int:
+  """The id of a process that has ended (as one killed with kill -9 mid-write)."""
+  proc = subprocess.Popen([sys.executable, '-c', ''])
+  proc.wait()
+  return proc.pid
+
+
+def test_export_removes_the_leftovers_of_a_killed_export(jaxgpt_run, tmp_path):
+  out_dir, _, _ = jaxgpt_run
+  target = tmp_path / 'ckpt.pt'
+  files.temp_path(target, pid=dead_pid()).write_bytes(b'half a checkpoint')
+  assert ckpt_pt.export_ckpt(str(out_dir), str(target)) == 3
+  assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+def test_export_on_a_full_disk_is_one_error_and_writes_nothing(jaxgpt_run, tmp_path):
+  out_dir, _, _ = jaxgpt_run
+  target = tmp_path / 'nanoGPT' / 'out' / 'ckpt.pt'
+  with file_size_limit(20_000), pytest.raises(JaxGPTError, match=re.escape(
+      f'could not write {target} (the write stopped short, as on a full disk): free some space or export to another '
+      'path; nothing was written')):
+    ckpt_pt.export_ckpt(str(out_dir), str(target))
+  assert os.listdir(tmp_path) == []  # neither the file nor the folders made for it
+
+
+def test_export_refuses_a_disk_without_room(jaxgpt_run, tmp_path, monkeypatch):
+  """TINY's 28,064 weights, their two AdamW moments: 0.34 MB of float32."""
+  out_dir, _, _ = jaxgpt_run
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+  with pytest.raises(JaxGPTError, match=re.escape(f'{tmp_path} has 0.0 MB free and the checkpoint needs 0.3 MB: free '
+                                                  'some space or write it elsewhere')):
+    ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'ckpt.pt'))
+  assert os.listdir(tmp_path) == []
+
+
+# orbax's threads, their writes failed, call into an event loop orbax has closed: Python reports each, unraisable
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_import_on_a_full_disk_leaves_out_dir_as_it_was(tmp_path, monkeypatch):
+  """orbax's writes fail past the size limit (EFBIG, as ENOSPC would): one
+  error, and no unfinished checkpoint (*.orbax-checkpoint-tmp) left."""
+  nanogpt_checkpoint(tmp_path / 'nanogpt' / 'out' / 'ckpt.pt')
+  (tmp_path / 'empty').mkdir()
+  monkeypatch.chdir(tmp_path)
+  for out_dir in ('new', 'empty'):
+    with file_size_limit(20_000), pytest.raises(JaxGPTError, match=re.escape(
+        f'could not write the checkpoint to {out_dir} (File too large): free some space or import into another '
+        '--out_dir; nothing was written')):
+      ckpt_pt.import_ckpt('nanogpt/out/ckpt.pt', out_dir)
+  assert not (tmp_path / 'new').exists() and os.listdir(tmp_path / 'empty') == []
+
+
+def test_import_refuses_a_disk_without_room(tmp_path, monkeypatch):
+  nanogpt_checkpoint(tmp_path / 'nanogpt' / 'out' / 'ckpt.pt')
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+  with pytest.raises(JaxGPTError, match=re.escape('out has 0.0 MB free and the checkpoint needs 0.3 MB')):
+    ckpt_pt.import_ckpt('nanogpt/out/ckpt.pt', 'out')
+  assert not (tmp_path / 'out').exists()
 
 
 NANOGPT_SCRIPTS = ('train.py', 'sample.py', 'configurator.py', 'data/shakespeare_char/prepare.py')

@@ -22,8 +22,8 @@ import transformers
 from flax import nnx
 from safetensors import numpy as safetensors_numpy
 
-from conftest import REPO_ROOT, TINY, finish, make_workdir
-from jaxgpt import gpt2
+from conftest import REPO_ROOT, TINY, file_size_limit, finish, make_workdir
+from jaxgpt import files, gpt2
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.model import GPTConfig
 from jaxgpt.errors import JaxGPTError
@@ -191,6 +191,32 @@ def test_saving_a_model_without_biases_is_an_error(tmp_path):
   with pytest.raises(JaxGPTError, match='GPT-2 has biases in every Linear and LayerNorm'):
     gpt2.save_pretrained(tmp_path, config, init_model(config, seed=0)[2])
   assert not list(tmp_path.iterdir())
+
+
+def test_saved_files_have_the_umask_mode_and_a_killed_export_leaves_nothing(tmp_path):
+  """Each file as a plain write makes it (0666 less the umask; safetensors'
+  own save_file makes 0600), and a killed export's temporary file is removed
+  by the next export."""
+  params = init_model(TINY, seed=0)[2]
+  folder = tmp_path / 'exported'
+  folder.mkdir()
+  proc = subprocess.Popen([sys.executable, '-c', ''])
+  proc.wait()  # its id: of a process gone, as one killed with kill -9 mid-write
+  files.temp_path(folder / gpt2.WEIGHTS, pid=proc.pid).write_bytes(b'half a model')
+  umask = os.umask(0o027)
+  try:
+    gpt2.save_pretrained(folder, TINY, params)
+  finally:
+    os.umask(umask)
+  assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {gpt2.WEIGHTS: 0o640, gpt2.CONFIG: 0o640}
+
+
+def test_save_on_a_full_disk_is_one_error_and_leaves_no_folder(tmp_path):
+  folder = tmp_path / 'new' / 'exported'
+  with file_size_limit(20_000), pytest.raises(JaxGPTError, match=re.escape(
+      f'cannot write {folder} (File too large): free some space or pick another folder; nothing was written')):
+    gpt2.save_pretrained(folder, TINY, init_model(TINY, seed=0)[2])
+  assert os.listdir(tmp_path) == []
 
 
 # the hub cache
