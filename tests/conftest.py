@@ -9,11 +9,13 @@ import hashlib
 import math
 import os
 import pathlib
+import platform
 import pty
 import re
 import resource
 import shutil
 import subprocess
+import sys
 import types
 import urllib.request
 
@@ -30,6 +32,19 @@ runtime.setup()  # as the entry points do: the speed settings the tests' runs as
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / 'tests' / 'fixtures'
+
+
+# Tests that hold jaxgpt to one platform's internals, and skip elsewhere saying which (CI runs x86-64 Linux)
+def linux_only(depends_on: str) -> pytest.MarkDecorator:
+  """For a test that depends on Linux's kernel interfaces (/proc, CPU affinity)."""
+  return pytest.mark.skipif(sys.platform != 'linux', reason=f'Linux only: depends on {depends_on}')
+
+
+def x86_64_linux_only(depends_on: str) -> pytest.MarkDecorator:
+  """For a test that depends on the internals of the x86-64 Linux jaxlib (its oneDNN and YNNPACK kernels)."""
+  return pytest.mark.skipif(not (platform.machine() == 'x86_64' and sys.platform == 'linux'),
+                            reason=f'x86-64 Linux only: depends on {depends_on}')
+
 
 # the model of tests/fixtures/tiny.npz: 2 layers, 2 heads, 32 wide, block 16
 TINY = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, TINY_RUN, config_flags, make_workdir, snapshot
+from conftest import REPO_ROOT, TINY_RUN, config_flags, linux_only, make_workdir, snapshot
 
 
 def bench(*args, cwd=REPO_ROOT, env=None):
@@ -22,6 +22,7 @@ def without_nanogpt_dir_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@linux_only('the CPU affinity (os.sched_getaffinity), whose cores bench reports')
 def test_bench_times_float32_and_bfloat16_by_turns():
   proc = bench('--steps=25', '--config.n_layer=1', '--config.compile=True')
   assert proc.returncode == 0, proc.stderr
@@ -70,6 +71,7 @@ def marked_copy(nanogpt_dir: pathlib.Path, folder: pathlib.Path) -> pathlib.Path
 
 
 @pytest.mark.slow
+@linux_only('the CPU affinity (os.sched_getaffinity), whose cores bench reports')
 def test_bench_nanogpt_runs_nanogpts_own_train_py_by_turns(tmp_path, shakespeare, nanogpt_dir):
   workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
   named = marked_copy(nanogpt_dir, tmp_path / 'nanoGPT')
@@ -161,6 +163,7 @@ def test_bench_nanogpt_without_torch(tmp_path):
 
 
 @pytest.mark.slow
+@linux_only('the CPU affinity (os.sched_getaffinity), whose cores bench reports')
 def test_bench_memory_runs_jaxgpts_and_nanogpts_own_train_py(tmp_path, shakespeare, nanogpt_dir):
   workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
   named = marked_copy(nanogpt_dir, tmp_path / 'nanoGPT')

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import linux_only
 from jaxgpt import files
 
 
@@ -24,6 +25,7 @@ def test_files_move_in_whole_with_the_umask(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ['a.bin', 'new']
 
 
+@linux_only("/proc/self/fd, where the test reads which file each fsync was of")
 def test_the_files_and_their_folder_are_synced_before_and_after_the_moves(tmp_path, monkeypatch):
   events = []
   fsync, replace = os.fsync, os.replace

@@ -10,7 +10,7 @@ import sys
 import pytest
 from flax import nnx
 
-from conftest import REPO_ROOT, TINY, make_workdir
+from conftest import REPO_ROOT, TINY, linux_only, make_workdir
 from jaxgpt import memory
 from jaxgpt.model import GPTConfig
 from jaxgpt.model import GPT
@@ -49,7 +49,7 @@ def test_available_memory_is_the_tighter_of_the_kernels_figures(monkeypatch, fil
   assert memory.available_bytes() == available
 
 
-@pytest.mark.skipif(sys.platform != 'linux', reason='reads /proc/meminfo, which only Linux has')
+@linux_only('/proc/meminfo')
 def test_available_memory_is_read_from_this_machine():
   available, source = memory.available_bytes()
   total_kb = int(pathlib.Path('/proc/meminfo').read_text().split()[1])  # MemTotal, which does not change
@@ -70,6 +70,7 @@ def test_check_names_the_need_what_is_available_and_the_keys_to_lower(monkeypatc
 
 
 @pytest.mark.slow
+@linux_only('/proc/meminfo and the cgroup limit (elsewhere what is available is unknown, and no run is refused)')
 @pytest.mark.parametrize('overrides, need', [
     # 50 billion parameters: found from the config alone, before compiling
     (['--config.n_layer=1000', '--config.n_embd=2048', '--config.n_head=16'],

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import TINY, max_diff
+from conftest import TINY, max_diff, x86_64_linux_only
 from jaxgpt import parallel, runtime
 from jaxgpt.config import base_config
 from jaxgpt.optim import make_optimizer
@@ -167,6 +167,7 @@ def test_sharded_step_compiles_one_shard_program_run_by_every_thread(batch):
   assert 'all-reduce' not in update_program.as_text()  # one device: nothing to exchange
 
 
+@x86_64_linux_only("jaxlib's oneDNN and YNNPACK matmul fusions (__onednn_fusion, __ynn_fusion)")
 @pytest.mark.parametrize('dtype, n_embd', [('float32', 32), ('bfloat16', 32), ('float32', 384), ('bfloat16', 384)])
 def test_matmuls_run_in_the_faster_library_for_the_dtype(batch, dtype, n_embd):
   # runtime.compiler_options: float32 dots as oneDNN matmuls under jax 0.12,
@@ -229,6 +230,7 @@ def test_the_x86_64_linux_jaxlib_is_found_to_have_onednn():
   assert runtime.has_onednn() == (platform.machine() == 'x86_64' and sys.platform == 'linux')
 
 
+@x86_64_linux_only("jaxlib's oneDNN and YNNPACK matmul fusions (__onednn_fusion, __ynn_fusion)")
 def test_without_onednn_float32_compiles_xlas_own_dots_to_the_same_losses(batch, monkeypatch):
   """A jaxlib without oneDNN (forced here, with oneDNN's float32 matmuls
   preferred as for a wide model): the float32 step leaves the options out,
