@@ -18,7 +18,7 @@ import torch
 from flax import nnx
 
 from conftest import REPO_ROOT, TINY, file_size_limit, make_workdir, nanogpt_folder, nanogpt_get_lr
-from jaxgpt import ckpt_pt, data, files, nanogpt, nanogpt_torch, runtime
+from jaxgpt import ckpt_pt, data, files, gpt2, nanogpt, nanogpt_torch, runtime
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError
@@ -489,6 +489,33 @@ def test_import_refuses_a_disk_without_room(tmp_path, monkeypatch):
   with pytest.raises(JaxGPTError, match=re.escape('out has 0.0 MB free and the checkpoint needs 0.3 MB')):
     ckpt_pt.import_ckpt('nanogpt/out/ckpt.pt', 'out')
   assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('export', ['ckpt_pt', 'gpt2'])
+def test_export_chooses_again_when_a_training_rotates_its_checkpoint_away(jaxgpt_run, tmp_path, monkeypatch, export):
+  """A training saving into out_dir deletes the checkpoint it no longer
+  keeps, maybe the one an export chose, before it is read: the export reads
+  the one kept in its place, never calling the one gone corrupt."""
+  out_dir, c, _ = jaxgpt_run
+  out_dir = shutil.copytree(out_dir, tmp_path / 'out')
+  params, opt_state = restore(out_dir, c)
+  with Checkpoints(str(out_dir), read_only=True) as checkpoints:
+    meta = checkpoints.meta(3)
+  read_meta = Checkpoints.meta
+
+  def a_training_saves_first(checkpoints, step):
+    if step == 3:  # chosen: a better checkpoint saved now deletes it
+      with Checkpoints(str(out_dir)) as writer:
+        writer.save(4, params, opt_state, meta | {'iter_num': 4, 'val_loss': 2.0, 'best_val_loss': 2.0})
+      assert not (out_dir / '3').exists()
+    return read_meta(checkpoints, step)
+
+  monkeypatch.setattr(Checkpoints, 'meta', a_training_saves_first)
+  if export == 'ckpt_pt':
+    assert ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'ckpt.pt')) == 4
+    assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['iter_num'] == 4
+  else:
+    assert gpt2.export(str(out_dir), str(tmp_path / 'gpt2')) == 4
 
 
 NANOGPT_SCRIPTS = ('train.py', 'sample.py', 'configurator.py', 'data/shakespeare_char/prepare.py')
