@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from orbax import checkpoint as ocp
 
-from conftest import REPO_ROOT, TINY_RUN, config_flags, make_workdir, snapshot
+from conftest import REPO_ROOT, TINY_RUN, config_flags, linux_only, make_workdir, snapshot
 from jaxgpt import bench, checkpoint, ckpt_pt, cli, launch, prepare, sample
 
 # ml_collections loads config files through a deprecated importlib call
@@ -504,6 +504,7 @@ def test_bad_input_is_one_error_line_and_changes_nothing(folder, name, monkeypat
   assert snapshot(folder) == before
 
 
+@linux_only('the CPU affinity (os.sched_getaffinity), which launch holds --nproc against')
 def test_launcher_usage_errors(folder, monkeypatch, capsys):
   monkeypatch.chdir(folder)
   with pytest.raises(SystemExit) as e:
