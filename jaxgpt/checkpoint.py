@@ -43,6 +43,7 @@ from jaxgpt.errors import JaxGPTError
 
 
 FORMAT = 'jaxgpt-checkpoint/1'
+LIST_ATTEMPTS = 10  # listings of out_dir that lost a checkpoint under them, in a row, before giving up
 READ_PATIENCE_S = 60.0  # how long a reader chooses again while a writer saving every iteration rotates its choice away
 DELETION_WAIT_S = 2.0  # a checkpoint folder that outlives a failed read by this long is not being deleted
 T = TypeVar('T')
@@ -111,6 +112,17 @@ def _quiet_absl():
     logging.set_verbosity(verbosity)
 
 
+def listed(list_steps: Callable[[], T]) -> T:
+  """list_steps(), a call in which orbax lists out_dir's checkpoints, made again while a writer deletes one
+  of them as it is listed (orbax then fails on its folder, gone)."""
+  for attempt in range(LIST_ATTEMPTS):
+    try:
+      return list_steps()
+    except FileNotFoundError:
+      if attempt == LIST_ATTEMPTS - 1:
+        raise
+
+
 class UnreadableCheckpoint(CheckpointError):
   """A checkpoint orbax cannot read: corrupt, or deleted while being read."""
 
@@ -140,11 +152,12 @@ class Checkpoints:
         # sorted by val loss, descending: BestN keeps the last n, the lowest
         checkpoint_managers.BestN(get_metric_fn=lambda m: m['val_loss'], reverse=True, n=1),
     ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=keep_latest_and_best,
+        best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
+        step_name_format=CheckpointSteps(), read_only=read_only, create=not read_only)
     with _quiet_absl():  # orbax's notes on a read-only manager would precede a reader's output
-      self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-          preservation_policy=keep_latest_and_best,
-          best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
-          step_name_format=CheckpointSteps(), read_only=read_only, create=not read_only))
+      self.manager = listed(lambda: ocp.CheckpointManager(self.directory, options=options))
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
     """Starts writing; the arrays are copied off the device before this returns,
@@ -199,7 +212,7 @@ class Checkpoints:
       except UnreadableCheckpoint:
         if time.monotonic() >= deadline or not self._goes_away(step):
           raise
-        self.manager.reload()
+        listed(self.manager.reload)
 
   def _goes_away(self, step: int) -> bool:
     """Whether step's folder is gone, or goes within DELETION_WAIT_S (a

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, STEP_LINE, TINY_RUN, config_flags, finish, make_workdir, parse_log, snapshot
+from jaxgpt import checkpoint
 from jaxgpt.checkpoint import CheckpointError, Checkpoints, holds_checkpoints
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
@@ -320,6 +321,28 @@ def test_a_users_files_named_like_steps_are_neither_read_nor_deleted(tmp_path):
 
 
 TINY_MODEL_ARGS = dict(block_size=16, vocab_size=65, n_layer=1, n_head=1, n_embd=8, bias=True, dropout=0.0)
+
+
+def test_a_reader_lists_again_when_a_writer_deletes_a_checkpoint_as_it_is_listed(tmp_path, monkeypatch):
+  """orbax lists the step folders, then reads each one's metadata: a writer rotating one away in between made
+  the reader fail on its folder, gone (FileNotFoundError). The rotation is made to happen there, once."""
+  out_dir = tmp_path / 'out'
+  with Checkpoints(out_dir) as writer:
+    for step, val_loss in [(1, 2.0), (2, 3.0)]:
+      writer.save(step, {'w': np.full(3, step, np.float32)}, {'mu': np.zeros(3, np.float32)},
+                  {'iter_num': step, 'val_loss': val_loss})
+  find_all = checkpoint.CheckpointSteps.find_all
+  rotated = []
+
+  def rotating_find_all(self, base_path):
+    found = sorted(find_all(self, base_path), key=lambda metadata: metadata.step)
+    if not rotated:
+      rotated.append(found[-1].step)
+      shutil.rmtree(found[-1].path)  # step 2, listed, is gone before its metadata is read
+    return iter(found)
+  monkeypatch.setattr(checkpoint.CheckpointSteps, 'find_all', rotating_find_all)
+  with Checkpoints(out_dir, read_only=True) as reader:
+    assert rotated == [2] and reader.steps() == [1] and reader.latest_step() == 1
 
 
 def test_a_second_writer_on_out_dir_is_refused_with_its_holder_named(tmp_path):
