@@ -39,6 +39,7 @@ from jaxgpt.errors import JaxGPTError
 LAUNCH_KEYS = ('coordinator_address', 'num_processes', 'process_id')  # what launch passes each process
 TAIL_LINES = 20  # of a failed process's log, shown on the terminal
 PR_SET_PDEATHSIG = 1  # prctl's option: a signal to receive when the parent dies (linux/prctl.h)
+FAILURE_GRACE_S = 2.0  # the others' time to end on their own once one failed
 INTERRUPTED = 130  # the exit status of a process stopped by Ctrl-C: process 0 says so, the others need not
 
 
@@ -99,10 +100,11 @@ def said_by_process_0(code: int, code_0: int, log: pathlib.Path) -> bool:
   return code == code_0 == 1 and bool(lines) and lines[-1].startswith('error: ')
 
 
-def wait(processes: list[subprocess.Popen]) -> dict[int, int]:
-  """Waits until every process has ended well, or one has failed; then the
-  failed ones, {rank: exit status}."""
+def wait(processes: list[subprocess.Popen], watch: Callable[[], None]) -> dict[int, int]:
+  """Waits until every process has ended well, or one has failed, calling
+  watch() meanwhile; then the failed ones, {rank: exit status}."""
   while True:
+    watch()
     codes = [p.poll() for p in processes]
     failed = {rank: code for rank, code in enumerate(codes) if code not in (None, 0)}
     if failed or all(code == 0 for code in codes):
@@ -121,11 +123,11 @@ def training_began(process: subprocess.Popen, metrics: pathlib.Path | None) -> b
   files (/proc), as it says nothing else the launcher can see."""
   if metrics is None:  # no run (--help)
     return False
-  fds = pathlib.Path(f'/proc/{process.pid}/fd')
-  try:
-    links = [os.readlink(fd) for fd in fds.iterdir()]
-  except OSError:  # the process ended, or a file was closed while being listed
-    return False
+  links = []
+  with contextlib.suppress(OSError):  # the process ended
+    for fd in pathlib.Path(f'/proc/{process.pid}/fd').iterdir():
+      with contextlib.suppress(OSError):  # a file closed while the others were listed
+        links.append(os.readlink(fd))
   return str(metrics) in links
 
 
@@ -139,13 +141,19 @@ def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], lo
   once (a second one would stop it at once, unsaved). metrics: process 0's
   metrics.jsonl, open once training began."""
   processes: list[subprocess.Popen] = []
+  began = []  # True, once process 0 was seen training (until its end: its final save comes after metrics.jsonl)
   stopped_before_training = []  # the signal, when one came before training began
+
+  def watch_training():
+    if not began and processes and training_began(processes[0], metrics):
+      began.append(True)
 
   def stop(signum, frame):
     """Once training began, the processes finish the same iteration and save a checkpoint. Before, there is
     nothing to save, and a process stopped while the others join, compile or wait for it in a collective would
     wait for them until jax.distributed's timeout (minutes) and end in XLA's fatal errors: all are stopped now."""
-    if stopped_before_training or not (processes and training_began(processes[0], metrics)):
+    watch_training()
+    if stopped_before_training or not began:
       stopped_before_training.append(signum)
       for p in processes:
         if p.poll() is None:
@@ -169,9 +177,14 @@ def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], lo
             env=os.environ | {'PJRT_NPROC': str(len(cores))} | ({'PYTHONUNBUFFERED': '1'} if log else {}),
             preexec_fn=lambda cores=cores: start_process(cores)))
     if not stopped_before_training:
-      failed = wait(processes)
+      failed = wait(processes, watch_training)
   finally:
-    for p in processes:  # the others would wait for a failed one forever in their next collective
+    # the others would wait for a failed one forever in their next collective; a moment first, for a mistake
+    # each process finds alike to end each of them on its own (process 0 says it)
+    deadline = time.monotonic() + (0 if stopped_before_training else FAILURE_GRACE_S)
+    for p in processes:
+      with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(timeout=max(0.0, deadline - time.monotonic()))
       if p.poll() is None:
         p.kill()
       p.wait()
