@@ -237,7 +237,7 @@ def check_space(directory: pathlib.Path, arrays) -> None:
   """Refuses a save the disk holding directory has no room for: orbax's
   threads would fail at the first write that does not fit, each noisily,
   and torch names a full disk in its zip writer's words."""
-  needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(arrays))
+  needed = sum(leaf.nbytes for leaf in jax.tree.leaves(arrays))
   free = shutil.disk_usage(next(folder for folder in (directory, *directory.absolute().parents)
                                 if folder.exists())).free
   if free < needed:
