@@ -11,11 +11,11 @@ master_process: the output of each other process (stdout and stderr, the
 C++ lines of gloo and XLA too) goes to rank<N>.log in --log_dir (default: a
 new folder in the system's temporary folder), named on the first line, and
 when one of them fails, the end of its log is shown (a mistake in the
-flags is said once, before any process starts). Ctrl-C (or SIGTERM)
-reaches every process once: they finish the same iteration and save one
-checkpoint; before training begins there is nothing to save, and they are
-stopped at once. When one process fails, the others are stopped; the exit
-status is the first failure's.
+flags is said once, before any process starts). Ctrl-C (SIGTERM, or
+SIGHUP: the terminal closed) reaches every process once: they finish the
+same iteration and save one checkpoint; before training begins there is
+nothing to save, and they are stopped at once. When one process fails, the
+others are stopped; the exit status is the first failure's.
 """
 
 import argparse
@@ -163,7 +163,9 @@ def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], lo
       if p.poll() is None:
         p.send_signal(signum)
 
-  previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+  # the terminal closed (SIGHUP, an ssh session dropped) stops the run as Ctrl-C: the processes, in sessions of
+  # their own, would not hear it
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
   failed = {}
   try:
     for rank, (cores, log_path) in enumerate(zip(share_cores(nproc), log_paths(nproc, log_dir))):

@@ -323,7 +323,7 @@ FATALS = ('F0000', 'Check failed', 'Traceback', 'Fatal Python error')  # XLA's C
 
 @pytest.mark.slow
 @linux_only("the launcher's /proc: each process's open files and children")
-@pytest.mark.parametrize('how', ['ctrl-c to the group', 'SIGTERM to the launcher'])
+@pytest.mark.parametrize('how', ['ctrl-c to the group', 'SIGTERM to the launcher', 'SIGHUP to the launcher'])
 @pytest.mark.parametrize('after', [1.0, 3.0])
 def test_a_stop_while_the_processes_start_ends_them_all_at_once_with_one_line(workdir, tmp_path, how, after):
   """Stopped before training begins (starting, joining, compiling), the processes have nothing to save: they
@@ -339,7 +339,7 @@ def test_a_stop_while_the_processes_start_ends_them_all_at_once_with_one_line(wo
     if how == 'ctrl-c to the group':
       os.killpg(popen.pid, signal.SIGINT)
     else:
-      popen.send_signal(signal.SIGTERM)
+      popen.send_signal(signal.SIGTERM if how == 'SIGTERM to the launcher' else signal.SIGHUP)
     stdout, stderr = popen.communicate(timeout=30)
   finally:
     if popen.poll() is None:
@@ -353,17 +353,22 @@ def test_a_stop_while_the_processes_start_ends_them_all_at_once_with_one_line(wo
   assert not [p for p in out_dir.glob('*') if p.name.isdigit()] if out_dir.exists() else True  # nothing saved
 
 
+UNTIL_STOPPED = dict(max_iters=100000, eval_interval=100000)  # no evaluation after the first, no save but a stop's
+
+
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_while_training_saves_a_checkpoint(workdir, tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_launcher_while_training_saves_a_checkpoint(workdir, tmp_path, signum):
+  """SIGHUP, the terminal closed: as Ctrl-C, the processes' output then goes nowhere (train.py's choice)."""
   out_dir = tmp_path / 'out'
   popen = subprocess.Popen(
       [sys.executable, '-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path}', REPO_ROOT / 'train.py',
-       f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir=out_dir, **(MULTI | {'max_iters': 100000})))],
+       f'--config={CONFIG}', *config_flags(E2E_RUN | dict(out_dir=out_dir, **(MULTI | UNTIL_STOPPED)))],
       cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     for line in popen.stdout:
       if line.startswith('iter 3:'):
-        popen.send_signal(signal.SIGTERM)
+        popen.send_signal(signum)
         break
     stdout, stderr = popen.communicate(timeout=120)
   finally:
@@ -371,9 +376,13 @@ def test_sigterm_to_the_launcher_while_training_saves_a_checkpoint(workdir, tmp_
       popen.kill()
       popen.communicate()
   assert popen.returncode == 0, stderr
-  [saved] = [line for line in stdout.splitlines() if line.startswith('SIGTERM at iteration')]
-  assert saved.endswith(f'saved a checkpoint to {out_dir}; continue with --config.init_from=resume')
-  assert str(int(saved.split()[3].rstrip(':'))) in os.listdir(out_dir)
+  assert not [fatal for fatal in FATALS if fatal in stderr + (tmp_path / 'rank1.log').read_text()], stderr
+  [step] = [int(p.name) for p in out_dir.iterdir() if p.name.isdigit()]  # the one save: on the signal
+  assert step >= 4  # after iteration 3 at least
+  if signum == signal.SIGTERM:
+    [saved] = [line for line in stdout.splitlines() if line.startswith('SIGTERM at iteration')]
+    assert saved.endswith(f'saved a checkpoint to {out_dir}; continue with --config.init_from=resume')
+    assert int(saved.split()[3].rstrip(':')) == step
 
 
 @pytest.mark.slow
