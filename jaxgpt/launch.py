@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from jaxgpt import cli
+from jaxgpt import cli, entry
 from jaxgpt.errors import JaxGPTError
 
 LAUNCH_KEYS = ('coordinator_address', 'num_processes', 'process_id')  # what launch passes each process
@@ -229,25 +229,25 @@ def main(argv: list[str]) -> int:
                                                            for key in LAUNCH_KEYS})
   if given:
     parser.error(f'{", ".join(given)}: launch sets these itself; drop them')
+  return entry.run(lambda: start(args), 'interrupted, before any checkpoint was saved', uses_jax=False)
+
+
+def start(args: argparse.Namespace) -> int:
+  """Checks the run config once, then starts the processes and waits for them."""
   address = f'127.0.0.1:{free_port()}'
 
   def process_args(rank: int) -> list[str]:
     return [*args.args, f'--config.coordinator_address={address}', f'--config.num_processes={args.nproc}',
             f'--config.process_id={rank}']
 
-  try:  # a mistake in the flags is said once here, not once by each process
-    config = check_config(args.script, process_args(0))
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  config = check_config(args.script, process_args(0))  # a mistake in the flags said once, not by each process
   log_dir = None
   if args.nproc > 1:  # process 0 alone prints to the terminal
     try:
       log_dir = make_log_dir(args.log_dir)
     except OSError as e:
-      print(f'error: cannot create --log_dir={args.log_dir} ({e.strerror}): pass a folder you can write to',
-            file=sys.stderr)
-      return 1
+      raise JaxGPTError(f'cannot create --log_dir={args.log_dir} ({e.strerror}): pass a folder you can write '
+                        'to') from None
     others = 'process 1' if args.nproc == 2 else f'processes 1-{args.nproc - 1}'
     print(f'the output of {others} goes to {log_dir / "rank1.log"}' +
           (f' ... rank{args.nproc - 1}.log' if args.nproc > 2 else ''), flush=True)

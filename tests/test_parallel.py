@@ -324,7 +324,7 @@ FATALS = ('F0000', 'Check failed', 'Traceback', 'Fatal Python error')  # XLA's C
 @pytest.mark.slow
 @linux_only("the launcher's /proc: each process's open files and children")
 @pytest.mark.parametrize('how', ['ctrl-c to the group', 'SIGTERM to the launcher', 'SIGHUP to the launcher'])
-@pytest.mark.parametrize('after', [1.0, 3.0])
+@pytest.mark.parametrize('after', [0.2, 1.0, 3.0])  # checking the flags, starting, joining
 def test_a_stop_while_the_processes_start_ends_them_all_at_once_with_one_line(workdir, tmp_path, how, after):
   """Stopped before training begins (starting, joining, compiling), the processes have nothing to save: they
   are stopped at once, not left waiting for each other until jax.distributed's timeout and XLA's fatal lines."""
