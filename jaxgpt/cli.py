@@ -132,6 +132,17 @@ def train_help(argv: list[str]) -> str:
           f'{keys_help(values, base_config)}')
 
 
+def set_up_process(c: ml_collections.ConfigDict) -> None:
+  """What a training run changes in its process, before jax starts (and
+  after entry.run's `runtime.setup`): XLA's thread pool sized for the train
+  step's threads, jax pinned to the run's device, and the processes of a
+  multi-process run joined (jax.distributed)."""
+  from jaxgpt import parallel, runtime  # after parsing: a bad flag answers before the model's modules load
+  runtime.size_thread_pool(parallel.planned_shards(c), [c.dtype])
+  runtime.pin_device(c.device)
+  parallel.initialize(c.coordinator_address, c.num_processes, c.process_id, c.device, c.coordinator_timeout)
+
+
 def main(argv: list[str]) -> int:
   parsed = []  # the run config, once parsed: a Ctrl-C's line says whether its out_dir holds a checkpoint
 
@@ -140,8 +151,8 @@ def main(argv: list[str]) -> int:
       print(train_help(argv))
       return
     parsed.append(parse_config(argv))
-    from jaxgpt import parallel, runtime, train  # after parsing: a bad flag answers before the model's modules load
-    runtime.size_thread_pool(parallel.planned_shards(parsed[0]), [parsed[0].dtype])  # before jax starts
+    set_up_process(parsed[0])
+    from jaxgpt import train  # after parsing: a bad flag answers before the model's modules load
     train.run(parsed[0], overridden_keys(argv))
 
   def interrupted(e: KeyboardInterrupt) -> str:  # a second Ctrl-C, or one before training began

@@ -8,16 +8,22 @@ first jax array, to run at the speed docs/performance.md reports.
 `python -m jaxgpt.bench` catches a regression of these settings.
 """
 
+import contextlib
 import ctypes
 import functools
 import ctypes.util
 import os
 import warnings
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
 from jaxgpt.errors import JaxGPTError
+
+
+M_MMAP_MAX = -4  # mallopt's parameter, from glibc's malloc.h
+_freed_memory_kept = False  # whether setup has glibc keep freed memory (`_keep_freed_memory`)
 
 
 @functools.cache
@@ -50,23 +56,28 @@ def _keep_freed_memory() -> None:
   MALLOC_ARENA_MAX=<8 x cores> MALLOC_MMAP_MAX_=0
   MALLOC_TRIM_THRESHOLD_=1073741824, without needing a wrapper script.
   """
+  global _freed_memory_kept
   libc = _libc()
   if libc is None:
     return
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
+  m_trim_threshold, m_arena_max = -1, -8  # from glibc's malloc.h
   libc.mallopt(m_arena_max, 8 * usable_cores())
-  libc.mallopt(m_mmap_max, 0)
+  libc.mallopt(M_MMAP_MAX, 0)
   libc.mallopt(m_trim_threshold, 1 << 30)
+  _freed_memory_kept = True
 
 
 # A step whose working memory is above this gets it from fresh pages each time
-# (`map_large_buffers`)
+# (`large_buffers_mapped`)
 LARGE_BUFFER_BYTES = 1 << 30
 
 
-def map_large_buffers() -> None:
-  """Let glibc map large buffers afresh and unmap them when freed, undoing
-  `_keep_freed_memory`'s no-mmap for a step with gigabytes of temp buffers.
+@contextlib.contextmanager
+def large_buffers_mapped() -> Iterator[None]:
+  """Within: glibc maps large buffers afresh and unmaps them when freed,
+  undoing `_keep_freed_memory`'s no-mmap for a step with gigabytes of temp
+  buffers; on leaving, the no-mmap is back. A process that `setup` did not
+  set up is left as it was.
 
   Kept in the heap, such buffers fragment it: glibc places small allocations
   in a freed one, the next step's is taken from fresh heap, and the process
@@ -74,10 +85,15 @@ def map_large_buffers() -> None:
   docs/performance.md). For a step that long, faulting the pages in costs
   little of it.
   """
+  if not _freed_memory_kept:
+    yield
+    return
   libc = _libc()
-  if libc is not None:
-    m_mmap_max = -4  # from glibc's malloc.h
-    libc.mallopt(m_mmap_max, 65536)  # glibc's default
+  libc.mallopt(M_MMAP_MAX, 65536)  # glibc's default
+  try:
+    yield
+  finally:
+    libc.mallopt(M_MMAP_MAX, 0)
 
 
 def release_free_memory() -> None:

@@ -12,13 +12,18 @@ memory is estimated from the compiled programs and held against the
 machine's (jaxgpt/memory.py). Ctrl-C, SIGTERM or SIGHUP stops after the step
 or evaluation batch in flight, with a checkpoint.
 
-The parts, in the order a run meets them: `StopSignals` (Ctrl-C, SIGTERM, SIGHUP),
-`Start` (scratch, resume or GPT-2: the model and its first `TrainState`),
-`Trainer` (everything built before the first step, and the loop itself) and
-`TrainLogger` (what is reported of each step and evaluation).
+The parts, in the order a run meets them: `Log` (the lines printed, by
+process 0), `StopSignals` (Ctrl-C, SIGTERM, SIGHUP), `StartingPoint`
+(scratch, resume or GPT-2: the model's config) and `initial_state` (its
+first `TrainState`), `Trainer` (everything built before the first step, held
+while it trains, and the loop itself) and `TrainLogger` (what is reported of
+each step and evaluation).
+
+The process is set up by the caller, before jax starts: train.py's entry
+point does it (jaxgpt.cli.set_up_process), and a library user who trains
+through `run` or `Trainer` decides for their own process.
 """
 
-import builtins
 import contextlib
 import dataclasses
 import json
@@ -27,7 +32,6 @@ import pathlib
 import signal
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -48,15 +52,15 @@ A100_BF16_PEAK_FLOPS = 312e12  # nanoGPT reports MFU against this; kept so the n
 RUN_SHAPE_KEYS = tuple(key for key in SHAPE_KEYS if key != 'vocab_size')  # vocab_size: the data set's
 
 
-def run(c: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) -> dict[str, float]:
+def run(config: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()) -> dict[str, float]:
   """Trains as the config says; returns the last evaluation's losses.
   `overridden`: the keys set on the command line (they must agree with a
   checkpoint being resumed)."""
-  with contextlib.ExitStack() as cleanup:  # on every way out: out_dir's lock, the log files, the signal handlers
-    try:
-      return Trainer(c, overridden, cleanup).train()
-    except jax.errors.JaxRuntimeError as e:
-      raise memory.out_of_memory(e, c.remat) or e
+  try:
+    with Trainer(config, overridden) as trainer:
+      return trainer.train()
+  except jax.errors.JaxRuntimeError as e:
+    raise memory.out_of_memory(e, config.remat) or e
 
 
 @dataclasses.dataclass
@@ -68,6 +72,18 @@ class TrainState:
   best_val_loss: float = math.inf
 
 
+class Log:
+  """The run's lines on stdout, printed by process 0 alone: a run across
+  processes reports once."""
+
+  def __init__(self, main_process: bool):
+    self.main_process = main_process
+
+  def print(self, *args, **kwargs) -> None:
+    if self.main_process:
+      print(*args, **kwargs)
+
+
 class StopSignals:
   """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), noted and acted on between steps (or evaluation
   batches): the step in flight finishes, a checkpoint is saved, the run
@@ -75,8 +91,8 @@ class StopSignals:
   nothing written; raised in the middle of jax's start-up it could crash
   the interpreter on its way out. A second one raises at once."""
 
-  def __init__(self, print: Callable[..., None]):
-    self.print = print
+  def __init__(self, log: Log):
+    self.log = log
     self.received: list[int] = []
     self.training = False  # set when the first step is about to run
 
@@ -96,7 +112,7 @@ class StopSignals:
     self.received.append(signum)
     doing = ('finishing this iteration or evaluation batch, then saving a checkpoint' if self.training else
              'stopping before training begins')
-    self.print(f'{signal.Signals(signum).name}: {doing} (again to stop at once, unsaved)', flush=True)
+    self.log.print(f'{signal.Signals(signum).name}: {doing} (again to stop at once, unsaved)', flush=True)
 
   def stop_before_training(self) -> None:
     """Stops the run here if a signal came: before training, nothing is saved."""
@@ -150,80 +166,83 @@ def resumed_model_config(c: ml_collections.ConfigDict, meta: dict, overridden: f
   return GPTConfig.from_run_config(c, saved['vocab_size'])
 
 
-class Start:
+class StartingPoint:
   """Where a run starts: from scratch, from the checkpoint in out_dir
   (init_from=resume) or from GPT-2's weights. The model's config is settled
   first, and checked against the command line, so that the memory check can
-  come before any weight exists; `initial_state` then builds the weights."""
+  come before any weight exists; `initial_state` then builds the weights.
+  A resumed run's checkpoints are opened (and locked) into `resources`."""
 
   def __init__(self, c: ml_collections.ConfigDict, overridden: frozenset[str], vocab: list[str] | None,
-               cleanup: contextlib.ExitStack, main_process: bool, print: Callable[..., None]):
-    self.c = c
+               resources: contextlib.ExitStack, log: Log):
+    self.config = c
     self.checkpoints: Checkpoints | None = None  # the resumed run's, opened (and locked) at once
     self.meta: dict | None = None
     self.pretrained_folder: pathlib.Path | None = None
     if c.init_from == 'resume':
-      print(f'Resuming training from {c.out_dir}')
-      self.checkpoints = cleanup.enter_context(Checkpoints(c.out_dir, create=False, locked=main_process))
+      log.print(f'Resuming training from {c.out_dir}')
+      self.checkpoints = resources.enter_context(Checkpoints(c.out_dir, create=False, locked=log.main_process))
       self.resume_step = self.checkpoints.chosen_step(c.checkpoint)
       self.meta = self.checkpoints.meta(self.resume_step)
       if self.meta['iter_num'] > c.max_iters and not c.eval_only:  # nanoGPT would train one step on, and never save it
         raise JaxGPTError(f'the checkpoint in {c.out_dir} is at iteration {self.meta["iter_num"]}, past '
                           f'max_iters={c.max_iters}: raise --config.max_iters to train on')
-      self.config = resumed_model_config(c, self.meta, overridden, vocab)
+      self.model_config = resumed_model_config(c, self.meta, overridden, vocab)
       latest = self.checkpoints.latest_step()
       if self.resume_step != latest:  # checkpoint=best, an earlier one
-        print(f'from the best checkpoint, step {self.resume_step} (val loss {self.meta["val_loss"]:.4f}), not the '
-              f'latest, step {latest}' + ('' if c.eval_only else
-                                          f"; this run's first save replaces those after step {self.resume_step}"))
+        log.print(f'from the best checkpoint, step {self.resume_step} (val loss {self.meta["val_loss"]:.4f}), '
+                  f'not the latest, step {latest}' + ('' if c.eval_only else
+                                                      f"; this run's first save replaces those after step "
+                                                      f"{self.resume_step}"))
       return
     if holds_checkpoints(c.out_dir) and not c.overwrite:
       raise JaxGPTError(f'{c.out_dir} holds checkpoints of an earlier run: continue it with --config.init_from=resume, '
                         'start afresh here with --config.overwrite=True (replacing them), or pass another '
                         '--config.out_dir')
     if c.init_from == 'scratch':
-      print('Initializing a new model from scratch')
-      self.config = GPTConfig.from_run_config(c, data.GPT2_VOCAB_SIZE if vocab is None else len(vocab))
+      log.print('Initializing a new model from scratch')
+      self.model_config = GPTConfig.from_run_config(c, data.GPT2_VOCAB_SIZE if vocab is None else len(vocab))
     else:
-      print(f'Initializing from OpenAI GPT-2 weights: {c.init_from}')
+      log.print(f'Initializing from OpenAI GPT-2 weights: {c.init_from}')
       self.pretrained_folder = gpt2.locate(c.init_from, c.gpt2_dir)
-      self.config = pretrained_model_config(c, gpt2.pretrained_config(self.pretrained_folder), overridden, vocab)
+      self.model_config = pretrained_model_config(c, gpt2.pretrained_config(self.pretrained_folder), overridden, vocab)
 
   @property
   def iter_num(self) -> int:
     return self.meta['iter_num'] if self.meta else 0
 
-  def initial_state(self, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation,
-                    print: Callable[..., None]) -> tuple[TrainState, int]:
-    """The first TrainState, placed on the mesh, and the model's parameter count."""
-    model, _, params = step.init_model(self.config, self.c.seed)
-    if self.pretrained_folder:
-      params = gpt2.load_params(self.pretrained_folder, self.config, params)
-    num_params = model.num_params()
-    print(f'number of parameters: {num_params / 1e6:.2f}M')
-    del model  # from here on the params pytree is the model's only state
-    params = parallel.place_state(mesh, params, self.c.fsdp)
-    opt_state = parallel.init_optimizer_state(mesh, tx, params, self.c.fsdp)
-    if not self.meta:
-      return TrainState(params, opt_state), num_params
-    params, opt_state = self.checkpoints.state(self.resume_step, params, opt_state)
-    return TrainState(params, opt_state, self.meta['iter_num'], self.meta['best_val_loss']), num_params
+
+def initial_state(start: StartingPoint, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation,
+                  log: Log) -> tuple[TrainState, int]:
+  """The first TrainState of a run starting at `start`, placed on the mesh,
+  and the model's parameter count."""
+  model, _, params = step.init_model(start.model_config, start.config.seed)
+  if start.pretrained_folder:
+    params = gpt2.load_params(start.pretrained_folder, start.model_config, params)
+  num_params = model.num_params()
+  log.print(f'number of parameters: {num_params / 1e6:.2f}M')
+  del model  # from here on the params pytree is the model's only state
+  params = parallel.place_state(mesh, params, start.config.fsdp)
+  opt_state = parallel.init_optimizer_state(mesh, tx, params, start.config.fsdp)
+  if not start.meta:
+    return TrainState(params, opt_state), num_params
+  params, opt_state = start.checkpoints.state(start.resume_step, params, opt_state)
+  return TrainState(params, opt_state, start.meta['iter_num'], start.meta['best_val_loss']), num_params
 
 
-def prepared_dataset(c: ml_collections.ConfigDict, main_process: bool,
-                     print: Callable[..., None]) -> tuple[pathlib.Path, list[str] | None]:
+def prepared_dataset(c: ml_collections.ConfigDict, log: Log) -> tuple[pathlib.Path, list[str] | None]:
   """The data set's folder and vocabulary (None: GPT-2 tokens), prepared
   first when it can be (by process 0; the others wait for it)."""
-  if main_process:
+  if log.main_process:
     prepare.ensure_prepared(c.dataset, c.gpt2_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('data prepared')
   folder = prepare.ensure_prepared(c.dataset, c.gpt2_dir)
   vocab = data.load_vocab(folder)
   if vocab is None:
-    print(f'defaulting to vocab_size of GPT-2 to {data.GPT2_VOCAB_SIZE} (50257 rounded up for efficiency)')
+    log.print(f'defaulting to vocab_size of GPT-2 to {data.GPT2_VOCAB_SIZE} (50257 rounded up for efficiency)')
   else:
-    print(f'found vocab_size = {len(vocab)} (inside {folder / "meta.json"})')
+    log.print(f'found vocab_size = {len(vocab)} (inside {folder / "meta.json"})')
   return folder, vocab
 
 
@@ -234,44 +253,56 @@ def estimate_mfu(config: GPTConfig, num_params: int, tokens_per_iter: int, dt: f
   return flops_per_token * tokens_per_iter / dt / A100_BF16_PEAK_FLOPS
 
 
-def _silent(*args, **kwargs) -> None:
-  """print for the processes other than 0: only process 0 logs."""
-
-
 class Trainer:
-  """A run's parts, built before its first step (`__init__`), and its loop (`train`)."""
+  """A run: its parts, built on entering (before its first step) and
+  released on leaving (out_dir's lock, the log files, the signal handlers,
+  the evaluation and step threads), and its loop (`train`):
 
-  def __init__(self, c: ml_collections.ConfigDict, overridden: frozenset[str], cleanup: contextlib.ExitStack):
-    self.c = c
-    runtime.pin_device(c.device)
-    parallel.initialize(c.coordinator_address, c.num_processes, c.process_id, c.device, c.coordinator_timeout)
+    with Trainer(config) as trainer:
+      losses = trainer.train()
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()):
+    self.config, self.overridden = config, overridden
+
+  def __enter__(self) -> 'Trainer':
+    with contextlib.ExitStack() as resources:  # all released again if building fails
+      self._build(resources)
+      self.close = resources.pop_all().close
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def _build(self, resources: contextlib.ExitStack) -> None:
+    """Everything the run needs before its first step; what it holds is entered into resources."""
+    c = self.config
     mesh = parallel.make_mesh()
     self.micro_steps = parallel.micro_steps(c.gradient_accumulation_steps, mesh)
-    main_process = jax.process_index() == 0
+    self.log = log = Log(jax.process_index() == 0)
     wandb = optional_import('wandb', 'wandb_log=True', 'wandb', instead='pass --config.wandb_log=False') \
-        if c.wandb_log and main_process else None  # before anything is written
-    self.print = print = builtins.print if main_process else _silent
+        if c.wandb_log and log.main_process else None  # before anything is written
     if c.device == 'cpu' and runtime.lacks_onednn(c.dtype, c.n_embd):
-      print("float32 matmuls: XLA's own, not oneDNN's (this jaxlib has no oneDNN): slower than on x86-64 Linux")
-    self.stop = cleanup.enter_context(StopSignals(print))
+      log.print("float32 matmuls: XLA's own, not oneDNN's (this jaxlib has no oneDNN): slower than on x86-64 Linux")
+    self.stop = resources.enter_context(StopSignals(log))
     # nanoGPT's count: micro-batches of the whole world, each batch_size rows
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
-    print(f'tokens per iteration will be: {tokens_per_iter:,}')
+    log.print(f'tokens per iteration will be: {tokens_per_iter:,}')
     self.one_device = mesh.size == 1
     # one thread, kept for the run: a thread started afresh at every
     # evaluation would be handed a malloc arena in use by another
-    self.eval_thread = cleanup.enter_context(ThreadPoolExecutor(1, thread_name_prefix='eval'))
+    self.eval_thread = resources.enter_context(ThreadPoolExecutor(1, thread_name_prefix='eval'))
     if mesh.size > 1:
-      print(f'data parallel over {mesh.size} devices in {jax.process_count()} process(es), params '
-            f'{"split (fsdp)" if c.fsdp else "replicated"}')
-    folder, self.vocab = prepared_dataset(c, main_process, print)
+      log.print(f'data parallel over {mesh.size} devices in {jax.process_count()} process(es), params '
+                f'{"split (fsdp)" if c.fsdp else "replicated"}')
+    folder, self.vocab = prepared_dataset(c, log)
     self.stop.stop_before_training()
 
-    start = Start(c, overridden, self.vocab, cleanup, main_process, print)
-    self.config = start.config
+    start = StartingPoint(c, self.overridden, self.vocab, resources, log)
+    self.model_config = start.model_config
     # shown from here: compiling takes seconds, and the user sees it for what it is
-    self.progress = cleanup.enter_context(TrainingProgress(start.iter_num, c.max_iters,
-                                                           enabled=main_process and sys.stdout.isatty()))
+    self.progress = resources.enter_context(TrainingProgress(start.iter_num, c.max_iters,
+                                                             enabled=log.main_process and sys.stdout.isatty()))
     # every batch is drawn from (seed, stream, iteration, device): streams apart,
     # so that eval_iters does not change the training batches
     token_count = data.vocab_size(self.vocab)
@@ -283,20 +314,20 @@ class Trainer:
                          for stream, split in ((1, 'train'), (2, 'val'))}
     if c.check_memory:
       self._check_memory_before_compiling()
-    graphdef, abstract_params = step.abstract_params(self.config)
+    graphdef, abstract_params = step.abstract_params(self.model_config)
     tx = make_optimizer(c)
-    compiler_options = runtime.compiler_options(self.config.dtype, self.config.n_embd)
+    compiler_options = runtime.compiler_options(self.model_config.dtype, self.model_config.n_embd)
     self.train_step = step.make_train_step(c, graphdef, tx, mesh, compiler_options)
     if isinstance(self.train_step, step.ShardedTrainStep):
-      cleanup.callback(self.train_step.close)  # its threads end with the run
+      resources.callback(self.train_step.close)  # its threads end with the run
     self.eval_batches_per_call = step.eval_batches_per_call(c.eval_iters, c.batch_size, c.block_size)
     self.eval_losses = step.make_eval_losses(graphdef, self.eval_batches_per_call, compiler_options)
     self.xs, self.ys = self.train_batches(start.iter_num, self.micro_steps)
-    self._compile_within_memory(mesh, tx, abstract_params, start.iter_num)
+    self._compile_within_memory(mesh, tx, abstract_params, start.iter_num, resources)
 
     self.stop.stop_before_training()
     # out_dir is made only now that the data and the memory proved enough
-    self.checkpoints = start.checkpoints or cleanup.enter_context(Checkpoints(c.out_dir, locked=main_process))
+    self.checkpoints = start.checkpoints or resources.enter_context(Checkpoints(c.out_dir, locked=log.main_process))
     # the checkpoints this run does not continue: an earlier run's (overwrite=True), or those after the best one it
     # resumed from. Deleted just before this run's first save, once the lock is held and every check passed: a run
     # that fails or is stopped before it has a checkpoint of its own leaves them as they were; and none may outlive
@@ -304,17 +335,18 @@ class Trainer:
     # started afresh with the training, as any run from scratch starts it: TrainLogger.)
     self.superseded = [step for step in self.checkpoints.steps() if c.overwrite or step > start.iter_num]
     if c.overwrite and self.superseded:
-      print(f'overwrite=True: this run\'s first save replaces the checkpoints in {c.out_dir} ({self.steps_named()})')
+      log.print(f'overwrite=True: this run\'s first save replaces the checkpoints in {c.out_dir} '
+                f'({self.steps_named()})')
     if start.pretrained_folder or start.meta:
       self.progress.show('loading the weights')
-    self.state, num_params = start.initial_state(mesh, tx, print)
-    self.logger = TrainLogger(c, self.config, num_params, tokens_per_iter, self.state.iter_num,
-                              main_process, wandb, self.progress, print)
+    self.state, num_params = initial_state(start, mesh, tx, log)
+    self.logger = TrainLogger(c, self.model_config, num_params, tokens_per_iter, self.state.iter_num, log, wandb,
+                              self.progress)
 
   def _check_memory_before_compiling(self) -> None:
     """Stops a run that cannot fit in memory, from the config alone: before
     the model is traced, a batch drawn or anything compiled."""
-    c = self.c
+    c = self.config
     rows = c.batch_size * jax.local_device_count()
     drawn = self.micro_steps + c.eval_iters  # a step's micro-batches and an evaluation's, each drawn at once
     batches = memory.batches_bytes(drawn, rows, c.block_size)
@@ -322,15 +354,17 @@ class Trainer:
                  f'({self.micro_steps:,} micro-batches of a step, {c.eval_iters:,} of an evaluation)',
                  'lower --config.eval_iters, --config.gradient_accumulation_steps, --config.batch_size or '
                  '--config.block_size' + memory.TRY_ANYWAY)
-    memory.check(batches + memory.state_bytes(self.config, rows),
+    memory.check(batches + memory.state_bytes(self.model_config, rows),
                  "for the weights, gradients and AdamW state, with one layer's attention scores",
                  memory.smaller_run(c.remat) + memory.TRY_ANYWAY)
 
   def _compile_within_memory(self, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation,
-                             abstract_params: step.Params, iter_num: int) -> None:
+                             abstract_params: step.Params, iter_num: int, resources: contextlib.ExitStack) -> None:
     """Compiles the train and eval programs, and checks that the run fits in
-    memory by what they need, before any weight exists or anything is written."""
-    c = self.c
+    memory by what they need, before any weight exists or anything is written.
+    A step with gigabytes of working memory maps its buffers afresh while the
+    run lasts (runtime.large_buffers_mapped)."""
+    c = self.config
     abstract_state = (parallel.abstract_state(mesh, abstract_params, c.fsdp),
                       parallel.abstract_state(mesh, jax.eval_shape(tx.init, abstract_params), c.fsdp))
     eval_program = self.eval_losses.lower(abstract_state[0], *self.eval_batches['val'](0, c.eval_iters), 0).compile()
@@ -338,16 +372,16 @@ class Trainer:
         [(eval_program, len(self.eval_batches) if self.one_device else 1)]  # the splits at once on one device
     estimate = memory.run_estimate(programs, abstract_state)
     available = memory.available_bytes()
-    self.print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))
+    self.log.print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))
     if c.check_memory:
       memory.check(estimate.total, 'for this run', memory.smaller_run(c.remat) + memory.TRY_ANYWAY)
     if estimate.working > runtime.LARGE_BUFFER_BYTES:
-      runtime.map_large_buffers()
+      resources.enter_context(runtime.large_buffers_mapped())
     runtime.release_free_memory()  # the compiler's working memory
 
   def train(self) -> dict[str, float]:
     """nanoGPT's loop; returns the last evaluation's losses."""
-    c, state, losses = self.c, self.state, {}
+    c, state, losses = self.config, self.state, {}
     self.stop.stop_before_training()
     self.stop.training = True
     self.progress.training()
@@ -364,7 +398,7 @@ class Trainer:
           if losses['val'] < state.best_val_loss or c.always_save_checkpoint:
             state.best_val_loss = min(state.best_val_loss, losses['val'])
             if state.iter_num > 0 and not self.saved():  # not the one resumed from
-              self.print(f'saving checkpoint to {c.out_dir}')
+              self.log.print(f'saving checkpoint to {c.out_dir}')
               self.save(losses['val'])
           runtime.release_free_memory()  # the next step faults its temp buffer in again
           self.logger.restart_clock(state.iter_num)  # iteration times leave evaluation out
@@ -398,7 +432,7 @@ class Trainer:
     on the thread that calls it (an evaluation of the seed recipe takes ~260
     ms instead of ~320, docs/performance.md). Across devices, every process
     must launch its programs in one order: there the splits take turns."""
-    c = self.c
+    c = self.config
     drawn_at = 0 if c.eval_fixed else self.state.iter_num  # eval_fixed: the same batches at every evaluation
 
     def split_loss(batches: parallel.Batches) -> float | None:
@@ -431,25 +465,26 @@ class Trainer:
     """A checkpoint of the state before iteration iter_num (every process takes part)."""
     if self.superseded:
       self.checkpoints.delete(self.superseded)
-      self.print(f'deleted the checkpoints this run replaces in {self.c.out_dir} ({self.steps_named()})')
+      self.log.print(f'deleted the checkpoints this run replaces in {self.config.out_dir} ({self.steps_named()})')
       self.superseded = []
     state = self.state
     self.checkpoints.save(state.iter_num, state.params, state.opt_state, {
         'iter_num': state.iter_num, 'val_loss': val_loss, 'best_val_loss': state.best_val_loss,
-        'model_args': dataclasses.asdict(self.config), 'config': self.c.to_dict(), 'vocab': self.vocab})
+        'model_args': dataclasses.asdict(self.model_config), 'config': self.config.to_dict(), 'vocab': self.vocab})
 
   def save_final(self) -> None:
     # the iterations since the last evaluation (all of them, when eval_interval
     # exceeds max_iters) are kept, and a resume continues where this run ended
     if not self.saved():
       self.save(math.inf)  # no val loss for this state: inf keeps it out of the running for best
-      self.print(f'saving checkpoint to {self.c.out_dir} (the final state, before iteration {self.state.iter_num})')
+      self.log.print(f'saving checkpoint to {self.config.out_dir} (the final state, before iteration '
+                     f'{self.state.iter_num})')
 
   def save_on_stop(self) -> None:
     if not self.saved():
       self.save(math.inf)
-    self.print(f'{self.stop.reason()} at iteration {self.state.iter_num}: saved a checkpoint to '
-               f'{self.c.out_dir}; continue with --config.init_from=resume')
+    self.log.print(f'{self.stop.reason()} at iteration {self.state.iter_num}: saved a checkpoint to '
+               f'{self.config.out_dir}; continue with --config.init_from=resume')
 
 
 def keep_records_before(path: pathlib.Path, iter_num: int) -> None:
@@ -480,11 +515,12 @@ class TrainLogger:
   loss, it also stops the run at a non-finite one, before anything is
   saved."""
 
-  def __init__(self, c: ml_collections.ConfigDict, config: GPTConfig, num_params: int, tokens_per_iter: int,
-               first_iter: int, main_process: bool, wandb, bar: TrainingProgress, print: Callable[..., None]):
-    self.c, self.config, self.num_params, self.tokens_per_iter = c, config, num_params, tokens_per_iter
-    self.main_process, self.wandb, self.bar, self.print = main_process, wandb, bar, print
-    self.learning_rate = jax.jit(lr_schedule(c))  # for the log: eager, its ops would compile one by one
+  def __init__(self, config: ml_collections.ConfigDict, model_config: GPTConfig, num_params: int,
+               tokens_per_iter: int, first_iter: int, log: Log, wandb, bar: TrainingProgress):
+    self.config, self.model_config, self.num_params, self.tokens_per_iter = config, model_config, num_params, \
+        tokens_per_iter
+    self.log, self.wandb, self.bar = log, wandb, bar
+    self.learning_rate = jax.jit(lr_schedule(config))  # for the log: eager, its ops would compile one by one
     self.metrics_file = None
     self.first_iter, self.running_mfu = first_iter, -1.0
     self.last_finite: tuple[int, float] | None = None  # (iteration, loss) of the last step with a finite loss
@@ -492,13 +528,14 @@ class TrainLogger:
 
   def __enter__(self) -> 'TrainLogger':
     with contextlib.ExitStack() as stack:  # all closed again if one fails to open
-      if self.main_process:
-        path = pathlib.Path(self.c.out_dir) / 'metrics.jsonl'
-        if self.c.init_from == 'resume' and not self.c.eval_only:
+      if self.log.main_process:
+        path = pathlib.Path(self.config.out_dir) / 'metrics.jsonl'
+        if self.config.init_from == 'resume' and not self.config.eval_only:
           keep_records_before(path, self.first_iter)
-        self.metrics_file = stack.enter_context(path.open('a' if self.c.init_from == 'resume' else 'w'))
+        self.metrics_file = stack.enter_context(path.open('a' if self.config.init_from == 'resume' else 'w'))
       if self.wandb:
-        self.wandb.init(project=self.c.wandb_project, name=self.c.wandb_run_name, config=self.c.to_dict())
+        c = self.config
+        self.wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=c.to_dict())
         stack.callback(self.wandb.finish)
       self.close = stack.pop_all().close
     return self
@@ -517,7 +554,7 @@ class TrainLogger:
       self.metrics_file.flush()
 
   def evaluation(self, iter_num: int, losses: dict[str, float]) -> None:
-    self.print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
+    self.log.print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
     self.record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
     if self.wandb:  # the keys nanoGPT logs
       self.wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
@@ -532,15 +569,15 @@ class TrainLogger:
       self.bar.update(done_iter, lossf, float(self.learning_rate(done_iter)),
                       self.tokens_per_iter / max(now - self.last_finish, 1e-9))
       self.last_finish = now
-    if done_iter % self.c.log_interval:
+    if done_iter % self.config.log_interval:
       return
     t1 = time.time()
     dt = (t1 - self.t0) / (done_iter - self.last_timed)  # mean over the iterations since the last line
     self.t0, self.last_timed = t1, done_iter
     if done_iter - self.first_iter >= 5:  # let the training loop settle a bit
-      mfu = estimate_mfu(self.config, self.num_params, self.tokens_per_iter, dt)
+      mfu = estimate_mfu(self.model_config, self.num_params, self.tokens_per_iter, dt)
       self.running_mfu = mfu if self.running_mfu == -1.0 else 0.9 * self.running_mfu + 0.1 * mfu
-    self.print(f'iter {done_iter}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%')
+    self.log.print(f'iter {done_iter}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%')
     self.record(iter=done_iter, loss=lossf, lr=float(self.learning_rate(done_iter)), ms=dt * 1000,
                 tokens_per_s=self.tokens_per_iter / dt, mfu=self.running_mfu if self.running_mfu >= 0 else None)
 
@@ -549,6 +586,6 @@ class TrainLogger:
       last = (f'the last finite loss was {self.last_finite[1]:.4f} at iteration {self.last_finite[0]}'
               if self.last_finite else 'no iteration had a finite loss')
       raise JaxGPTError(f'loss is {lossf} at iteration {done_iter} ({last}); stopped, the checkpoints in '
-                        f'{self.c.out_dir} are as they were: lower --config.learning_rate or raise '
+                        f'{self.config.out_dir} are as they were: lower --config.learning_rate or raise '
                         '--config.warmup_iters')
     self.last_finite = (done_iter, lossf)
