@@ -1,11 +1,15 @@
 """The CPU runtime set-up that the entry points run before jax starts, and
 that importing jaxgpt leaves alone."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from conftest import REPO_ROOT, TINY_RUN, make_workdir
+from jaxgpt.checkpoint import holds_checkpoints
 
 PROGRAM = 'import jax, os; from jaxgpt import runtime; runtime.setup(); jax.jit(lambda x: x + 1)(1).block_until_ready(); ' \
           'print(jax.config.jax_compilation_cache_dir); print(os.environ.get("XLA_FLAGS", ""))'
@@ -46,3 +50,39 @@ def test_a_cache_dir_of_ones_own_is_kept(tmp_path):
   assert cache_dir == str(tmp_path / 'mine') and list((tmp_path / 'mine').iterdir())
   assert not (tmp_path / 'xdg').exists()
   assert xla_flags == '--xla_cpu_enable_fast_math=false'
+
+
+# trains a tiny model through the library, then prints what a process set-up would have changed
+LIBRARY_RUN = """
+import json, os, signal, jax
+from jaxgpt import runtime, train
+from jaxgpt.config import load_config_file
+c = load_config_file({config!r})
+c.update({settings!r})
+with train.Trainer(c) as trainer:
+  losses = trainer.train()
+print(json.dumps({{'val': losses['val'], 'jax_platforms': jax.config.jax_platforms,
+                  'environment': {{k: os.environ.get(k) for k in ('XLA_FLAGS', 'PJRT_NPROC')}},
+                  'distributed': jax.distributed.is_initialized(), 'malloc_set_up': runtime._freed_memory_kept,
+                  'handlers': [signal.getsignal(s) == signal.default_int_handler if s == signal.SIGINT
+                               else signal.getsignal(s) == signal.SIG_DFL
+                               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]}}))
+"""
+
+
+@pytest.mark.slow
+def test_training_through_the_library_leaves_the_process_as_it_was(tmp_path, shakespeare):
+  """Trainer sets nothing process-wide: the device pin, jax.distributed, XLA's thread pool and glibc's malloc are
+  the entry point's (cli.set_up_process, entry.run); the signal handlers it takes are given back."""
+  workdir = make_workdir(tmp_path, shakespeare)
+  settings = TINY_RUN | dict(max_iters=3, eval_interval=3, eval_iters=2, device='cpu', out_dir=str(workdir / 'out'))
+  program = LIBRARY_RUN.format(config=str(REPO_ROOT / 'configs' / 'shakespeare_char.py'), settings=settings)
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'PJRT_NPROC', 'JAX_PLATFORMS')}
+  proc = subprocess.run([sys.executable, '-c', program], cwd=workdir, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout.splitlines()[-1])
+  assert 0 < result.pop('val') < 5  # it trained, and saved
+  assert holds_checkpoints(workdir / 'out')
+  assert result == {'jax_platforms': None, 'environment': {'XLA_FLAGS': None, 'PJRT_NPROC': None},
+                    'distributed': False, 'malloc_set_up': False, 'handlers': [True, True, True]}
