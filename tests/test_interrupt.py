@@ -2,7 +2,9 @@
 continues exactly as if nothing had happened."""
 
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT, TINY_RUN, config_flags, finish, make_workdir
-from jaxgpt.checkpoint import STEP_METADATA
+from jaxgpt.checkpoint import STEP_METADATA, holds_checkpoints
 
 CONFIG = REPO_ROOT / 'configs' / 'shakespeare_char.py'
 TINY_FLAGS = config_flags(TINY_RUN | dict(eval_interval=20, eval_iters=3, log_interval=1, dropout=0.1, warmup_iters=5,
@@ -88,6 +90,37 @@ def test_the_terminal_closed_sighup_saves_and_stops_as_ctrl_c(workdir):
                                 'continue with --config.init_from=resume', stop_line)[1])
   assert 6 <= stopped_at < 1000
   assert (workdir / 'hup' / str(stopped_at)).is_dir()
+
+
+@pytest.mark.slow
+def test_a_run_whose_terminal_closes_saves_and_exits_0(workdir):
+  """train.py at a terminal of its own (its controlling terminal, as a login shell's) that closes: the kernel
+  sends SIGHUP, and writes to the terminal fail from then on; the run saves a checkpoint all the same."""
+  main_fd, child_fd = pty.openpty()
+  # in a session of its own, the terminal made its controlling one: a small python does it, not a preexec_fn
+  take_terminal = ('import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); '
+                   'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+  out_dir = workdir / 'hup-terminal'
+  popen = subprocess.Popen([sys.executable, '-c', take_terminal, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}',
+                            *TINY_FLAGS, '--config.max_iters=100000', f'--config.out_dir={out_dir}'],
+                           cwd=workdir, stdin=child_fd, stdout=child_fd, stderr=child_fd, start_new_session=True,
+                           env=os.environ | {'COLUMNS': '160'})
+  os.close(child_fd)
+  output, deadline = b'', time.monotonic() + 300
+  try:
+    while b'iter 5:' not in output and select.select([main_fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+      output += os.read(main_fd, 65536)
+  finally:
+    os.close(main_fd)  # the terminal closes: its session leader, train.py, gets SIGHUP
+  try:
+    code = popen.wait(timeout=120)
+  finally:
+    if popen.poll() is None:
+      popen.kill()
+  assert b'iter 5:' in output, output.decode(errors='replace')
+  assert code == 0  # not 129, killed by SIGHUP
+  assert holds_checkpoints(out_dir)
+  assert 5 < max(int(folder.name) for folder in out_dir.iterdir() if folder.name.isdigit()) < 100000
 
 
 @pytest.mark.slow
