@@ -187,3 +187,34 @@ def test_a_stop_during_start_up_is_one_line_and_writes_nothing(workdir, signum):
   assert f'{signum.name}: stopping before training begins (again to stop at once, unsaved)' in done.stdout
   assert done.stderr.splitlines() == ['interrupted, before any checkpoint was saved']
   assert not (workdir / 'out-start-up').exists()
+
+
+@pytest.mark.slow
+def test_sampling_stops_on_sighup_as_on_ctrl_c(workdir):
+  """sample.py with its output on a terminal, and SIGHUP once it is drawing tokens: it stops as on Ctrl-C (exit
+  130, one line on stderr, here a pipe), what would go to the closed terminal going nowhere."""
+  out_dir = workdir / 'sample-hup'
+  trained = finish(start(workdir, '--config.max_iters=2', '--config.eval_interval=2', f'--config.out_dir={out_dir}'))
+  assert trained.returncode == 0, trained.stderr
+  main_fd, child_fd = pty.openpty()
+  popen = subprocess.Popen([sys.executable, str(REPO_ROOT / 'sample.py'), f'--out_dir={out_dir}', '--start=ROMEO:',
+                            '--num_samples=1', '--max_new_tokens=1000000'],
+                           cwd=workdir, stdin=subprocess.DEVNULL, stdout=child_fd, stderr=subprocess.PIPE, text=True,
+                           env=os.environ | {'COLUMNS': '160', 'TERM': 'xterm'})
+  os.close(child_fd)
+  output, sent = b'', False
+  try:
+    while not sent and select.select([main_fd], [], [], 300)[0]:  # a guard against a hang
+      output += os.read(main_fd, 65536)
+      if re.search(rb' [1-9]\d*%', output):  # its progress bar: thousands of tokens drawn
+        popen.send_signal(signal.SIGHUP)
+        sent = True
+    _, stderr = popen.communicate(timeout=300)
+  finally:
+    os.close(main_fd)
+    if popen.poll() is None:
+      popen.kill()
+  assert sent, output.decode(errors='replace')
+  assert popen.returncode == 130, stderr
+  [line] = stderr.splitlines()
+  assert 0 < int(re.fullmatch(r'SIGHUP: stopped after (\d+) of 1000000 new tokens', line)[1]) < 1000000
