@@ -85,11 +85,13 @@ class Log:
 
 
 class StopSignals:
-  """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), noted and acted on between steps (or evaluation
-  batches): the step in flight finishes, a checkpoint is saved, the run
-  stops. Before training begins it stops at the next such point, with
-  nothing written; raised in the middle of jax's start-up it could crash
-  the interpreter on its way out. A second one raises at once."""
+  """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), noted and acted on
+  between steps (or evaluation batches): the step in flight finishes, a
+  checkpoint is saved, the run stops. After SIGHUP, what would go to the
+  closed terminal goes nowhere (entry.leave_closed_terminal). Before
+  training begins it stops at the next such point, with nothing written;
+  raised in the middle of jax's start-up it could crash the interpreter on
+  its way out. A second one raises at once."""
 
   def __init__(self, log: Log):
     self.log = log
