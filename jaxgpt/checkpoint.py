@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import datetime
 import fcntl
+import logging as std_logging  # asyncio's (orbax's messages go through absl's, `logging` here)
 import math
 import os
 import pathlib
@@ -44,6 +45,7 @@ from jaxgpt.errors import JaxGPTError
 
 FORMAT = 'jaxgpt-checkpoint/1'
 LIST_ATTEMPTS = 10  # listings of out_dir that lost a checkpoint under them, in a row, before giving up
+RELIST_WAIT_S = 0.05  # between listings of a reader that found no checkpoint where a writer is saving one
 READ_PATIENCE_S = 60.0  # how long a reader chooses again while a writer saving every iteration rotates its choice away
 DELETION_WAIT_S = 2.0  # a checkpoint folder that outlives a failed read by this long is not being deleted
 T = TypeVar('T')
@@ -83,9 +85,14 @@ class CheckpointSteps(ocp_path.step.NameFormat):
     return (m for m in self.standard.find_all(base_path) if is_checkpoint(pathlib.Path(m.path)))
 
   def find_step(self, base_path, step: int):
-    metadata = self.standard.find_step(base_path, step)
+    """Raises FileNotFoundError for a step not there: orbax takes it for a checkpoint deleted since it was
+    listed (its metrics missing), where its own ValueError would stop a reader listing while a writer rotates."""
+    try:
+      metadata = self.standard.find_step(base_path, step)
+    except ValueError as e:
+      raise FileNotFoundError(str(e)) from None
     if not is_checkpoint(pathlib.Path(metadata.path)):
-      raise ValueError(f'{metadata.path} is not a checkpoint')  # as orbax says of a missing step
+      raise FileNotFoundError(f'{metadata.path} is not a checkpoint')
     return metadata
 
 
@@ -123,6 +130,29 @@ def listed(list_steps: Callable[[], T]) -> T:
         raise
 
 
+def _not_abandoned_read(record: std_logging.LogRecord) -> bool:
+  return not record.getMessage().startswith('Task exception was never retrieved')
+
+
+def _from_abandoned_read(unraisable) -> bool:
+  """A failed read's coroutine collected, or a read's callback on orbax's event loop, closed since."""
+  code = getattr(unraisable.object, 'cr_code', None)
+  return (code is not None and 'orbax' in code.co_filename) or str(unraisable.exc_value) == 'Event loop is closed'
+
+
+def quiet_abandoned_reads() -> None:
+  """Orbax reads a checkpoint's arrays in asyncio tasks, on an event loop of its own for each restore. When
+  one fails (a checkpoint deleted as it is read, or corrupt), its error is raised, and answered here; Python
+  would print the others' as tracebacks of their own, later, as they are collected ("Task exception was never
+  retrieved", "Exception ignored in: <coroutine ...>", "Event loop is closed")."""
+  asyncio_log = std_logging.getLogger('asyncio')
+  if _not_abandoned_read in asyncio_log.filters:
+    return
+  asyncio_log.addFilter(_not_abandoned_read)
+  report = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None if _from_abandoned_read(unraisable) else report(unraisable)
+
+
 class UnreadableCheckpoint(CheckpointError):
   """A checkpoint orbax cannot read: corrupt, or deleted while being read."""
 
@@ -146,6 +176,7 @@ class Checkpoints:
     except OSError as e:
       raise CheckpointError(f'cannot create out_dir {self.directory} ({e.strerror}): pass a '
                             'writable --config.out_dir') from None
+    self.read_only = read_only
     self.lock = lock(self.directory) if locked and not read_only else None
     keep_latest_and_best = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
@@ -173,6 +204,13 @@ class Checkpoints:
 
   def latest_step(self) -> int:
     step = self.manager.latest_step()
+    for _ in range(LIST_ATTEMPTS if self.read_only else 0):
+      if step is not None or not self._saving():
+        break
+      # a listing made as a writer renames its new checkpoint into place may see neither name (readdir's way)
+      time.sleep(RELIST_WAIT_S)
+      listed(self.manager.reload)
+      step = self.manager.latest_step()
     if step is None:
       raise CheckpointError(f'no checkpoint in {self.directory}: train first, or point out_dir '
                             'at a run that saved one')
@@ -214,6 +252,10 @@ class Checkpoints:
           raise
         listed(self.manager.reload)
 
+  def _saving(self) -> bool:
+    """Whether out_dir holds a step folder, or one orbax is writing (its name starts with the step)."""
+    return any(p.name[:1].isdigit() for p in self.directory.iterdir())
+
   def _goes_away(self, step: int) -> bool:
     """Whether step's folder is gone, or goes within DELETION_WAIT_S (a
     writer deletes a checkpoint's files, then its folder)."""
@@ -253,6 +295,7 @@ class Checkpoints:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many kinds (missing files, bad JSON, shape mismatches)
+      quiet_abandoned_reads()
       raise UnreadableCheckpoint(f'checkpoint {self.directory / str(step)} cannot be read '
                             f'({type(e).__name__}: {str(e).splitlines()[0][:200]}): it is '
                             'corrupt or from another model') from None
@@ -287,25 +330,38 @@ def parameter_count(model_args: dict[str, Any]) -> int:
   return nnx.eval_shape(lambda: GPT(GPTConfig(**model_args), rngs=nnx.Rngs(0))).num_params()
 
 
-def table(out_dir: str) -> str:
-  """A row for each checkpoint of out_dir, oldest first: its step, val loss,
-  whether it is the best or the latest, when it was saved and the model's
-  size. Read from the checkpoints' meta alone, taking no lock."""
+def checkpoint_rows(out_dir: str) -> list[tuple[str, ...]] | None:
+  """table()'s rows; None when a training saving now rotated a checkpoint away as it was listed."""
   with _quiet_absl(), Checkpoints(out_dir, read_only=True) as checkpoints:
     # orbax notes, for every step, the weights it was not asked to read
     best, latest = checkpoints.best_step(), checkpoints.latest_step()  # raises when there is none
-    rows = [('step', 'val loss', 'kept as', 'saved', 'params')]
+    rows = []
     for step in checkpoints.steps():
       try:
         meta, saved = checkpoints.meta(step), checkpoints.saved_at(step)
       except UnreadableCheckpoint:
-        if checkpoints._goes_away(step):  # rotated away by a training saving now
-          continue
+        if checkpoints._goes_away(step):
+          return None
         raise
       val_loss = f'{meta["val_loss"]:.4f}' if math.isfinite(meta['val_loss']) else '-'
       kept_as = ', '.join(name for name, kept in (('best', best), ('latest', latest)) if kept == step)
       rows.append((str(step), val_loss, kept_as, saved.strftime('%Y-%m-%d %H:%M:%S'),
                    f'{parameter_count(meta["model_args"]) / 1e6:.2f}M'))
+  return rows
+
+
+def table(out_dir: str) -> str:
+  """A row for each checkpoint of out_dir, oldest first: its step, val loss,
+  whether it is the best or the latest, when it was saved and the model's
+  size. Read from the checkpoints' meta alone, taking no lock."""
+  for _ in range(LIST_ATTEMPTS):
+    listing = checkpoint_rows(out_dir)
+    if listing is not None:
+      break
+  else:
+    raise CheckpointError(f'a training saving into {out_dir} rotated its checkpoints away {LIST_ATTEMPTS} times '
+                          'as they were listed: list them again')
+  rows = [('step', 'val loss', 'kept as', 'saved', 'params'), *listing]
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   right_aligned = (True, True, False, False, True)
   return '\n'.join('  '.join(cell.rjust(width) if right else cell.ljust(width)

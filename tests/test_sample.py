@@ -706,7 +706,7 @@ SAVING_EVERY_ITERATION = dict(eval_interval=1, eval_iters=1, always_save_checkpo
 def test_samples_read_while_a_training_saves_every_iteration(tmp_path, shakespeare):
   """Each save deletes the checkpoint it no longer keeps, maybe the one a
   sample.py chose or reads: it chooses again, and says nothing of it. Three
-  at a time, three times over, while the training saves."""
+  at a time, and the listing, three times over, while the training saves."""
   workdir = make_workdir(tmp_path, shakespeare)
   out_dir = workdir / 'out'
   training = start(os.environ, workdir, 'train.py', f'--config={JAXGPT_CONFIG}', f'--config.out_dir={out_dir}',
@@ -720,10 +720,15 @@ def test_samples_read_while_a_training_saves_every_iteration(tmp_path, shakespea
       readers = [start(os.environ, workdir, 'sample.py', f'--out_dir={out_dir}', f'--checkpoint={which}',
                        '--num_samples=1', '--max_new_tokens=10', '--start=ROMEO:')
                  for which in ('latest', 'best', 'latest')]
+      listing = subprocess.Popen([sys.executable, '-m', 'jaxgpt.checkpoint', str(out_dir)], cwd=workdir,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for proc in map(finish, readers):
         assert proc.returncode == 0, proc.stderr
         assert 'ROMEO:' in proc.stdout, proc.stdout
         assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr, proc.stderr
+      listed = finish(listing)
+      assert listed.returncode == 0 and listed.stderr == '', listed.stderr
+      assert 'best' in listed.stdout and 'latest' in listed.stdout, listed.stdout
     assert training.poll() is None  # it saved all along
   finally:
     training.send_signal(signal.SIGINT)
