@@ -82,6 +82,9 @@ def folder(tmp_path_factory, shakespeare):
   with socket.socket(socket.AF_UNIX) as listener:
     listener.bind(str(root / 'socket'))  # the socket's file stays after it is closed
   (root / 'a_file').write_text('not a folder')
+  (root / 'strays' / '2024').mkdir(parents=True)  # a user's folder and file named like steps, no checkpoint
+  (root / 'strays' / '2024' / 'notes.txt').write_text('mine')
+  (root / 'strays' / '2025').write_text('mine too')
   with pytest.MonkeyPatch.context() as patch:
     patch.chdir(root)
     assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.out_dir=out']) == 0
@@ -253,6 +256,9 @@ DATA_CASES = {
 
 CHECKPOINT_CASES = {
     'resume without out_dir': (train('--config.init_from=resume', '--config.out_dir=nope'), 'does not exist'),
+    'resume from folders named like steps': (train('--config.init_from=resume', '--config.out_dir=strays'),
+                                             'no checkpoint in'),
+    'sample from folders named like steps': (sample_('--out_dir=strays'), 'no checkpoint in'),
     'resume past max_iters': (resume('--config.max_iters=1'), 'the checkpoint in out is at iteration 3, past '
                                                                'max_iters=1: raise --config.max_iters to train on'),
     'resume a finished run': (resume('--config.max_iters=2'), 'is at iteration 3, past max_iters=2'),
