@@ -7,13 +7,15 @@ state, each drawn from (seed, iteration, device)). Orbax writes a step into a te
 complete, so a run killed mid-save leaves the previous checkpoints as they
 were. out_dir keeps two: the latest and the one with the best val loss. A
 resumed training starts from the latest, sampling and the exports read the
-best; each takes `checkpoint=best|latest` to choose the other.
+best; each takes `checkpoint=best|latest` to choose the other. Only the
+step folders orbax wrote (with its metadata) are checkpoints: a user's
+folder or file named like a step is neither read nor deleted.
 
 One writer at a time: a writer holds a lock on out_dir while it runs (the
 kernel drops it when the process ends, however it ends), and a second writer
 stops with one line. Readers take no lock, so they can sample
-while a training saves; a checkpoint rotated away while being read is chosen
-again from what is there.
+while a training saves; a checkpoint rotated away while being read (or
+listed) is chosen again from what is there.
 
 Run as a command, it lists the checkpoints of an out_dir, from their meta
 alone (no lock taken, no weights read: it works while a training saves):
