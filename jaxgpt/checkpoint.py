@@ -185,11 +185,11 @@ class Checkpoints:
         # sorted by val loss, descending: BestN keeps the last n, the lowest
         checkpoint_managers.BestN(get_metric_fn=lambda m: m['val_loss'], reverse=True, n=1),
     ])
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=keep_latest_and_best,
-        best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
-        step_name_format=CheckpointSteps(), read_only=read_only, create=not read_only)
-    with _quiet_absl():  # orbax's notes on a read-only manager would precede a reader's output
+    with _quiet_absl():  # orbax's notes on a read-only manager (its options too) would precede a reader's output
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=keep_latest_and_best,
+          best_fn=lambda m: m['val_loss'], best_mode='min',  # also makes orbax read saved metrics back
+          step_name_format=CheckpointSteps(), read_only=read_only, create=not read_only)
       self.manager = listed(lambda: ocp.CheckpointManager(self.directory, options=options))
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:

@@ -194,6 +194,16 @@ def test_keeps_the_latest_and_the_best(tmp_path):
   assert sorted(p.name for p in out_dir.iterdir()) == ['2', '3']
 
 
+def test_a_reader_opens_checkpoints_without_orbax_notes(tmp_path, caplog):
+  # a reader's output (samples, an export's one line) is all it prints: orbax's absl notes on a
+  # read-only manager ('setting save_interval_steps=0') would come first
+  with Checkpoints(tmp_path / 'out') as checkpoints:
+    checkpoints.save(1, {'w': np.ones(2, np.float32)}, {'mu': np.zeros(2, np.float32)}, {'iter_num': 1, 'val_loss': 1.0})
+  with caplog.at_level('INFO', logger='absl'), Checkpoints(tmp_path / 'out', read_only=True) as reader:
+    assert reader.latest_step() == 1
+  assert not [record.getMessage() for record in caplog.records if record.name == 'absl'], caplog.text
+
+
 def test_no_checkpoint_when_empty(tmp_path):
   (tmp_path / 'out').mkdir()
   with pytest.raises(CheckpointError, match='no checkpoint in'):
