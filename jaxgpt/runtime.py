@@ -29,8 +29,8 @@ _freed_memory_kept = False  # whether setup has glibc keep freed memory (`_keep_
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
   """glibc, whose malloc takes mallopt settings; None elsewhere (macOS, musl).
-  Looked up once: find_library takes ~1 ms, and the heap is trimmed after
-  every evaluation."""
+  Looked up once: find_library runs a search, and the heap is trimmed
+  around every evaluation."""
   libc_name = ctypes.util.find_library('c')
   libc = ctypes.CDLL(libc_name) if libc_name else None
   return libc if hasattr(libc, 'mallopt') else None
@@ -50,9 +50,9 @@ def _keep_freed_memory() -> None:
   a high trim threshold keep it reused. Arenas as glibc counts them by
   default, 8 a core, so that each thread running programs has one of its
   own: programs that run at once on threads sharing an arena (the sharded
-  step's) interleave their buffers, and the arena grew without end (over 2
-  GB in 400 steps), or churned its pages (2 seed runs in ~15 with 1 + cores
-  arenas spent 21-22 s in the kernel, against 1.4-1.5). Same as
+  step's) interleave their buffers, and the arena grew without end, or
+  churned its pages in the kernel with fewer arenas (docs/performance.md,
+  "Memory: one malloc arena no longer fits"). Same as
   MALLOC_ARENA_MAX=<8 x cores> MALLOC_MMAP_MAX_=0
   MALLOC_TRIM_THRESHOLD_=1073741824, without needing a wrapper script.
   """
@@ -103,8 +103,8 @@ def release_free_memory() -> None:
   page faults. Compiling leaves tens of MB of it behind, freed by the
   compiler and never reused by a run this small; and as small allocations
   settle in the space a step's temp buffer freed, the next step's buffer
-  takes fresh heap, so that a seed run's heap grows by ~50 MB every few
-  hundred steps, all of it resident. Released after compiling, and before
+  takes fresh heap, so that a seed run's heap grows every few hundred
+  steps, all of it resident (docs/performance.md). Released after compiling, and before
   and after each evaluation (the steps' buffers, held in their threads'
   arenas, would otherwise stay beside the evaluation's), these pages no
   longer count towards the run's resident memory; the next step faults its
@@ -167,12 +167,10 @@ def has_onednn() -> bool:
 def prefers_onednn(n_embd: int) -> bool:
   """Whether a model this wide runs its float32 matmuls faster as oneDNN's
   than as YNNPACK's (XLA:CPU's default), by what was measured: the fused
-  step by turns (docs/performance.md). Under jax 0.12, always (the seed
-  model 27.1 against 30.0 ms/iter). Under jax 0.10.2 (Python 3.11's newest),
-  from 384 wide (6 x 384: 235.5 against 243.4 ms/iter; the GPU recipe 10.45
-  against 11.66 s); at 256 they are level (131.0 against 131.8) and at 128
-  YNNPACK is the faster (32.2 against 33.2), and the compilation cache keeps
-  YNNPACK's programs, which it cannot keep with oneDNN's."""
+  step by turns (docs/performance.md). Under jax 0.12, always. Under jax
+  0.10.2 (Python 3.11's newest), from 384 wide; at 256 they are level and at
+  128 YNNPACK is the faster, and the compilation cache keeps YNNPACK's
+  programs, which it cannot keep with oneDNN's."""
   return jax.__version_info__ >= (0, 12) or n_embd > 256
 
 
@@ -228,9 +226,8 @@ def size_thread_pool(step_threads: int, dtypes: list[str]) -> None:
   """XLA's thread pool at the cores each of the train step's threads has
   (PJRT_NPROC, read when jax starts: call it before), for float32 steps.
   One program on each core leaves a pool thread a core nothing to do but
-  contend with them: the seed command's iterations spread less (its time
-  outside the median iteration 6.0 / 6.5 against 6.8 / 6.6 s). bfloat16's
-  matmuls need the pool (12.9 ms/iter with it, 20.5 without), so a process
+  contend with them: the seed command's iterations spread less. bfloat16's
+  matmuls need the pool (they take far longer without it), so a process
   that runs any bfloat16 step keeps it (docs/performance.md). A
   PJRT_NPROC already set (jaxgpt.launch sets it) wins."""
   if step_threads > 1 and set(dtypes) == {'float32'} and 'PJRT_NPROC' not in os.environ:

@@ -9,7 +9,8 @@ for a run config.
 The model is split once into a static graph definition and its parameters as
 a plain nested dict of arrays; each step merges them inside jit. So no NNX
 graph traversal and no Variable boxes cross the jit boundary per call (for a
-model this small, flattening nnx.State costs ~2x the dispatch time of a dict).
+model this small, flattening nnx.State costs more than dispatching a dict:
+docs/performance.md).
 """
 
 import functools
@@ -251,7 +252,7 @@ def make_train_step(c, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
 # Evaluation batches are grouped into calls of about this many tokens: one
 # batch of the seed recipe (768 tokens) makes dots too small for XLA:CPU to
-# spread over cores, and a call of 5 takes ~30% less time a batch
+# spread over cores, and a call of 5 takes less time a batch
 # (docs/performance.md); a larger batch is evaluated alone, as before
 EVAL_TOKENS_PER_CALL = 4096
 
