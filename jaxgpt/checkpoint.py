@@ -31,6 +31,8 @@ import logging as std_logging  # asyncio's (orbax's messages go through absl's, 
 import math
 import os
 import pathlib
+import re
+import shutil
 import sys
 import time
 from typing import Any, Callable, TypeVar
@@ -112,9 +114,9 @@ def lock(directory: pathlib.Path) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_absl():
+def _quiet_absl(level: int = logging.ERROR):
   verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
+  logging.set_verbosity(level)
   try:
     yield
   finally:
@@ -133,7 +135,7 @@ def listed(list_steps: Callable[[], T]) -> T:
 
 
 def _not_abandoned_read(record: std_logging.LogRecord) -> bool:
-  return not record.getMessage().startswith('Task exception was never retrieved')
+  return 'exception was never retrieved' not in record.getMessage()  # a Task's or a _GatheringFuture's
 
 
 def _from_abandoned_read(unraisable) -> bool:
@@ -153,10 +155,17 @@ def quiet_abandoned_reads() -> None:
   asyncio_log.addFilter(_not_abandoned_read)
   report = sys.unraisablehook
   sys.unraisablehook = lambda unraisable: None if _from_abandoned_read(unraisable) else report(unraisable)
+  # a write's callback on orbax's closed event loop, called from tensorstore's threads, goes to sys.excepthook
+  hook = sys.excepthook
+  sys.excepthook = lambda kind, value, trace: None if str(value) == 'Event loop is closed' else hook(kind, value, trace)
 
 
 class UnreadableCheckpoint(CheckpointError):
   """A checkpoint orbax cannot read: corrupt, or deleted while being read."""
+
+
+class AbandonedSave(KeyboardInterrupt):
+  """A second Ctrl-C during a save: the run stops, the checkpoint being written is removed."""
 
 
 class Checkpoints:
@@ -179,6 +188,7 @@ class Checkpoints:
       raise CheckpointError(f'cannot create out_dir {self.directory} ({e.strerror}): pass a '
                             'writable --config.out_dir') from None
     self.read_only = read_only
+    self.abandoned = False  # a save interrupted by a second Ctrl-C
     self.lock = lock(self.directory) if locked and not read_only else None
     keep_latest_and_best = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
@@ -196,13 +206,26 @@ class Checkpoints:
     """Starts writing; the arrays are copied off the device before this returns,
     so the caller may donate them to the next step. meta needs a val_loss."""
     meta = {'format': FORMAT} | meta
+    quiet_abandoned_reads()  # a failed write abandons orbax's other writes, as a failed read does its reads
     try:
-      self.manager.save(step, metrics={'val_loss': meta['val_loss']}, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(params),
-          opt_state=ocp.args.StandardSave(opt_state),
-          meta=ocp.args.JsonSave(meta)))
-    except OSError as e:  # a full disk, a folder gone read-only (this save, or the one before it)
-      raise self._write_error(e) from None
+      with _quiet_absl(logging.FATAL):  # a failed write's tracebacks, from each of orbax's threads; answered below
+        self.manager.save(step, metrics={'val_loss': meta['val_loss']}, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta)))
+        # orbax writes in the background and would report a full disk only at the next save: waited for here, so
+        # that the run stops at the save that failed
+        self.manager.wait_until_finished()
+    except KeyboardInterrupt:  # a second Ctrl-C: orbax's threads still write, close() waits and removes it
+      self.abandoned = True
+      raise AbandonedSave('stopped at once: the checkpoint being saved was abandoned; the earlier ones are whole') \
+          from None
+    except Exception as e:  # a full disk, a folder gone read-only (this save, or the one before it)
+      error = self._write_error(e)
+      if error is None:
+        raise
+      self._remove_unfinished()
+      raise error from None
 
   def latest_step(self) -> int:
     step = self.manager.latest_step()
@@ -310,18 +333,44 @@ class Checkpoints:
 
   def close(self) -> None:
     try:
-      self.manager.wait_until_finished()
-    except OSError as e:
-      raise self._write_error(e) from None
+      with _quiet_absl(logging.FATAL):  # as in save
+        self.manager.wait_until_finished()
+    except Exception as e:
+      if not self.abandoned:
+        error = self._write_error(e)
+        if error is None:
+          raise
+        raise error from None
     finally:
-      self.manager.close()
+      with _quiet_absl(logging.FATAL):
+        self.manager.close()
+      if self.abandoned:
+        self._remove_unfinished()
       if self.lock is not None:
         os.close(self.lock)
 
-  def _write_error(self, e: OSError) -> CheckpointError:
-    return CheckpointError(f'could not write a checkpoint to {self.directory} ({e.strerror or e}): free some '
-                           'space or pick another --config.out_dir; the checkpoints written before are whole, '
-                           'resume from them with --config.init_from=resume')
+  def _remove_unfinished(self) -> None:
+    """Removes the folder of a save that failed or was abandoned (orbax's, named `STEP.orbax-checkpoint-tmp...`),
+    and quiets the tracebacks its abandoned writes would print as they are collected."""
+    quiet_abandoned_reads()
+    for folder in self.directory.glob('*.orbax-checkpoint-tmp*'):
+      if folder.name.split('.')[0].isdigit():
+        shutil.rmtree(folder, ignore_errors=True)
+
+  def _write_error(self, e: Exception) -> CheckpointError | None:
+    """The line for a save that failed to write (an OSError, or tensorstore's error naming the OS's, as orbax
+    raises it); None for another error."""
+    if isinstance(e, OSError):
+      reason = e.strerror or str(e)
+    else:
+      code = re.search(r"os_error_code='(\d+)'", str(e))
+      if code is None:
+        return None
+      reason = os.strerror(int(code.group(1)))
+    kept = ('the checkpoints written before are whole, resume from them with --config.init_from=resume'
+            if holds_checkpoints(str(self.directory)) else 'no checkpoint was saved')
+    return CheckpointError(f'could not write a checkpoint to {self.directory} ({reason}): free some '
+                           f'space or pick another --config.out_dir; {kept}')
 
 
 def parameter_count(model_args: dict[str, Any]) -> int:

@@ -581,3 +581,29 @@ def test_disk_full_while_saving_is_one_error_line_and_keeps_earlier_checkpoints(
   monkeypatch.chdir(work)
   assert cli.main(['train.py', f'--config={CONFIG}', *TINY, '--config.init_from=resume', '--config.out_dir=out',
                    '--config.max_iters=4']) == 0  # the earlier checkpoint resumes
+
+
+@pytest.mark.parametrize('size, kept', [('300k', []), ('1200k', ['6', '8'])])
+def test_real_full_disk_stops_at_the_failed_save_with_one_line(folder, tmp_path, monkeypatch, capsys, size, kept):
+  """out_dir on a small tmpfs: too small for the first checkpoint, or for a third beside the two kept. One
+  error line (true about what was kept), the run stops at that save, no unfinished folder, no orbax traceback."""
+  out = tmp_path / 'full'
+  out.mkdir()
+  if os.geteuid() != 0 or os.system(f'mount -t tmpfs -o size={size} tmpfs {out} 2>/dev/null') != 0:
+    pytest.skip('mounting a small tmpfs needs root')
+  try:
+    monkeypatch.chdir(folder)
+    code = cli.main(['train.py', f'--config={CONFIG}', *TINY, f'--config.out_dir={out / "out"}',
+                     '--config.max_iters=10', '--config.lr_decay_iters=10', '--config.always_save_checkpoint=True'])
+    captured = capsys.readouterr()
+    assert code == 1
+    whole = ('the checkpoints written before are whole, resume from them with --config.init_from=resume' if kept
+             else 'no checkpoint was saved')
+    assert captured.err.splitlines() == [f'error: could not write a checkpoint to {out / "out"} (No space left on '
+                                         f'device): free some space or pick another --config.out_dir; {whole}']
+    assert captured.out.splitlines()[-1] == f'saving checkpoint to {out / "out"}'  # no iteration after it
+    assert sorted(p.name for p in (out / 'out').iterdir()) == kept + ['metrics.jsonl']
+    for step in kept:
+      assert checkpoint.is_checkpoint(out / 'out' / step)
+  finally:
+    os.system(f'umount {out}')
