@@ -6,7 +6,8 @@ it was); one that does not (plotting, preparing data) leaves jax unloaded.
 SIGTERM, and SIGHUP (the terminal closed), then act as Ctrl-C. A user's
 mistake (`JaxGPTError`) ends as one `error: ...` line and exit status 1, and
 Ctrl-C as one line saying what was left as it was, and exit status 130;
-neither prints a traceback.
+neither prints a traceback. Standard output closed by its reader (`| head`)
+ends the command quietly, with exit status 0: the reader had what it wanted.
 """
 
 import contextlib
@@ -36,6 +37,16 @@ def leave_closed_terminal() -> None:
   os.close(devnull)
 
 
+def leave_closed_pipe() -> None:
+  """After a write to standard output failed as its reader closed it
+  (BrokenPipeError, `| head`): what is still written to it, and the
+  interpreter's flush at exit, go to /dev/null instead of failing again."""
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  with contextlib.suppress(OSError, ValueError):  # a detached stream: nothing more is written to it
+    os.dup2(devnull, sys.stdout.fileno())
+  os.close(devnull)
+
+
 def _stop(signum: int, frame) -> None:
   """SIGTERM or SIGHUP as Ctrl-C: a KeyboardInterrupt."""
   if signum == signal.SIGHUP:
@@ -54,7 +65,12 @@ def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInt
     runtime.setup()
   previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS if signum != signal.SIGINT}
   try:
-    return work() or 0
+    status = work() or 0
+    sys.stdout.flush()  # here, not at exit: a reader that closed the pipe is then one more case below
+    return status
+  except BrokenPipeError:  # stdout's reader closed it: the reader had what it wanted (`| head`); no traceback
+    leave_closed_pipe()
+    return 0
   except JaxGPTError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -32,6 +32,7 @@ import pathlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -78,20 +79,38 @@ class Log:
 
   def __init__(self, main_process: bool):
     self.main_process = main_process
+    self.closed = False  # whether stdout's reader closed it (`| head`): then the run stops, as on Ctrl-C
+    self.on_closed: Callable[[], None] | None = None  # StopSignals' note of it
 
   def print(self, *args, **kwargs) -> None:
     if self.main_process:
-      print(*args, **kwargs)
+      try:
+        print(*args, **kwargs)
+      except BrokenPipeError:
+        self.note_closed()
+
+  def note_closed(self) -> None:
+    """stdout's reader closed it: what is still printed goes nowhere, and the run stops."""
+    entry.leave_closed_pipe()
+    self.closed = True
+    if self.on_closed:
+      self.on_closed()
+
+  def last_word(self, line: str) -> None:
+    """The run's last line: on stderr where stdout's reader closed it, so that it is still seen."""
+    if self.main_process:
+      print(line, file=sys.stderr if self.closed else sys.stdout)
 
 
 class StopSignals:
   """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), noted and acted on
   between steps (or evaluation batches): the step in flight finishes, a
   checkpoint is saved, the run stops. After SIGHUP, what would go to the
-  closed terminal goes nowhere (entry.leave_closed_terminal). Before
-  training begins it stops at the next such point, with nothing written;
-  raised in the middle of jax's start-up it could crash the interpreter on
-  its way out. A second one raises at once."""
+  closed terminal goes nowhere (entry.leave_closed_terminal). stdout closed
+  by its reader (`| head`) stops the run too, as SIGPIPE (`Log.note_closed`),
+  its last line on stderr. Before training begins it stops at the next such
+  point, with nothing written; raised in the middle of jax's start-up it
+  could crash the interpreter on its way out. A second one raises at once."""
 
   def __init__(self, log: Log):
     self.log = log
@@ -100,11 +119,15 @@ class StopSignals:
 
   def __enter__(self) -> 'StopSignals':
     self.replaced = {signum: signal.signal(signum, self._note) for signum in entry.STOP_SIGNALS}
+    self.log.on_closed = self._note_closed_output
+    if self.log.closed:
+      self._note_closed_output()
     return self
 
   def __exit__(self, *exc_info) -> None:
     for signum, handler in self.replaced.items():
       signal.signal(signum, handler)
+    self.log.on_closed = None
 
   def _note(self, signum: int, frame) -> None:
     if signum == signal.SIGHUP:
@@ -115,6 +138,11 @@ class StopSignals:
     doing = ('finishing this iteration or evaluation batch, then saving a checkpoint' if self.training else
              'stopping before training begins')
     self.log.print(f'{signal.Signals(signum).name}: {doing} (again to stop at once, unsaved)', flush=True)
+
+  def _note_closed_output(self) -> None:
+    """stdout's reader closed it (`| head`): a stop, as SIGPIPE would have been had Python not ignored it."""
+    if not self.received:
+      self.received.append(signal.SIGPIPE)
 
   def stop_before_training(self) -> None:
     """Stops the run here if a signal came: before training, nothing is saved."""
@@ -236,7 +264,11 @@ def prepared_dataset(c: ml_collections.ConfigDict, log: Log) -> tuple[pathlib.Pa
   """The data set's folder and vocabulary (None: GPT-2 tokens), prepared
   first when it can be (by process 0; the others wait for it)."""
   if log.main_process:
-    prepare.ensure_prepared(c.dataset, c.gpt2_dir)
+    try:
+      prepare.ensure_prepared(c.dataset, c.gpt2_dir)
+    except BrokenPipeError:  # the reader of its lines closed stdout: stopped there, as by Ctrl-C before training
+      log.note_closed()
+      raise KeyboardInterrupt from None
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('data prepared')
   folder = prepare.ensure_prepared(c.dataset, c.gpt2_dir)
@@ -485,8 +517,8 @@ class Trainer:
   def save_on_stop(self) -> None:
     if not self.saved():
       self.save(math.inf)
-    self.log.print(f'{self.stop.reason()} at iteration {self.state.iter_num}: saved a checkpoint to '
-               f'{self.config.out_dir}; continue with --config.init_from=resume')
+    self.log.last_word(f'{self.stop.reason()} at iteration {self.state.iter_num}: saved a checkpoint to '
+                       f'{self.config.out_dir}; continue with --config.init_from=resume')
 
 
 def keep_records_before(path: pathlib.Path, iter_num: int) -> None:

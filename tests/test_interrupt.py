@@ -218,3 +218,62 @@ def test_sampling_stops_on_sighup_as_on_ctrl_c(workdir):
   assert popen.returncode == 130, stderr
   [line] = stderr.splitlines()
   assert 0 < int(re.fullmatch(r'SIGHUP: stopped after (\d+) of 1000000 new tokens', line)[1]) < 1000000
+
+
+def read_then_close(popen, enough) -> tuple[int, str]:
+  """As `| head` does: reads the command's stdout until enough(popen.stdout) is true, closes the pipe, and waits
+  for the command; its exit status and stderr."""
+  with popen:
+    try:
+      while not enough(popen.stdout):
+        pass
+      popen.stdout.close()
+      return popen.wait(timeout=300), popen.stderr.read()
+    finally:
+      if popen.poll() is None:
+        popen.kill()
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_stops_training_as_ctrl_c(workdir):
+  # `train.py ... | head -n 8` ended in a BrokenPipeError traceback, nothing saved
+  out_dir = workdir / 'pipe'
+  popen = subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *TINY_FLAGS,
+                            '--config.max_iters=100000', f'--config.out_dir={out_dir}'],
+                           cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # training under way (the data set was prepared before, or a closed pipe would stop it there, unsaved)
+  code, stderr = read_then_close(popen, lambda stdout: (line := stdout.readline()) == '' or line.startswith('iter 1:'))
+  assert code == 0, stderr
+  assert 'Traceback' not in stderr and 'Exception ignored' not in stderr
+  [line] = stderr.splitlines()
+  stopped_at = int(re.fullmatch(rf'SIGPIPE at iteration (\d+): saved a checkpoint to {re.escape(str(out_dir))}; '
+                                'continue with --config.init_from=resume', line)[1])
+  assert 1 < stopped_at < 100000
+  assert (out_dir / str(stopped_at) / STEP_METADATA).is_file()
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_sampling_quietly(workdir):
+  # `sample.py | head -c 20` ended in a BrokenPipeError traceback
+  out_dir = workdir / 'sample-pipe'
+  trained = finish(start(workdir, '--config.max_iters=2', '--config.eval_interval=2', f'--config.out_dir={out_dir}'))
+  assert trained.returncode == 0, trained.stderr
+  popen = subprocess.Popen([sys.executable, str(REPO_ROOT / 'sample.py'), f'--out_dir={out_dir}', '--start=ROMEO:',
+                            '--num_samples=1000', '--max_new_tokens=500'],
+                           cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  code, stderr = read_then_close(popen, lambda stdout: len(stdout.read(20)) == 20)
+  assert code == 0, stderr  # the reader had what it asked for, as from `| head`
+  assert stderr == ''  # no traceback, nor "Exception ignored" at exit
+
+
+@pytest.mark.slow
+def test_a_pipe_closed_while_the_data_set_is_prepared_stops_as_ctrl_c(tmp_path, shakespeare):
+  workdir = make_workdir(tmp_path, shakespeare)
+  popen = subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *TINY_FLAGS,
+                            '--config.out_dir=out'],
+                           cwd=workdir, env=os.environ | {'PYTHONUNBUFFERED': '1'}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  code, stderr = read_then_close(popen, lambda stdout: stdout.readline().startswith('tokens per iteration'))
+  assert code == 130, stderr
+  assert stderr.splitlines() == ['interrupted, before any checkpoint was saved']
+  assert not (workdir / 'out').exists()
