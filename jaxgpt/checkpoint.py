@@ -188,7 +188,7 @@ class Checkpoints:
       raise CheckpointError(f'cannot create out_dir {self.directory} ({e.strerror}): pass a '
                             'writable --config.out_dir') from None
     self.read_only = read_only
-    self.abandoned = False  # a save interrupted by a second Ctrl-C
+    self.abandoned: int | None = None  # the step of a save a second Ctrl-C interrupted
     self.lock = lock(self.directory) if locked and not read_only else None
     keep_latest_and_best = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
@@ -203,8 +203,9 @@ class Checkpoints:
       self.manager = listed(lambda: ocp.CheckpointManager(self.directory, options=options))
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
-    """Starts writing; the arrays are copied off the device before this returns,
-    so the caller may donate them to the next step. meta needs a val_loss."""
+    """Writes the checkpoint and returns once it is whole, so the caller may donate the arrays to the next step.
+    meta needs a val_loss. A write that fails (a full disk) raises a CheckpointError and leaves no unfinished
+    folder; a second Ctrl-C raises AbandonedSave, and close() removes what was written."""
     meta = {'format': FORMAT} | meta
     quiet_abandoned_reads()  # a failed write abandons orbax's other writes, as a failed read does its reads
     try:
@@ -216,8 +217,10 @@ class Checkpoints:
         # orbax writes in the background and would report a full disk only at the next save: waited for here, so
         # that the run stops at the save that failed
         self.manager.wait_until_finished()
-    except KeyboardInterrupt:  # a second Ctrl-C: orbax's threads still write, close() waits and removes it
-      self.abandoned = True
+    except KeyboardInterrupt:  # a second Ctrl-C: orbax's threads still write; close() waits for them and removes it
+      self.abandoned = step
+      # once it is written, orbax would delete the checkpoints it replaces: they are kept, whole, instead
+      self.manager._checkpoint_deleter.delete_steps = lambda steps: None
       raise AbandonedSave('stopped at once: the checkpoint being saved was abandoned; the earlier ones are whole') \
           from None
     except Exception as e:  # a full disk, a folder gone read-only (this save, or the one before it)
@@ -336,7 +339,7 @@ class Checkpoints:
       with _quiet_absl(logging.FATAL):  # as in save
         self.manager.wait_until_finished()
     except Exception as e:
-      if not self.abandoned:
+      if self.abandoned is None:
         error = self._write_error(e)
         if error is None:
           raise
@@ -344,7 +347,8 @@ class Checkpoints:
     finally:
       with _quiet_absl(logging.FATAL):
         self.manager.close()
-      if self.abandoned:
+      if self.abandoned is not None:
+        shutil.rmtree(self.directory / str(self.abandoned), ignore_errors=True)  # written in full meanwhile
         self._remove_unfinished()
       if self.lock is not None:
         os.close(self.lock)

@@ -156,7 +156,9 @@ def main(argv: list[str]) -> int:
     train.run(parsed[0], overridden_keys(argv))
 
   def interrupted(e: KeyboardInterrupt) -> str:  # a second Ctrl-C, or one before training began
-    from jaxgpt.checkpoint import holds_checkpoints
+    from jaxgpt.checkpoint import AbandonedSave, holds_checkpoints
+    if isinstance(e, AbandonedSave):
+      return str(e)
     if parsed and holds_checkpoints(parsed[0].out_dir):
       return f'interrupted: continue from the last checkpoint in {parsed[0].out_dir} with --config.init_from=resume'
     return 'interrupted, before any checkpoint was saved'

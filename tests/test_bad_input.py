@@ -5,12 +5,17 @@ command-line parsers' usage errors), and leave every file in the working
 folder as it was. In-process, in a folder with a prepared data set and a
 trained tiny run in `out`."""
 
+import contextlib
 import errno
 import json
 import os
 import pickle
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -607,3 +612,82 @@ def test_real_full_disk_stops_at_the_failed_save_with_one_line(folder, tmp_path,
       assert checkpoint.is_checkpoint(out / 'out' / step)
   finally:
     os.system(f'umount {out}')
+
+
+@contextlib.contextmanager
+def read_only(path):
+  """path made read-only for this process: by its mode, or for root (whom modes do not stop) by a read-only bind
+  mount of it onto itself; the test is skipped where neither can be done."""
+  if os.geteuid() != 0:
+    path.chmod(0o555)
+    try:
+      yield
+    finally:
+      path.chmod(0o755)
+    return
+  if os.system(f'mount --bind {path} {path} 2>/dev/null && mount -o remount,bind,ro {path} 2>/dev/null') != 0:
+    os.system(f'umount {path} 2>/dev/null')
+    pytest.skip('a read-only bind mount needs root and mount(8)')
+  try:
+    yield
+  finally:
+    os.system(f'umount {path}')
+
+
+@pytest.mark.parametrize('init_from', ['scratch', 'resume'])
+def test_a_read_only_out_dir_is_one_error_line_before_training(folder, tmp_path, monkeypatch, capsys, init_from):
+  # opening metrics.jsonl in it gave a 24-line OSError traceback
+  out = tmp_path / 'out'
+  shutil.copytree(folder / 'out', out)
+  monkeypatch.chdir(folder)
+  before = snapshot(out)
+  with read_only(out):
+    code = cli.main(['train.py', f'--config={CONFIG}', *TINY, f'--config.out_dir={out}', '--config.max_iters=4',
+                     f'--config.init_from={init_from}', *(['--config.overwrite=True'] if init_from == 'scratch' else [])])
+  captured = capsys.readouterr()
+  assert code == 1
+  reason = 'Read-only file system' if os.geteuid() == 0 else 'Permission denied'
+  assert captured.err.splitlines() == [f'error: cannot write metrics.jsonl in out_dir {out} ({reason}): make that '
+                                       'folder writable, or pass another --config.out_dir']
+  assert snapshot(out) == before
+  assert 'iter 0:' not in captured.out
+
+
+SLOW_SAVE = '''
+import sys, time
+import orbax.checkpoint as ocp
+finalize = ocp.CheckpointManager._finalize
+def slow_finalize(self, step, steps_to_remove):  # a big model's save: seconds in orbax's thread
+  print('writing a checkpoint', flush=True)
+  time.sleep(3)
+  finalize(self, step, steps_to_remove)
+ocp.CheckpointManager._finalize = slow_finalize
+from jaxgpt import cli
+sys.exit(cli.main(['train.py', *sys.argv[1:]]))
+'''
+
+
+def test_second_ctrl_c_during_a_save_abandons_it_in_one_line(folder, tmp_path):
+  """Ctrl-C, then Ctrl-C again while orbax writes the checkpoint: one line, exit 130, the unfinished folder removed,
+  and the earlier checkpoint kept whole (orbax would have rotated it away once the new one was written)."""
+  (tmp_path / 'slow_save.py').write_text(SLOW_SAVE)
+  out = tmp_path / 'out'
+  run = subprocess.Popen([sys.executable, '-u', str(tmp_path / 'slow_save.py'), f'--config={CONFIG}', *TINY,
+                          f'--config.out_dir={out}', '--config.max_iters=100000', '--config.lr_decay_iters=10',
+                          '--config.always_save_checkpoint=True'],
+                         cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  saves = 0
+  for line in run.stdout:
+    saves += line == 'writing a checkpoint\n'
+    if saves == 2:  # the second save: the first is whole
+      assert any(p.name.endswith('.orbax-checkpoint-tmp') for p in out.iterdir())
+      run.send_signal(signal.SIGINT)
+      time.sleep(0.5)
+      run.send_signal(signal.SIGINT)
+      break
+  stdout, stderr = run.communicate(timeout=300)
+  assert run.returncode == 130
+  assert stderr.splitlines() == ['stopped at once: the checkpoint being saved was abandoned; the earlier ones are whole']
+  assert sorted(p.name for p in out.iterdir()) == ['2', 'metrics.jsonl']
+  with checkpoint.Checkpoints(str(out), read_only=True) as kept:
+    assert kept.meta(2)['iter_num'] == 2
