@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TextIO
 
 import jax
 import ml_collections
@@ -563,10 +564,7 @@ class TrainLogger:
   def __enter__(self) -> 'TrainLogger':
     with contextlib.ExitStack() as stack:  # all closed again if one fails to open
       if self.log.main_process:
-        path = pathlib.Path(self.config.out_dir) / 'metrics.jsonl'
-        if self.config.init_from == 'resume' and not self.config.eval_only:
-          keep_records_before(path, self.first_iter)
-        self.metrics_file = stack.enter_context(path.open('a' if self.config.init_from == 'resume' else 'w'))
+        self.metrics_file = stack.enter_context(self.open_metrics_file())
       if self.wandb:
         c = self.config
         self.wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=c.to_dict())
@@ -576,6 +574,18 @@ class TrainLogger:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+  def open_metrics_file(self) -> TextIO:
+    """out_dir/metrics.jsonl, opened before the first step: an out_dir that
+    cannot be written (read-only) stops the run here, before it trains."""
+    path = pathlib.Path(self.config.out_dir).absolute() / 'metrics.jsonl'
+    try:
+      if self.config.init_from == 'resume' and not self.config.eval_only:
+        keep_records_before(path, self.first_iter)
+      return path.open('a' if self.config.init_from == 'resume' else 'w')
+    except OSError as e:
+      raise JaxGPTError(f'cannot write {path.name} in out_dir {path.parent} ({e.strerror}): make that folder '
+                        'writable, or pass another --config.out_dir') from None
 
   def restart_clock(self, iter_num: int) -> None:
     """Times the iterations from here on: after iter_num - 1."""
