@@ -12,7 +12,9 @@ import contextlib
 import ctypes
 import functools
 import ctypes.util
+import errno
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -126,13 +128,33 @@ def _cache_compiled_programs() -> None:
   took a second to compile. JAX_COMPILATION_CACHE_DIR and the other
   JAX_... variables of these settings win: jax read them when it was
   imported, so a setting one names is left alone ('' turns the cache off).
+  A cache folder that cannot be written (a read-only home) leaves the cache
+  off, with one line saying so, rather than jax's warning at each program.
   """
   cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  for setting, value in (('jax_compilation_cache_dir', os.path.join(cache_home, 'jaxgpt', 'xla')),
+  cache_dir = os.path.join(cache_home, 'jaxgpt', 'xla')
+  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ and not _writable_folder(cache_dir):
+    return
+  for setting, value in (('jax_compilation_cache_dir', cache_dir),
                          ('jax_persistent_cache_min_compile_time_secs', 0),
                          ('jax_persistent_cache_min_entry_size_bytes', 0)):
     if setting.upper() not in os.environ:
       jax.config.update(setting, value)
+
+
+def _writable_folder(path: str) -> bool:
+  """Whether path is, or could be made, a folder this process writes in; if
+  not, one line on stderr says that the cache is off (every run compiles)."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    if os.access(path, os.W_OK):
+      return True
+    reason = os.strerror(errno.EACCES)
+  except OSError as e:
+    reason = e.strerror
+  print(f'compilation cache off: cannot write {path} ({reason}); set XDG_CACHE_HOME to a writable folder',
+        file=sys.stderr)
+  return False
 
 
 # XLA:CPU cannot serialise a program with oneDNN matmuls (`compiler_options`),

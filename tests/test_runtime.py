@@ -52,6 +52,32 @@ def test_a_cache_dir_of_ones_own_is_kept(tmp_path):
   assert xla_flags == '--xla_cpu_enable_fast_math=false'
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('cache_home, reason', [('a_file/cache', 'Not a directory'), ('read_only', None)])
+def test_an_unwritable_cache_leaves_the_cache_off_in_one_line(tmp_path, cache_home, reason):
+  # jax warned in 2 lines at each program it could not cache
+  (tmp_path / 'a_file').write_text('not a folder')
+  (tmp_path / 'read_only').mkdir()
+  if cache_home == 'read_only':
+    if os.geteuid() == 0:  # root writes in any mode's folder: a read-only bind mount instead
+      if os.system(f'mount --bind {tmp_path / "read_only"} {tmp_path / "read_only"} 2>/dev/null && '
+                   f'mount -o remount,bind,ro {tmp_path / "read_only"} 2>/dev/null') != 0:
+        pytest.skip('a read-only bind mount needs mount(8)')
+      reason = 'Read-only file system'
+    else:
+      (tmp_path / 'read_only').chmod(0o555)
+      reason = 'Permission denied'
+  try:
+    proc = run({'XDG_CACHE_HOME': str(tmp_path / cache_home)})
+  finally:
+    if cache_home == 'read_only' and os.geteuid() == 0:
+      os.system(f'umount {tmp_path / "read_only"}')
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == ['None', '']  # no cache, and the program ran
+  assert proc.stderr.splitlines() == [f'compilation cache off: cannot write {tmp_path / cache_home / "jaxgpt" / "xla"} '
+                                      f'({reason}); set XDG_CACHE_HOME to a writable folder']
+
+
 # trains a tiny model through the library, then prints what a process set-up would have changed
 LIBRARY_RUN = """
 import json, os, signal, jax
