@@ -59,12 +59,12 @@ def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInt
   """work()'s exit status (None: 0). `interrupted`: the line printed on
   Ctrl-C, SIGTERM or SIGHUP, or a function of the KeyboardInterrupt giving
   it. uses_jax: whether work runs jax, whose process is then set up first."""
-  if uses_jax:
-    # imported here, not with this module: a command that does not run jax need not load it
-    from jaxgpt import runtime
-    runtime.setup()
   previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS if signum != signal.SIGINT}
   try:
+    if uses_jax:
+      # imported here, not with this module: a command that does not run jax need not load it
+      from jaxgpt import runtime
+      runtime.setup()  # within: an XLA_FLAGS that XLA refuses is a JaxGPTError
     status = work() or 0
     sys.stdout.flush()  # here, not at exit: a reader that closed the pipe is then one more case below
     return status

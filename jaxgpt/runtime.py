@@ -14,6 +14,7 @@ import functools
 import ctypes.util
 import errno
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -234,10 +235,50 @@ def _run_programs_inline() -> None:
     jax.config.update('jax_cpu_enable_async_dispatch', False)
 
 
+# a line of XLA's log (glog's): severity and date, time, thread, source file, then the message
+XLA_LOG_LINE = re.compile(r'^([EF])\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] (.*)$')
+
+
+def _check_xla_flags() -> None:
+  """Stops at an XLA_FLAGS that XLA refuses, in one line.
+
+  XLA parses XLA_FLAGS when jax starts its first backend, and a flag it
+  does not know, or a value it cannot read, aborts the process from C++
+  (nothing Python can catch), its reason in a line among its list of flags.
+  So a forked copy of this process starts the CPU backend first and exits:
+  if it dies, its reason is read from it. Only where XLA_FLAGS is set: the
+  backend's start, tenths of a second, is paid twice. Checking names
+  against a list of XLA's flags instead would go stale with each jaxlib.
+  """
+  flags = os.environ.get('XLA_FLAGS')
+  if not flags:
+    return
+  read_end, write_end = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # the copy: its output goes to the pipe; whatever happens, it exits here
+    try:
+      os.dup2(write_end, 1)
+      os.dup2(write_end, 2)
+      jax.devices('cpu')
+    finally:
+      os._exit(0)
+  os.close(write_end)
+  with os.fdopen(read_end, errors='replace') as output:
+    lines = output.read().splitlines()
+  _, status = os.waitpid(pid, 0)
+  if status == 0:
+    return
+  logged = [match for match in map(XLA_LOG_LINE.match, lines) if match]
+  # an error line names the flag and value; the fatal line that follows only says that parsing failed
+  reason = next((m[2] for m in logged if m[1] == 'E'), logged[0][2] if logged else 'the process died')
+  raise JaxGPTError(f'XLA does not accept XLA_FLAGS={flags!r}: {reason.rstrip(".")}; fix or unset XLA_FLAGS')
+
+
 def setup() -> None:
   """Sets the process up for training and sampling. Before jax starts its
   CPU backend (the first array or device query): jax reads its dispatch
-  setting then."""
+  setting then, and XLA its flags."""
+  _check_xla_flags()
   _keep_freed_memory()
   _run_programs_inline()
   _cache_compiled_programs()

@@ -112,3 +112,20 @@ def test_training_through_the_library_leaves_the_process_as_it_was(tmp_path, sha
   assert holds_checkpoints(workdir / 'out')
   assert result == {'jax_platforms': None, 'environment': {'XLA_FLAGS': None, 'PJRT_NPROC': None},
                     'distributed': False, 'malloc_set_up': False, 'handlers': [True, True, True]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flags, reason', [
+    ('--xla_nonsense', 'Unknown flag in XLA_FLAGS: --xla_nonsense'),
+    ('--xla_cpu_enable_fast_math=maybe', "Couldn't interpret value maybe for flag xla_cpu_enable_fast_math"),
+    ('garbage', 'Could not open file "garbage" to read flags for environment variable "XLA_FLAGS"'),
+])
+def test_xla_flags_that_xla_refuses_are_one_error_line(tmp_path, flags, reason):
+  # XLA aborted the process from C++ with its own fatal line (and, for a bad value, its whole list of flags)
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'sample.py'), '--out_dir=nowhere'], cwd=tmp_path,
+                        env=os.environ | {'XLA_FLAGS': flags}, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  [line] = proc.stderr.splitlines()
+  assert line.startswith(f"error: XLA does not accept XLA_FLAGS='{flags}': {reason}") and \
+      line.endswith('; fix or unset XLA_FLAGS'), line
+  assert proc.stdout == ''
