@@ -12,10 +12,10 @@ import contextlib
 import ctypes
 import functools
 import ctypes.util
-import errno
 import os
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 
@@ -132,9 +132,13 @@ def _cache_compiled_programs() -> None:
   A cache folder that cannot be written (a read-only home) leaves the cache
   off, with one line saying so, rather than jax's warning at each program.
   """
+  users_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  if users_dir and not _writable_folder(users_dir, 'JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', None)
+    return
   cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
   cache_dir = os.path.join(cache_home, 'jaxgpt', 'xla')
-  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ and not _writable_folder(cache_dir):
+  if users_dir is None and not _writable_folder(cache_dir, 'XDG_CACHE_HOME'):
     return
   for setting, value in (('jax_compilation_cache_dir', cache_dir),
                          ('jax_persistent_cache_min_compile_time_secs', 0),
@@ -143,17 +147,17 @@ def _cache_compiled_programs() -> None:
       jax.config.update(setting, value)
 
 
-def _writable_folder(path: str) -> bool:
+def _writable_folder(path: str, variable: str) -> bool:
   """Whether path is, or could be made, a folder this process writes in; if
-  not, one line on stderr says that the cache is off (every run compiles)."""
+  not, one line on stderr says that the cache is off (every run compiles),
+  and which variable to set to turn it on."""
   try:
     os.makedirs(path, exist_ok=True)
-    if os.access(path, os.W_OK):
+    with tempfile.TemporaryFile(dir=path):  # written, not asked (os.access): a read-only mount says why, as jax would
       return True
-    reason = os.strerror(errno.EACCES)
   except OSError as e:
     reason = e.strerror
-  print(f'compilation cache off: cannot write {path} ({reason}); set XDG_CACHE_HOME to a writable folder',
+  print(f'compilation cache off: cannot write {path} ({reason}); set {variable} to a writable folder',
         file=sys.stderr)
   return False
 

@@ -53,8 +53,9 @@ def test_a_cache_dir_of_ones_own_is_kept(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('variable', ['XDG_CACHE_HOME', 'JAX_COMPILATION_CACHE_DIR'])
 @pytest.mark.parametrize('cache_home, reason', [('a_file/cache', 'Not a directory'), ('read_only', None)])
-def test_an_unwritable_cache_leaves_the_cache_off_in_one_line(tmp_path, cache_home, reason):
+def test_an_unwritable_cache_leaves_the_cache_off_in_one_line(tmp_path, cache_home, reason, variable):
   # jax warned in 2 lines at each program it could not cache
   (tmp_path / 'a_file').write_text('not a folder')
   (tmp_path / 'read_only').mkdir()
@@ -68,14 +69,15 @@ def test_an_unwritable_cache_leaves_the_cache_off_in_one_line(tmp_path, cache_ho
       (tmp_path / 'read_only').chmod(0o555)
       reason = 'Permission denied'
   try:
-    proc = run({'XDG_CACHE_HOME': str(tmp_path / cache_home)})
+    proc = run({variable: str(tmp_path / cache_home)})
   finally:
     if cache_home == 'read_only' and os.geteuid() == 0:
       os.system(f'umount {tmp_path / "read_only"}')
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.splitlines() == ['None', '']  # no cache, and the program ran
-  assert proc.stderr.splitlines() == [f'compilation cache off: cannot write {tmp_path / cache_home / "jaxgpt" / "xla"} '
-                                      f'({reason}); set XDG_CACHE_HOME to a writable folder']
+  cache_dir = tmp_path / cache_home / 'jaxgpt' / 'xla' if variable == 'XDG_CACHE_HOME' else tmp_path / cache_home
+  assert proc.stderr.splitlines() == [f'compilation cache off: cannot write {cache_dir} ({reason}); '
+                                      f'set {variable} to a writable folder']
 
 
 # trains a tiny model through the library, then prints what a process set-up would have changed
