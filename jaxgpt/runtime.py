@@ -250,9 +250,9 @@ def _check_xla_flags() -> None:
   does not know, or a value it cannot read, aborts the process from C++
   (nothing Python can catch), its reason in a line among its list of flags.
   So a forked copy of this process starts the CPU backend first and exits:
-  if it dies, its reason is read from it. Only where XLA_FLAGS is set: the
-  backend's start, tenths of a second, is paid twice. Checking names
-  against a list of XLA's flags instead would go stale with each jaxlib.
+  if it dies, its reason is read from it. Only where XLA_FLAGS is set, since
+  the backend's start is then paid twice. Checking names against a list of
+  XLA's flags instead would go stale with each jaxlib.
   """
   flags = os.environ.get('XLA_FLAGS')
   if not flags:
