@@ -51,6 +51,7 @@ FORMAT = 'jaxgpt-checkpoint/1'
 LIST_ATTEMPTS = 10  # listings of out_dir that lost a checkpoint under them, in a row, before giving up
 RELIST_WAIT_S = 0.05  # between listings of a reader that found no checkpoint where a writer is saving one
 READ_PATIENCE_S = 60.0  # how long a reader chooses again while a writer saving every iteration rotates its choice away
+SAVE_POLL_S = 0.01  # between looks at whether orbax finished writing a checkpoint (a Ctrl-C is heard between)
 DELETION_WAIT_S = 2.0  # a checkpoint folder that outlives a failed read by this long is not being deleted
 T = TypeVar('T')
 
@@ -189,6 +190,7 @@ class Checkpoints:
                             'writable --config.out_dir') from None
     self.read_only = read_only
     self.abandoned: int | None = None  # the step of a save a second Ctrl-C interrupted
+    self.failed = False  # a save that could not write
     self.lock = lock(self.directory) if locked and not read_only else None
     keep_latest_and_best = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
@@ -215,7 +217,9 @@ class Checkpoints:
             opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta)))
         # orbax writes in the background and would report a full disk only at the next save: waited for here, so
-        # that the run stops at the save that failed
+        # that the run stops at the save that failed. Polled: orbax's own wait holds off Ctrl-C until it ends
+        while self.manager.is_saving_in_progress():
+          time.sleep(SAVE_POLL_S)
         self.manager.wait_until_finished()
     except KeyboardInterrupt:  # a second Ctrl-C: orbax's threads still write; close() waits for them and removes it
       self.abandoned = step
@@ -227,7 +231,7 @@ class Checkpoints:
       error = self._write_error(e)
       if error is None:
         raise
-      self._remove_unfinished()
+      self.failed = True  # its unfinished folder is removed by close(), once orbax's threads stopped writing into it
       raise error from None
 
   def latest_step(self) -> int:
@@ -339,19 +343,25 @@ class Checkpoints:
       with _quiet_absl(logging.FATAL):  # as in save
         self.manager.wait_until_finished()
     except Exception as e:
+      self.failed = True
       if self.abandoned is None:
         error = self._write_error(e)
         if error is None:
           raise
         raise error from None
     finally:
-      with _quiet_absl(logging.FATAL):
-        self.manager.close()
+      with _quiet_absl(logging.FATAL), contextlib.suppress(*(Exception,) if self.unfinished() else ()):
+        self.manager.close()  # waits again, raising again what a failed save raised
       if self.abandoned is not None:
         shutil.rmtree(self.directory / str(self.abandoned), ignore_errors=True)  # written in full meanwhile
+      if self.unfinished():
         self._remove_unfinished()
       if self.lock is not None:
         os.close(self.lock)
+
+  def unfinished(self) -> bool:
+    """Whether a save failed or was abandoned: its folder is left unfinished."""
+    return self.failed or self.abandoned is not None
 
   def _remove_unfinished(self) -> None:
     """Removes the folder of a save that failed or was abandoned (orbax's, named `STEP.orbax-checkpoint-tmp...`),

@@ -686,7 +686,7 @@ def test_second_ctrl_c_during_a_save_abandons_it_in_one_line(folder, tmp_path):
       run.send_signal(signal.SIGINT)
       break
   stdout, stderr = run.communicate(timeout=300)
-  assert run.returncode == 130
+  assert run.returncode == 130, stdout[-3000:] + stderr[-3000:]
   assert stderr.splitlines() == ['stopped at once: the checkpoint being saved was abandoned; the earlier ones are whole']
   assert sorted(p.name for p in out.iterdir()) == ['2', 'metrics.jsonl']
   with checkpoint.Checkpoints(str(out), read_only=True) as kept:
