@@ -5,7 +5,8 @@ standard pytree format) and `meta` (JSON: iter_num, val_loss, best_val_loss,
 the model config, the run config and the vocabulary; the batches need no
 state, each drawn from (seed, iteration, device)). Orbax writes a step into a temporary folder and renames it when
 complete, so a run killed mid-save leaves the previous checkpoints as they
-were. out_dir keeps two: the latest and the one with the best val loss. A
+were. A save is waited for: a full disk stops the run at that save, and a
+second Ctrl-C during it abandons it, its folder removed. out_dir keeps two: the latest and the one with the best val loss. A
 resumed training starts from the latest, sampling and the exports read the
 best; each takes `checkpoint=best|latest` to choose the other. Only the
 step folders orbax wrote (with its metadata) are checkpoints: a user's
