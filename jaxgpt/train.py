@@ -41,7 +41,7 @@ import ml_collections
 import optax
 from jax.experimental import multihost_utils
 
-from jaxgpt import data, entry, gpt2, memory, parallel, prepare, runtime, step
+from jaxgpt import data, entry, files, gpt2, memory, parallel, prepare, runtime, step
 from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.model import SHAPE_KEYS, GPTConfig
@@ -537,9 +537,8 @@ def keep_records_before(path: pathlib.Path, iter_num: int) -> None:
         kept.append(line)
   if kept == lines:  # the usual resume, after a stop that saved: the folder is left as it was
     return
-  rewritten = path.with_suffix('.jsonl.tmp')
-  rewritten.write_text(''.join(kept))
-  rewritten.replace(path)
+  with files.replacing(path) as [rewritten]:
+    rewritten.write_text(''.join(kept))
 
 
 class TrainLogger:
