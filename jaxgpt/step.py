@@ -81,6 +81,12 @@ def dropout_key(base_key: jax.Array, iter_num, shard) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(base_key, iter_num), shard)
 
 
+def train_program_jit(compiler_options: dict) -> Callable:
+  """jax.jit for the programs of a train step: compiler_options (XLA's, for the model's matmuls) plus the option
+  that keeps the model's residual barriers in a program that differentiates it."""
+  return functools.partial(jax.jit, compiler_options=compiler_options | KEEP_RESIDUAL_BARRIERS)
+
+
 class TrainStep:
   """step(params, opt_state, xs, ys, iter_num) -> (params, opt_state, metrics).
 
@@ -94,7 +100,7 @@ class TrainStep:
 
   def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, dropout: bool, seed: int,
                fused: bool, compiler_options: dict):
-    jit = functools.partial(jax.jit, compiler_options=compiler_options | KEEP_RESIDUAL_BARRIERS)
+    jit = train_program_jit(compiler_options)
     base_key = jax.random.key(seed)
 
     def loss_and_grads(params, xs, ys, iter_num):
@@ -162,7 +168,7 @@ class ShardedTrainStep:
 
   def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, mesh: Mesh, shards: int,
                dropout: bool, seed: int, compiler_options: dict):
-    jit = functools.partial(jax.jit, compiler_options=compiler_options | KEEP_RESIDUAL_BARRIERS)
+    jit = train_program_jit(compiler_options)
     base_key = jax.random.key(seed)
     first_shard = jax.process_index() * shards  # this process's shards, numbered across processes
 
