@@ -193,6 +193,20 @@ def check_import_dir(out_dir: str) -> None:
     raise JaxGPTError(f'--out_dir={out_dir} is not empty: import into a new or empty folder')
 
 
+def ckpt_weights(ckpt: dict, path: pathlib.Path, config: GPTConfig) -> tuple[dict[str, np.ndarray], dict]:
+  """The weights of nanoGPT's checkpoint (read_nanogpt_ckpt's), by nanoGPT's
+  names as float32 arrays, and as the params of config (its model)."""
+  # the causal-mask buffer of nanoGPT's non-flash attention is not a weight;
+  # torch.compile'd models save their names with an _orig_mod. prefix
+  weights = {k.removeprefix('_orig_mod.'): v.float().numpy() for k, v in ckpt['model'].items()
+             if not k.endswith('.attn.bias')}
+  _, like = abstract_params(config)  # the shapes alone: no random model drawn to be replaced
+  try:
+    return weights, nanogpt.from_nanogpt(weights, like)
+  except ValueError as e:
+    raise JaxGPTError(f"{path}: {e}: its weights and model_args disagree, so it is damaged or not nanoGPT's") from None
+
+
 def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
   """Writes nanoGPT's checkpoint at `path` as a jaxgpt checkpoint in out_dir,
   with the vocabulary (see find_vocab); returns its step. Everything is
@@ -204,15 +218,8 @@ def import_ckpt(path: str, out_dir: str, meta: str | None = None) -> int:
   config = nanogpt_model_config(ckpt, ckpt_path)
   # (run_config checked the name: a folder of data/)
   dataset = ckpt['config'].get('dataset') if isinstance(ckpt.get('config'), dict) else None
-  # the causal-mask buffer of nanoGPT's non-flash attention is not a weight;
-  # torch.compile'd models save their names with an _orig_mod. prefix
-  weights = {k.removeprefix('_orig_mod.'): v.float().numpy() for k, v in ckpt['model'].items()
-             if not k.endswith('.attn.bias')}
-  _, like = abstract_params(config)  # the shapes alone: no random model drawn to be replaced
-  try:
-    params = nanogpt.from_nanogpt(weights, like)
-  except ValueError as e:
-    raise JaxGPTError(f"{path}: {e}: its weights and model_args disagree, so it is damaged or not nanoGPT's") from None
+  weights, params = ckpt_weights(ckpt, ckpt_path, config)
+  _, like = abstract_params(config)
   try:
     step = int(ckpt.get('iter_num', 0))
     best_val_loss = float(ckpt.get('best_val_loss', float('inf')))  # nanoGPT saves a 0-d tensor
