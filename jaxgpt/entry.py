@@ -15,6 +15,7 @@ import os
 import signal
 import stat
 import sys
+import types
 from collections.abc import Callable
 
 from jaxgpt.errors import JaxGPTError
@@ -47,11 +48,45 @@ def leave_closed_pipe() -> None:
   os.close(devnull)
 
 
-def _stop(signum: int, frame) -> None:
-  """SIGTERM or SIGHUP as Ctrl-C: a KeyboardInterrupt."""
-  if signum == signal.SIGHUP:
-    leave_closed_terminal()
-  signal.default_int_handler(signum, frame)
+class StopSignals:
+  """Within: Ctrl-C, SIGTERM and SIGHUP (the terminal closed) each stop the
+  work as Ctrl-C does, with a KeyboardInterrupt named after the signal; the
+  handlers there before are put back on leaving. After SIGHUP, what would go
+  to the closed terminal goes nowhere (leave_closed_terminal).
+
+  signals: those handled. noted: the first is noted in `received` (its
+  number) and passed to `on_noted`, not raised, so that the work stops where
+  it chooses (between two steps, never midway through reading or writing a
+  checkpoint); a second is raised at once. keep_ignored: a signal that this
+  process was told to ignore (a background job's SIGINT) stays ignored."""
+
+  def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, *, noted: bool = False, keep_ignored: bool = False):
+    self.signals, self.noted, self.keep_ignored = signals, noted, keep_ignored
+    self.received: list[int] = []
+
+  def __enter__(self) -> 'StopSignals':
+    handled = [s for s in self.signals if not (self.keep_ignored and signal.getsignal(s) is signal.SIG_IGN)]
+    self.replaced = {s: signal.signal(s, self._stop) for s in handled}
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, handler in self.replaced.items():
+      signal.signal(signum, handler)
+
+  def _stop(self, signum: int, frame: types.FrameType | None) -> None:
+    if signum == signal.SIGHUP:
+      leave_closed_terminal()
+    if not self.noted or self.received:
+      raise KeyboardInterrupt(signal.Signals(signum).name)
+    self.received.append(signum)
+    self.on_noted(signum)
+
+  def first_signal(self) -> str:
+    """The name of the signal noted first (SIGINT for Ctrl-C)."""
+    return signal.Signals(self.received[0]).name
+
+  def on_noted(self, signum: int) -> None:
+    """What the work says on the first signal, noted: nothing, unless a subclass says it."""
 
 
 def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInterrupt], str], *,
@@ -59,24 +94,22 @@ def run(work: Callable[[], int | None], interrupted: str | Callable[[KeyboardInt
   """work()'s exit status (None: 0). `interrupted`: the line printed on
   Ctrl-C, SIGTERM or SIGHUP, or a function of the KeyboardInterrupt giving
   it. uses_jax: whether work runs jax, whose process is then set up first."""
-  previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS if signum != signal.SIGINT}
-  try:
-    if uses_jax:
-      # imported here, not with this module: a command that does not run jax need not load it
-      from jaxgpt import runtime
-      runtime.setup()  # within: an XLA_FLAGS that XLA refuses is a JaxGPTError
-    status = work() or 0
-    sys.stdout.flush()  # here, not at exit: a reader that closed the pipe is then one more case below
-    return status
-  except BrokenPipeError:  # stdout's reader closed it: the reader had what it wanted (`| head`); no traceback
-    leave_closed_pipe()
-    return 0
-  except JaxGPTError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt as e:
-    print(interrupted(e) if callable(interrupted) else interrupted, file=sys.stderr)
-    return 130
-  finally:
-    for signum, handler in previous.items():  # called in process (tests, notebooks): left as they were
-      signal.signal(signum, handler)
+  # Ctrl-C is Python's own KeyboardInterrupt already (and none in a background job, which ignores it)
+  with StopSignals((signal.SIGTERM, signal.SIGHUP)):  # called in process (tests, notebooks): left as they were
+    try:
+      if uses_jax:
+        # imported here, not with this module: a command that does not run jax need not load it
+        from jaxgpt import runtime
+        runtime.setup()  # within: an XLA_FLAGS that XLA refuses is a JaxGPTError
+      status = work() or 0
+      sys.stdout.flush()  # here, not at exit: a reader that closed the pipe is then one more case below
+      return status
+    except BrokenPipeError:  # stdout's reader closed it: the reader had what it wanted (`| head`); no traceback
+      leave_closed_pipe()
+      return 0
+    except JaxGPTError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    except KeyboardInterrupt as e:
+      print(interrupted(e) if callable(interrupted) else interrupted, file=sys.stderr)
+      return 130

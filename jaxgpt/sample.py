@@ -15,15 +15,12 @@ for the machine's memory, is answered with one `error:` line before the
 weights are read.
 """
 
-import contextlib
 import dataclasses
 import inspect
 import pathlib
 import signal
 import sys
 import time
-import types
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -226,32 +223,6 @@ def print_samples(tokenizer, rows: np.ndarray) -> None:
     print(SEPARATOR)
 
 
-@contextlib.contextmanager
-def signals_noted() -> Iterator[list[str]]:
-  """Within: SIGINT, SIGTERM and SIGHUP are noted in the list yielded (their names),
-  not raised, so that sampling stops between two tokens and never midway
-  through reading a checkpoint; a second one raises KeyboardInterrupt at once.
-  A signal the shell told this process to ignore (a background job's SIGINT)
-  stays ignored."""
-  received = []
-
-  def note(signum: int, frame: types.FrameType | None) -> None:
-    if signum == signal.SIGHUP:
-      entry.leave_closed_terminal()
-    if received:
-      raise KeyboardInterrupt(signal.Signals(signum).name)
-    received.append(signal.Signals(signum).name)
-
-  handled = [s for s in entry.STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
-  previous_handlers = {s: signal.signal(s, note) for s in handled}
-  signal.pthread_sigmask(signal.SIG_UNBLOCK, set(entry.STOP_SIGNALS))  # held by sample.py while jax loaded
-  try:
-    yield received
-  finally:
-    for s, handler in previous_handlers.items():
-      signal.signal(s, handler)
-
-
 USAGE = """usage: python sample.py [--KEY=VALUE ...]     (or --config.KEY=VALUE, the same)
        python sample.py FILE [--KEY=VALUE ...]     (nanoGPT's spelling: a config file, then the flags)
        python sample.py --config=FILE [--config.KEY=VALUE ...]     (train.py's spelling of the same)"""
@@ -286,32 +257,34 @@ def main(argv: list[str]) -> int:
 def sample(argv: list[str]) -> int:
   """Prints the samples the flags in argv ask for; a stop while sampling
   prints them as far as they got."""
-  with signals_noted() as received:
+  # noted, not raised: sampling stops between two tokens, never midway through reading a checkpoint
+  with entry.StopSignals(noted=True, keep_ignored=True) as stop:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(entry.STOP_SIGNALS))  # held by sample.py while jax loaded
     c = parse_sample_config(argv)
     text = read_prompt(c.start)
     logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
     runtime.pin_device(c.device)
     config, tokenizer, params, prompt, what = load_model(c, text)
     generate = Generator(abstract_params(config)[0], params, config, temperature=c.temperature, top_k=c.top_k)
-    if received:
-      raise KeyboardInterrupt(received[0])
+    if stop.received:
+      raise KeyboardInterrupt(stop.first_signal())
     tokens = np.array([prompt] * c.num_samples, np.int32)
     progress = sys.stdout.isatty()
     t0 = time.perf_counter()
     if c.compile:  # ahead of the first token, so that the generation is timed alone
       generate.compile(tokens, c.max_new_tokens, use_cache=c.use_cache, progress=progress)
     compile_seconds = time.perf_counter() - t0
-    if received:
-      raise KeyboardInterrupt(received[0])
+    if stop.received:
+      raise KeyboardInterrupt(stop.first_signal())
     t0 = time.perf_counter()
     with jax.disable_jit(not c.compile):
       for tokens in generate.stream(tokens, c.max_new_tokens, c.seed, use_cache=c.use_cache, progress=progress):
-        if received:  # tokens holds every token drawn so far
+        if stop.received:  # tokens holds every token drawn so far
           break
     seconds = time.perf_counter() - t0
     print_samples(tokenizer, tokens)
-  if received:
-    print(f'{received[0]}: stopped after {tokens.shape[1] - len(prompt)} of {c.max_new_tokens} new tokens',
+  if stop.received:
+    print(f'{stop.first_signal()}: stopped after {tokens.shape[1] - len(prompt)} of {c.max_new_tokens} new tokens',
           file=sys.stderr)
     return 130
   print(speed_line(c, seconds, compile_seconds, what), file=sys.stderr)

@@ -103,7 +103,7 @@ class Log:
       print(line, file=sys.stderr if self.closed else sys.stdout)
 
 
-class StopSignals:
+class StopSignals(entry.StopSignals):
   """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), noted and acted on
   between steps (or evaluation batches): the step in flight finishes, a
   checkpoint is saved, the run stops. After SIGHUP, what would go to the
@@ -114,28 +114,22 @@ class StopSignals:
   could crash the interpreter on its way out. A second one raises at once."""
 
   def __init__(self, log: Log):
+    super().__init__(noted=True)
     self.log = log
-    self.received: list[int] = []
     self.training = False  # set when the first step is about to run
 
   def __enter__(self) -> 'StopSignals':
-    self.replaced = {signum: signal.signal(signum, self._note) for signum in entry.STOP_SIGNALS}
+    super().__enter__()
     self.log.on_closed = self._note_closed_output
     if self.log.closed:
       self._note_closed_output()
     return self
 
   def __exit__(self, *exc_info) -> None:
-    for signum, handler in self.replaced.items():
-      signal.signal(signum, handler)
+    super().__exit__(*exc_info)
     self.log.on_closed = None
 
-  def _note(self, signum: int, frame) -> None:
-    if signum == signal.SIGHUP:
-      entry.leave_closed_terminal()
-    if self.received:
-      raise KeyboardInterrupt
-    self.received.append(signum)
+  def on_noted(self, signum: int) -> None:
     doing = ('finishing this iteration or evaluation batch, then saving a checkpoint' if self.training else
              'stopping before training begins')
     self.log.print(f'{signal.Signals(signum).name}: {doing} (again to stop at once, unsaved)', flush=True)
@@ -158,7 +152,7 @@ class StopSignals:
     return parallel.all_processes_agree(bool(self.received))
 
   def reason(self) -> str:
-    return signal.Signals(self.received[0]).name if self.received else 'a stop in another process'
+    return self.first_signal() if self.received else 'a stop in another process'
 
 
 def pretrained_model_config(c: ml_collections.ConfigDict, pretrained: GPTConfig,
