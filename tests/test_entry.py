@@ -98,6 +98,45 @@ def test_a_closed_terminal_sighup_is_one_line_and_exit_130(capsys):
   assert signal.getsignal(signal.SIGHUP) is previous
 
 
+def test_stop_signals_noted_note_the_first_and_raise_the_second():
+  said = []
+
+  class Said(entry.StopSignals):
+    def on_noted(self, signum):
+      said.append(signum)
+
+  previous = {s: signal.getsignal(s) for s in entry.STOP_SIGNALS}
+  with Said(noted=True) as stop:
+    signal.raise_signal(signal.SIGTERM)  # noted, not raised: the work goes on to a point of its choosing
+    assert (stop.received, said, stop.first_signal()) == ([signal.SIGTERM], [signal.SIGTERM], 'SIGTERM')
+    with pytest.raises(KeyboardInterrupt, match='^SIGINT$'):  # a second: at once
+      signal.raise_signal(signal.SIGINT)
+  assert stop.received == [signal.SIGTERM] and said == [signal.SIGTERM]
+  assert {s: signal.getsignal(s) for s in entry.STOP_SIGNALS} == previous  # given back
+
+
+def test_stop_signals_raise_at_once_unless_noted():
+  with entry.StopSignals() as stop, pytest.raises(KeyboardInterrupt, match='^SIGHUP$'):
+    signal.raise_signal(signal.SIGHUP)
+  assert stop.received == []
+
+
+def test_stop_signals_can_leave_an_ignored_signal_ignored():
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job
+  try:
+    with entry.StopSignals(noted=True, keep_ignored=True) as stop:
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+      signal.raise_signal(signal.SIGINT)
+      assert stop.received == []
+      assert signal.getsignal(signal.SIGTERM) == stop._stop  # the others handled
+    with entry.StopSignals(noted=True) as stop:  # train.py's: every stop signal is heard
+      signal.raise_signal(signal.SIGINT)
+      assert stop.received == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 # each command on what it needs: a data set to prepare from a small text, or a folder with no metrics.jsonl to plot
 COMMANDS_WITHOUT_JAX = {'prepare': ['jaxgpt.prepare', 'char', 'input.txt', '--name', 'tiny'],
                         'data': ['jaxgpt.data', 'shakespeare_char'],
