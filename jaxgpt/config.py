@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_only = False  # evaluate once at step 0, then exit
   c.eval_fixed = False  # True: the same eval batches at every evaluation (curves compare without noise)
   c.always_save_checkpoint = True  # save after every eval, not only when val improves
+  c.full_val_context = 0  # > 0: val loss over the whole val split, in windows of this many tokens (jaxgpt.evaluate)
+  c.target_val_loss = 0.0  # > 0: stop at the first evaluation whose val loss is at or below it, saving that state
+  c.time_limit = 0.0  # > 0: stop after the first iteration ending this many seconds after the process started
   c.init_from = 'scratch'  # 'scratch', 'resume' (from out_dir) or a GPT-2: 'gpt2', 'gpt2-medium', ...
   c.checkpoint = 'latest'  # the checkpoint init_from=resume starts from: 'latest' or 'best' (lowest val loss)
   c.overwrite = False  # True: a run from scratch or GPT-2 replaces the checkpoints an earlier run left in out_dir
@@ -280,6 +283,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.overwrite and c.init_from == 'resume':
     raise ConfigError('overwrite=True and init_from=resume contradict each other: resume continues the checkpoints '
                       'in out_dir, overwrite replaces them with a new run\'s; pass one of the two')
+  for key in ('full_val_context', 'target_val_loss', 'time_limit'):
+    if c[key] < 0:
+      raise ConfigError(f'{key}={c[key]} must be >= 0 (0: off)')
+  if c.full_val_context > c.block_size:
+    raise ConfigError(f'full_val_context={c.full_val_context} exceeds block_size={c.block_size}, the longest context '
+                      f'the model reads: pass --config.full_val_context={c.block_size} or less')
+  if c.full_val_context and c.num_processes > 1:
+    raise ConfigError(f'full_val_context evaluates the whole model in one process, and num_processes='
+                      f'{c.num_processes}: pass --config.full_val_context=0 (the eval_iters estimate)')
   check_dataset_name(c.dataset, '--config.dataset')
   validate_processes(c)
 

@@ -142,6 +142,26 @@ def split_tokens(path: pathlib.Path, context: int, flag: str) -> np.ndarray:
   return tokens
 
 
+class SplitEvaluator:
+  """split_loss of one split at one context, in float32, its program built
+  once and compiled ahead of the first call (`compile`): train.py's
+  full_val_context and the command's."""
+
+  def __init__(self, model_config: GPTConfig, tokens: np.ndarray, context: int):
+    self.config = float32_model(model_config)
+    self.tokens, self.context = tokens, context
+    self.graphdef, _ = abstract_params(self.config)
+    self.sum_losses = make_token_losses(self.graphdef, runtime.compiler_options(self.config.dtype,
+                                                                                self.config.n_embd))
+
+  def compile(self, params: Params) -> jax.stages.Compiled:
+    """Compiles the program for params (arrays, or their shapes and shardings); later calls find it compiled."""
+    return self.sum_losses.lower(params, *call_shapes(params, self.context)).compile()
+
+  def __call__(self, params: Params, stop: Callable[[], bool] | None = None) -> float | None:
+    return split_loss(params, self.graphdef, self.tokens, self.context, sum_losses=self.sum_losses, stop=stop)
+
+
 # -- the command ----------------------------------------------------------------------
 
 
@@ -240,12 +260,10 @@ def evaluate(source: str, checkpoint: str | None = None, context: int | None = N
   path = folder / f'{split}.bin'
   tokens = split_tokens(path, context, '--context')
   check_vocabulary(model, dataset, folder, path)
-  graphdef, _ = abstract_params(model.config)
-  compiler_options = runtime.compiler_options(model.config.dtype, model.config.n_embd)
-  sum_losses = make_token_losses(graphdef, compiler_options)
-  sum_losses.lower(model.params, *call_shapes(model.params, context)).compile()  # ahead: the time is the evaluation's
+  evaluator = SplitEvaluator(model.config, tokens, context)
+  evaluator.compile(model.params)  # ahead: the time is the evaluation's
   t0 = time.perf_counter()
-  loss = split_loss(model.params, graphdef, tokens, context, sum_losses=sum_losses)
+  loss = evaluator(model.params)
   return Evaluation(loss, split, path, len(tokens) - 1, context, model.what, time.perf_counter() - t0)
 
 

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -41,7 +42,7 @@ import ml_collections
 import optax
 from jax.experimental import multihost_utils
 
-from jaxgpt import data, entry, files, gpt2, memory, parallel, prepare, runtime, step
+from jaxgpt import data, entry, evaluate, files, gpt2, memory, parallel, prepare, runtime, step
 from jaxgpt.checkpoint import Checkpoints, holds_checkpoints
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.model import SHAPE_KEYS, GPTConfig
@@ -50,6 +51,8 @@ from jaxgpt.progress import TrainingProgress
 from jaxgpt.step import StepMetrics
 
 A100_BF16_PEAK_FLOPS = 312e12  # nanoGPT reports MFU against this; kept so the numbers compare
+
+IMPORTED_AT = time.monotonic()  # process_start's stand-in where the kernel does not say
 
 RUN_SHAPE_KEYS = tuple(key for key in SHAPE_KEYS if key != 'vocab_size')  # vocab_size: the data set's
 
@@ -275,6 +278,19 @@ def prepared_dataset(c: ml_collections.ConfigDict, log: Log) -> tuple[pathlib.Pa
   return folder, vocab
 
 
+def process_start() -> float:
+  """When this process started, on time.monotonic()'s clock: from the
+  kernel's start time on Linux (so the interpreter's start and the imports
+  count), else the moment jaxgpt.train was imported."""
+  try:
+    after_name = pathlib.Path('/proc/self/stat').read_text().rpartition(')')[2].split()
+    started = int(after_name[19]) / os.sysconf('SC_CLK_TCK')  # field 22, starttime: clock ticks after boot
+    age = float(pathlib.Path('/proc/uptime').read_text().split()[0]) - started
+  except (OSError, ValueError, IndexError):
+    return IMPORTED_AT
+  return time.monotonic() - age
+
+
 def estimate_mfu(config: GPTConfig, num_params: int, tokens_per_iter: int, dt: float) -> float:
   """nanoGPT's model flops utilization, from the PaLM paper's appendix B."""
   L, H, Q, T = config.n_layer, config.n_head, config.n_embd // config.n_head, config.block_size
@@ -341,6 +357,8 @@ class Trainer:
                                                                    c.batch_size, token_count),
                                                  mesh, c.seed, stream=stream)
                          for stream, split in ((1, 'train'), (2, 'val'))}
+    self.full_val = self._full_val_evaluator(folder) if c.full_val_context else None
+    self.first_iter, self.process_start = start.iter_num, process_start()
     if c.check_memory:
       self._check_memory_before_compiling()
     graphdef, abstract_params = step.abstract_params(self.model_config)
@@ -372,6 +390,13 @@ class Trainer:
     self.logger = TrainLogger(c, self.model_config, num_params, tokens_per_iter, self.state.iter_num, log, wandb,
                               self.progress)
 
+  def _full_val_evaluator(self, folder: pathlib.Path) -> evaluate.SplitEvaluator:
+    """The whole val split's loss at full_val_context (its program compiled with the others)."""
+    context = self.config.full_val_context
+    evaluate.check_context(context, self.model_config.block_size, '--config.full_val_context')  # a resumed model's
+    tokens = evaluate.split_tokens(folder / 'val.bin', context, '--config.full_val_context')
+    return evaluate.SplitEvaluator(self.model_config, tokens, context)
+
   def _check_memory_before_compiling(self) -> None:
     """Stops a run that cannot fit in memory, from the config alone: before
     the model is traced, a batch drawn or anything compiled."""
@@ -399,6 +424,8 @@ class Trainer:
     eval_program = self.eval_losses.lower(abstract_state[0], *self.eval_batches['val'](0, c.eval_iters), 0).compile()
     programs = self.train_step.compile(*abstract_state, self.xs, self.ys, iter_num) + \
         [(eval_program, len(self.eval_batches) if self.one_device else 1)]  # the splits at once on one device
+    if self.full_val:
+      programs.append((self.full_val.compile(abstract_state[0]), 1))
     estimate = memory.run_estimate(programs, abstract_state)
     available = memory.available_bytes()
     self.log.print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))
@@ -416,19 +443,25 @@ class Trainer:
     self.progress.training()
     with self.logger:
       while True:
-        if state.iter_num % c.eval_interval == 0 or c.eval_only:
+        out_of_time = self.out_of_time()
+        if state.iter_num % c.eval_interval == 0 or c.eval_only or out_of_time:
           runtime.release_free_memory()  # the steps' freed buffers, before the evaluation takes its own
           with self.progress.evaluating():
-            losses = self.estimate_loss()
-          if losses is None:  # stopped mid-evaluation: the state is the one before it
+            evaluation = self.evaluate()
+          if evaluation is None:  # stopped mid-evaluation: the state is the one before it
             self.save_on_stop()
             break
-          self.logger.evaluation(state.iter_num, losses)
+          losses, full_val_seconds = evaluation
+          self.logger.evaluation(state.iter_num, losses, full_val_seconds)
           if losses['val'] < state.best_val_loss or c.always_save_checkpoint:
             state.best_val_loss = min(state.best_val_loss, losses['val'])
             if state.iter_num > 0 and not self.saved():  # not the one resumed from
               self.log.print(f'saving checkpoint to {c.out_dir}')
               self.save(losses['val'])
+          reason = None if c.eval_only else self.reason_to_stop(losses['val'], out_of_time)
+          if reason:
+            self.stop_here(losses['val'], reason)
+            break
           runtime.release_free_memory()  # the next step faults its temp buffer in again
           self.logger.restart_clock(state.iter_num)  # iteration times leave evaluation out
         if c.eval_only:  # nanoGPT's `iter_num == 0 and eval_only` would let a resumed run train on
@@ -448,6 +481,31 @@ class Trainer:
           self.save_on_stop()
           break
     return losses
+
+  def out_of_time(self) -> bool:
+    """Whether time_limit has passed since the process started, once this
+    run has done an iteration (all processes answer alike)."""
+    c = self.config
+    if not c.time_limit or self.state.iter_num == self.first_iter:
+      return False
+    return parallel.all_processes_agree(time.monotonic() - self.process_start > c.time_limit)
+
+  def reason_to_stop(self, val_loss: float, out_of_time: bool) -> str | None:
+    """Why the run ends at this evaluation, before max_iters: target_val_loss reached, or time_limit passed."""
+    c = self.config
+    if c.target_val_loss and val_loss <= c.target_val_loss:
+      return f'val loss {val_loss:.4f} is at or below target_val_loss={c.target_val_loss:g}'
+    if out_of_time:
+      elapsed = time.monotonic() - self.process_start
+      return f'time_limit={c.time_limit:g} s passed ({elapsed:.1f} s since the process started)'
+    return None
+
+  def stop_here(self, val_loss: float, reason: str) -> None:
+    """Ends the run at this evaluation, as at its end: the state saved, with its val loss."""
+    if not self.saved():
+      self.log.print(f'saving checkpoint to {self.config.out_dir}')
+      self.save(val_loss)
+    self.log.last_word(f'{reason}: stopped at iteration {self.state.iter_num}, saved in {self.config.out_dir}')
 
   def stop_flag(self) -> dict[str, bool]:
     """The train step's `stop` argument, for a step that carries it across processes."""
@@ -474,13 +532,27 @@ class Trainer:
           total += loss
       return total / c.eval_iters
 
-    splits = list(self.eval_batches.values())
-    if self.one_device:
+    names = [name for name in self.eval_batches if not (name == 'val' and self.full_val)]  # val: evaluate_full_val
+    splits = [self.eval_batches[name] for name in names]
+    if self.one_device and len(splits) > 1:
       other = self.eval_thread.submit(split_loss, splits[1])
       results = [split_loss(splits[0]), other.result()]
     else:
       results = [split_loss(batches) for batches in splits]
-    return None if None in results else dict(zip(self.eval_batches, results))
+    return None if None in results else dict(zip(names, results))
+
+  def evaluate(self) -> tuple[dict[str, float], float] | None:
+    """The losses of an evaluation point, and the seconds the whole val
+    split took (full_val_context: its loss is then the val loss; else 0);
+    None when a stop ended the evaluation."""
+    losses = self.estimate_loss()
+    if losses is None:
+      return None
+    if not self.full_val:
+      return losses, 0.0
+    t0 = time.time()
+    losses['val'] = self.full_val(self.state.params, stop=self.stop.requested)  # asked between its program calls
+    return None if losses['val'] is None else (losses, time.time() - t0)
 
   def saved(self) -> bool:
     """Whether a checkpoint of this run holds the state before iteration
@@ -590,9 +662,13 @@ class TrainLogger:
       self.metrics_file.write(json.dumps(fields) + '\n')
       self.metrics_file.flush()
 
-  def evaluation(self, iter_num: int, losses: dict[str, float]) -> None:
-    self.log.print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}')
-    self.record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+  def evaluation(self, iter_num: int, losses: dict[str, float], full_val_seconds: float) -> None:
+    """full_val_seconds: the whole val split's evaluation's (full_val_context), shown on its line."""
+    context = self.config.full_val_context
+    full = f' (the whole split, windows of {context}, {full_val_seconds:.2f} s)' if context else ''
+    self.log.print(f'step {iter_num}: train loss {losses["train"]:.4f}, val loss {losses["val"]:.4f}{full}')
+    self.record(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'],
+                **({'full_val_s': full_val_seconds} if context else {}))
     if self.wandb:  # the keys nanoGPT logs
       self.wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
                       'lr': float(self.learning_rate(iter_num)), 'mfu': self.running_mfu * 100})
