@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import datetime
 import fcntl
+import gc
 import logging as std_logging  # asyncio's (orbax's messages go through absl's, `logging` here)
 import math
 import os
@@ -35,6 +36,7 @@ import pathlib
 import re
 import shutil
 import sys
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -136,30 +138,61 @@ def listed(list_steps: Callable[[], T]) -> T:
         raise
 
 
-def _not_abandoned_read(record: std_logging.LogRecord) -> bool:
+def _not_abandoned_work(record: std_logging.LogRecord) -> bool:
   return 'exception was never retrieved' not in record.getMessage()  # a Task's or a _GatheringFuture's
 
 
-def _from_abandoned_read(unraisable) -> bool:
+def _from_abandoned_work(unraisable) -> bool:
   """A failed read's coroutine collected, or a read's callback on orbax's event loop, closed since."""
   code = getattr(unraisable.object, 'cr_code', None)
   return (code is not None and 'orbax' in code.co_filename) or str(unraisable.exc_value) == 'Event loop is closed'
 
 
-def quiet_abandoned_reads() -> None:
-  """Orbax reads a checkpoint's arrays in asyncio tasks, on an event loop of its own for each restore. When
-  one fails (a checkpoint deleted as it is read, or corrupt), its error is raised, and answered here; Python
-  would print the others' as tracebacks of their own, later, as they are collected ("Task exception was never
-  retrieved", "Exception ignored in: <coroutine ...>", "Event loop is closed")."""
+_quieting = threading.Lock()  # guards the two below
+_quieted_for = 0  # how many are quieting abandoned work now: Python's hooks come back when none is
+_python_hooks: tuple[Callable, Callable] | None = None  # sys.unraisablehook and sys.excepthook, from before
+
+
+def _quiet_unraisable(unraisable) -> None:
+  if not _from_abandoned_work(unraisable):
+    _python_hooks[0](unraisable)
+
+
+def _quiet_excepthook(kind, value, trace) -> None:
+  # a write's callback on orbax's closed event loop, called from tensorstore's threads, comes here
+  if str(value) != 'Event loop is closed':
+    _python_hooks[1](kind, value, trace)
+
+
+@contextlib.contextmanager
+def abandoned_work_quieted():
+  """Orbax reads and writes a checkpoint's arrays in asyncio tasks, on an event loop of its own for each
+  restore or save. When one fails (a checkpoint deleted as it is read, or corrupt; a full disk), its error is
+  raised, and answered here; Python would print the others' as tracebacks of their own, later, as they are
+  collected ("Task exception was never retrieved", "Exception ignored in: <coroutine ...>", "Event loop is
+  closed"). Within this block they are not; Python's hooks (or a user's) are put back when the last such
+  block ends."""
+  global _quieted_for, _python_hooks
   asyncio_log = std_logging.getLogger('asyncio')
-  if _not_abandoned_read in asyncio_log.filters:
-    return
-  asyncio_log.addFilter(_not_abandoned_read)
-  report = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None if _from_abandoned_read(unraisable) else report(unraisable)
-  # a write's callback on orbax's closed event loop, called from tensorstore's threads, goes to sys.excepthook
-  hook = sys.excepthook
-  sys.excepthook = lambda kind, value, trace: None if str(value) == 'Event loop is closed' else hook(kind, value, trace)
+  with _quieting:
+    if _quieted_for == 0:
+      _python_hooks = sys.unraisablehook, sys.excepthook
+      sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook
+      asyncio_log.addFilter(_not_abandoned_work)
+    _quieted_for += 1
+  try:
+    yield
+  finally:
+    gc.collect()  # abandoned tasks sit in reference cycles (their errors' tracebacks): collected now, quietly
+    with _quieting:
+      _quieted_for -= 1
+      if _quieted_for == 0:
+        asyncio_log.removeFilter(_not_abandoned_work)
+        # a hook set since is someone else's: left in place
+        if sys.unraisablehook is _quiet_unraisable:
+          sys.unraisablehook = _python_hooks[0]
+        if sys.excepthook is _quiet_excepthook:
+          sys.excepthook = _python_hooks[1]
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -192,7 +225,10 @@ class Checkpoints:
     self.read_only = read_only
     self.abandoned: int | None = None  # the step of a save a second Ctrl-C interrupted
     self.failed = False  # a save that could not write
-    self.lock = lock(self.directory) if locked and not read_only else None
+    self.resources = contextlib.ExitStack()  # given back by close(): the lock, the quieted tracebacks
+    self.quieting = False  # whether orbax's abandoned work is quieted (from the first save or failed read)
+    if locked and not read_only:
+      self.resources.callback(os.close, lock(self.directory))
     keep_latest_and_best = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
         # sorted by val loss, descending: BestN keeps the last n, the lowest
@@ -210,7 +246,7 @@ class Checkpoints:
     meta needs a val_loss. A write that fails (a full disk) raises a CheckpointError and leaves no unfinished
     folder; a second Ctrl-C raises AbandonedSave, and close() removes what was written."""
     meta = {'format': FORMAT} | meta
-    quiet_abandoned_reads()  # a failed write abandons orbax's other writes, as a failed read does its reads
+    self._quiet_abandoned_work()  # a failed write abandons orbax's other writes, as a failed read does its reads
     try:
       with _quiet_absl(logging.FATAL):  # a failed write's tracebacks, from each of orbax's threads; answered below
         self.manager.save(step, metrics={'val_loss': meta['val_loss']}, args=ocp.args.Composite(
@@ -328,7 +364,7 @@ class Checkpoints:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many kinds (missing files, bad JSON, shape mismatches)
-      quiet_abandoned_reads()
+      self._quiet_abandoned_work()
       raise UnreadableCheckpoint(f'checkpoint {self.directory / str(step)} cannot be read '
                             f'({type(e).__name__}: {str(e).splitlines()[0][:200]}): it is '
                             'corrupt or from another model') from None
@@ -351,23 +387,26 @@ class Checkpoints:
           raise
         raise error from None
     finally:
-      with _quiet_absl(logging.FATAL), contextlib.suppress(*(Exception,) if self.unfinished() else ()):
-        self.manager.close()  # waits again, raising again what a failed save raised
-      if self.abandoned is not None:
-        shutil.rmtree(self.directory / str(self.abandoned), ignore_errors=True)  # written in full meanwhile
-      if self.unfinished():
-        self._remove_unfinished()
-      if self.lock is not None:
-        os.close(self.lock)
+      with self.resources:  # the lock and Python's hooks given back, however this ends
+        with _quiet_absl(logging.FATAL), contextlib.suppress(*(Exception,) if self.unfinished() else ()):
+          self.manager.close()  # waits again, raising again what a failed save raised
+        if self.abandoned is not None:
+          shutil.rmtree(self.directory / str(self.abandoned), ignore_errors=True)  # written in full meanwhile
+        if self.unfinished():
+          self._remove_unfinished()
+
+  def _quiet_abandoned_work(self) -> None:
+    """Quiets, until close(), the tracebacks of the work orbax abandons when a read or a write fails."""
+    if not self.quieting:
+      self.resources.enter_context(abandoned_work_quieted())
+      self.quieting = True
 
   def unfinished(self) -> bool:
     """Whether a save failed or was abandoned: its folder is left unfinished."""
     return self.failed or self.abandoned is not None
 
   def _remove_unfinished(self) -> None:
-    """Removes the folder of a save that failed or was abandoned (orbax's, named `STEP.orbax-checkpoint-tmp...`),
-    and quiets the tracebacks its abandoned writes would print as they are collected."""
-    quiet_abandoned_reads()
+    """Removes the folder of a save that failed or was abandoned (orbax's, named `STEP.orbax-checkpoint-tmp...`)."""
     for folder in self.directory.glob('*.orbax-checkpoint-tmp*'):
       if folder.name.split('.')[0].isdigit():
         shutil.rmtree(folder, ignore_errors=True)

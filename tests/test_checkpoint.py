@@ -8,13 +8,16 @@ share a jax compilation cache (in the session's tmp folder, so never stale):
 the same programs, compiled once.
 """
 
+import asyncio
 import datetime
+import gc
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -364,6 +367,42 @@ def test_a_second_writer_on_out_dir_is_refused_with_its_holder_named(tmp_path):
     Checkpoints(out_dir, read_only=True).close()  # readers take no lock
   Checkpoints(out_dir).close()  # the lock went with its writer
 
+
+def save_step(checkpoints, step, val_loss):
+  checkpoints.save(step, {'w': np.full(3, step, np.float32)}, {'mu': np.zeros(3, np.float32)},
+                   {'iter_num': step, 'val_loss': val_loss})
+
+
+def test_a_failed_reads_tracebacks_are_quieted_while_the_checkpoints_are_open(tmp_path, monkeypatch, caplog):
+  """A failed read abandons orbax's other reads, whose errors Python would print later as they are collected:
+  Python's hooks for them are swapped while the Checkpoints are open, and a library user's own are back after."""
+  with Checkpoints(tmp_path / 'out') as writer:
+    save_step(writer, 1, 2.0)
+  corrupt_params(tmp_path / 'out')
+  reported = []
+  monkeypatch.setattr(sys, 'unraisablehook', users_unraisablehook := lambda unraisable: reported.append(unraisable))
+  monkeypatch.setattr(sys, 'excepthook', users_excepthook := lambda *error: reported.append(error))
+
+  def abandon_a_failed_task():  # as a failed read leaves its other reads: their errors never retrieved
+    async def read():
+      raise ValueError('DATA_LOSS')
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(asyncio.wait([loop.create_task(read())]))
+    loop.close()
+
+  with Checkpoints(tmp_path / 'out', read_only=True) as reader:
+    with pytest.raises(checkpoint.UnreadableCheckpoint, match='cannot be read .*corrupt'):
+      reader.params(1, {'w': np.zeros(3, np.float32)})
+    assert (sys.unraisablehook, sys.excepthook) != (users_unraisablehook, users_excepthook)
+    abandon_a_failed_task()
+    sys.excepthook(RuntimeError, RuntimeError('Event loop is closed'), None)  # a read's callback, late
+    sys.excepthook(ValueError, ValueError('not orbax'), None)  # anything else reaches the user's hook
+  assert (sys.unraisablehook, sys.excepthook) == (users_unraisablehook, users_excepthook)
+  assert reported == [(ValueError, reported[0][1], None)] and str(reported[0][1]) == 'not orbax'
+  assert 'never retrieved' not in caplog.text
+  abandon_a_failed_task()  # after close(), a failed task is reported again
+  gc.collect()
+  assert 'Task exception was never retrieved' in caplog.text
 
 # a row of `python -m jaxgpt.checkpoint`: step, val loss, kept as, saved (local time), params
 LISTED_ROW = re.compile(r'^ *(\d+) +(\d+\.\d{4}|-) +(best, latest|best|latest|) +(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) +'
