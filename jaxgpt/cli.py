@@ -74,23 +74,41 @@ def override_type_message(e: flags.Error) -> str:
   return f'--config.{key}={value} is not {a_type(type(example))}: pass e.g. --config.{key}={example}'
 
 
-def parse_config(argv: list[str]):
-  """The run config from the command line; ConfigError for anything wrong."""
+def parse_flags(argv: list[str], config_from_file: Callable[[str | None], ml_collections.ConfigDict], *,
+                type_error: Callable[[flags.Error], str], flags_hint: str) -> ml_collections.ConfigDict:
+  """The config that config_from_file gives for argv's config file (None:
+  none named), overridden by argv's --config.key=value flags (or nanoGPT's
+  `FILE --key=value`); ConfigError for anything wrong. type_error: the line
+  for a value the key does not take; flags_hint: how flags are spelled, after
+  a stray argument."""
   path, argv = config_file_arg(translate_nanogpt_argv(argv))
-  config = base_config() if path is None else load_config_file(path)  # none: nanoGPT's defaults, as its train.py
+  config = config_from_file(path)
   flag_values = flags.FlagValues()
   try:
     # defining the flag already applies the overrides in argv
     config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=True, sys_argv=argv)
     rest = flag_values(argv)
   except flags.Error as e:
-    raise ConfigError(override_type_message(e)) from None
+    raise ConfigError(type_error(e)) from None
   except (AttributeError, KeyError) as e:  # an override of a key the config does not have
-    raise ConfigError(unknown_key_message(e, base_config())) from None
+    raise ConfigError(unknown_key_message(e, config)) from None
   if len(rest) > 1:
-    raise ConfigError(f'unexpected arguments {rest[1:]}: overrides are --config.key=value')
+    raise ConfigError(f'unexpected arguments {rest[1:]}: {flags_hint}')
+  return config
+
+
+def parse_config(argv: list[str]) -> ml_collections.ConfigDict:
+  """The run config from the command line; ConfigError for anything wrong."""
+  # no config file: nanoGPT's defaults, as its train.py
+  config = parse_flags(argv, lambda path: base_config() if path is None else load_config_file(path),
+                       type_error=override_type_message, flags_hint='overrides are --config.key=value')
   validate(config)
   return config
+
+
+def config_file_named(argv: list[str]) -> str | None:
+  """The config file argv names, in either spelling, --help aside."""
+  return config_file_arg(translate_nanogpt_argv([arg for arg in argv if arg not in HELP_FLAGS]))[0]
 
 
 def overridden_keys(argv: list[str]) -> frozenset[str]:
@@ -125,7 +143,7 @@ def keys_help(values: ml_collections.ConfigDict, documented: Callable[[], ml_col
 def train_help(argv: list[str]) -> str:
   """train.py's usage, and every config key with its value in the config
   file named (else nanoGPT's default) and its meaning."""
-  path, _ = config_file_arg(translate_nanogpt_argv([arg for arg in argv if arg not in HELP_FLAGS]))
+  path = config_file_named(argv)
   values = base_config() if path is None else load_config_file(path)
   whose = f'as {path} sets them' if path else "nanoGPT's defaults (GPT-2 124M on OpenWebText)"
   return (f'{USAGE}\n\nTrains a GPT as nanoGPT\'s train.py does. The config keys, {whose}:\n\n'

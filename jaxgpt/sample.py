@@ -3,6 +3,7 @@
   python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
   python sample.py config/train_shakespeare_char.py --start="ROMEO:"      # the out_dir a training config wrote
   python sample.py --config=configs/shakespeare_char.py --start="ROMEO:"  # the same, in train.py's spelling
+  python sample.py config/eval_gpt2_xl.py --start="ROMEO:"                # the GPT-2 an eval config names: gpt2-xl
 
 Flags are nanoGPT's (`--key=value`, or `--config.key=value`), after an
 optional config file: as nanoGPT's configurator, a training config sets what
@@ -26,12 +27,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from jaxgpt import data, entry, gpt2, memory, runtime
 from jaxgpt.checkpoint import CHOICES as CHECKPOINT_CHOICES, CheckpointError, Checkpoints
-from jaxgpt.cli import HELP_FLAGS, config_file_arg, keys_help, translate_nanogpt_argv, unknown_key_message, wants_help
+from jaxgpt.cli import config_file_named, keys_help, parse_flags, wants_help
 from jaxgpt.config import (CHOICES, GPT2_MODELS, SEEDS, ConfigError, a_type, base_config, close_key, get_config_values,
                            one_line, run_config_file)
 from jaxgpt.model import GPTConfig
@@ -66,21 +66,10 @@ def sample_config() -> ml_collections.ConfigDict:
 def parse_sample_config(argv: list[str]) -> ml_collections.ConfigDict:
   """The sampling config from the command line: the config file's, if one
   is named, overridden by the flags; ConfigError for anything wrong."""
-  path, argv = config_file_arg(translate_nanogpt_argv(argv))
-  flag_values = flags.FlagValues()
-  try:
-    # defining the flag already applies the overrides in argv
-    config_flags.DEFINE_config_dict('config', file_config(path), flag_values=flag_values, lock_config=True,
-                                    sys_argv=argv)
-    rest = flag_values(argv)
-  except flags.Error as e:
-    raise ConfigError(f'{e}: check the flag\'s name and type') from None
-  except (AttributeError, KeyError) as e:
-    raise ConfigError(unknown_key_message(e, sample_config())) from None
-  if len(rest) > 1:
-    raise ConfigError(f'unexpected arguments {rest[1:]}: flags are --key=value, e.g. --start="ROMEO:"')
-  validate_sample_config(flag_values.config)
-  return flag_values.config
+  c = parse_flags(argv, file_config, type_error=lambda e: f'{e}: check the flag\'s name and type',
+                  flags_hint='flags are --key=value, e.g. --start="ROMEO:"')
+  validate_sample_config(c)
+  return c
 
 
 def file_config(path: str | None) -> ml_collections.ConfigDict:
@@ -89,7 +78,9 @@ def file_config(path: str | None) -> ml_collections.ConfigDict:
   configurator. The file is run as train.py runs it: a training config,
   jaxgpt's (get_config()) or nanoGPT's (`key = value` lines), gives the keys
   sampling shares with training (out_dir, gpt2_dir, device, dtype, compile,
-  seed), and its training-only keys are not sampling's: left out. A file may
+  seed), and its training-only keys are not sampling's: left out. Its
+  init_from is taken only where the file evaluates a GPT-2 and trains
+  nothing (eval_only, as nanoGPT's config/eval_gpt2_xl.py). A file may
   set sampling's own keys too (start, num_samples, ...). A key of neither is
   a typo: ConfigError."""
   config = sample_config()
@@ -105,10 +96,13 @@ def file_config(path: str | None) -> ml_collections.ConfigDict:
   else:  # what a nanoGPT config file sets, as config.load_config_file reads it
     values = {name: namespace[name] for name in assigned
               if not name.startswith('_') and not inspect.ismodule(namespace[name]) and not callable(namespace[name])}
+  # init_from in a training config is where that training began (scratch, or the GPT-2 it finetuned): sampling
+  # the config samples what the training wrote, in out_dir. A config that only evaluates a GPT-2 (eval_only, as
+  # nanoGPT's config/eval_gpt2*.py) writes nothing there: sampling it samples that GPT-2, as nanoGPT's sample.py
+  # does. --init_from chooses otherwise
+  evaluates_gpt2 = values.get('eval_only') is True and values.get('init_from') in GPT2_MODELS
   for key, value in values.items():
-    # init_from in a training config is where that training began (scratch, or the GPT-2 it finetuned):
-    # sampling the config samples what the training wrote, in out_dir (--init_from chooses otherwise)
-    if key in config and key != 'init_from':
+    if key in config and (key != 'init_from' or evaluates_gpt2):
       if not (type(value) is type(config[key]) or (type(config[key]) is float and type(value) is int)):
         raise ConfigError(f'{path}: {key} = {one_line(repr(value))} is {a_type(type(value))}: sampling takes '
                           f'{a_type(type(config[key]))}, e.g. {key} = {config[key]!r}')
@@ -231,15 +225,17 @@ ABOUT = """Samples from a trained model as nanoGPT's sample.py does. A config fi
 a training config (configs/shakespeare_char.py, or nanoGPT's
 config/train_shakespeare_char.py): sampling takes the keys it shares with
 training (out_dir, gpt2_dir, device, dtype, compile, seed), and samples what
-that training wrote in its out_dir, whatever init_from it trained from; the
-flags override the file. --temperature=0 takes the likeliest token each time
+that training wrote in its out_dir, whatever init_from it trained from. A
+config that only evaluates a GPT-2 (eval_only = True, init_from = 'gpt2-xl',
+as nanoGPT's config/eval_gpt2_xl.py) samples that GPT-2. The flags override
+the file. --temperature=0 takes the likeliest token each time
 (greedy: the same samples for every seed)."""
 
 
 def sample_help(argv: list[str]) -> str:
   """sample.py's usage, and every flag with its value (as the config file
   named sets it, else its default) and its meaning."""
-  path, _ = config_file_arg(translate_nanogpt_argv([arg for arg in argv if arg not in HELP_FLAGS]))
+  path = config_file_named(argv)
   whose = f'as {path} sets them' if path else 'with their defaults'
   return f'{USAGE}\n\n{ABOUT}\n\nThe flags, {whose}:\n\n{keys_help(file_config(path), sample_config)}'
 

@@ -264,6 +264,23 @@ def test_sample_from_gpt2_in_the_hub_cache_offline(pretrained, tmp_path):
   assert len(proc.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_sample_through_nanogpts_eval_config_samples_its_gpt2(pretrained, tmp_path, nanogpt_dir):
+  # as nanoGPT's `python sample.py config/eval_gpt2.py`: the GPT-2 it names, not a checkpoint in out_dir (none)
+  folder, _ = pretrained
+  hub_cache(tmp_path / 'hub', folder)
+  offline = {'HF_HUB_CACHE': str(tmp_path / 'hub'), 'HF_HUB_OFFLINE': '1'}
+  proc = run(tmp_path, 'sample.py', nanogpt_dir / 'config' / 'eval_gpt2.py', '--start=But the', '--num_samples=2',
+             '--max_new_tokens=5', '--seed=3', env=offline)
+  assert proc.returncode == 0, proc.stderr
+  assert re.fullmatch(r'[\d,]+ tokens/s generating 2 x 5 tokens in .*, from gpt2, with the key/value cache\n',
+                      proc.stderr), proc.stderr
+  flags = run(tmp_path, 'sample.py', '--init_from=gpt2', '--start=But the', '--num_samples=2', '--max_new_tokens=5',
+              '--seed=3', env=offline)
+  assert proc.stdout.startswith('But the') and proc.stdout == flags.stdout  # the samples of --init_from=gpt2
+  assert not (tmp_path / 'out').exists()
+
+
 # the finetune recipe, end to end
 
 FINETUNE = REPO_ROOT / 'configs' / 'finetune_shakespeare.py'

@@ -284,6 +284,43 @@ def test_a_finetuning_config_samples_its_out_dir_not_the_gpt2_it_started_from(na
   assert (c.init_from, c.out_dir) == ('gpt2', 'out-shakespeare')
 
 
+@pytest.mark.parametrize('name, model', [('eval_gpt2.py', 'gpt2'), ('eval_gpt2_medium.py', 'gpt2-medium'),
+                                         ('eval_gpt2_large.py', 'gpt2-large'), ('eval_gpt2_xl.py', 'gpt2-xl')])
+@pytest.mark.parametrize('spelling', ['nanogpt', 'jaxgpt'])
+def test_an_eval_config_samples_the_gpt2_it_names(nanogpt_dir, spelling, name, model):
+  # nanoGPT's eval configs evaluate a GPT-2 (eval_only, init_from) and train nothing, so nothing is in out_dir:
+  # nanoGPT's sample.py, run with one, samples that GPT-2
+  path = nanogpt_dir / 'config' / name
+  c = sample.parse_sample_config(spelled(spelling, path, '--start=ROMEO:'))
+  assert c.to_dict() == sample.sample_config().to_dict() | dict(init_from=model, start='ROMEO:')
+  c = sample.parse_sample_config(spelled(spelling, path, '--init_from=resume', '--out_dir=mine'))  # unless asked
+  assert c.to_dict() == sample.sample_config().to_dict() | dict(init_from='resume', out_dir='mine')
+
+
+EVAL_CONFIG = """from jaxgpt.config import base_config
+
+def get_config():
+  c = base_config()
+  c.eval_only = {eval_only}
+  c.init_from = {init_from!r}
+  c.out_dir = 'out-eval'
+  return c
+"""
+
+
+@pytest.mark.parametrize('eval_only, init_from, sampled', [
+    (True, 'gpt2-large', 'gpt2-large'),
+    (True, 'scratch', 'resume'),  # evaluates a random model, never sampled: out_dir's checkpoint, as ever
+    (True, 'resume', 'resume'),  # evaluates out_dir's checkpoint: sample it
+    (False, 'gpt2-large', 'resume'),  # finetunes gpt2-large into out_dir: sample what it wrote
+])
+def test_a_jaxgpt_config_gives_its_gpt2_only_when_it_trains_nothing(tmp_path, eval_only, init_from, sampled):
+  path = tmp_path / 'eval.py'
+  path.write_text(EVAL_CONFIG.format(eval_only=eval_only, init_from=init_from))
+  c = sample.parse_sample_config(['sample.py', str(path)])
+  assert (c.init_from, c.out_dir) == (sampled, 'out-eval')
+
+
 NANOGPT_STYLE = """import math
 out_dir = 'out-mine'
 device = 'cuda'
