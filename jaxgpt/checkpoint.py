@@ -244,7 +244,8 @@ class Checkpoints:
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
     """Writes the checkpoint and returns once it is whole, so the caller may donate the arrays to the next step.
     meta needs a val_loss. A write that fails (a full disk) raises a CheckpointError and leaves no unfinished
-    folder; a second Ctrl-C raises AbandonedSave, and close() removes what was written."""
+    folder; a second Ctrl-C raises AbandonedSave, and close() removes what was written (one that lands once the
+    checkpoint is whole raises KeyboardInterrupt, the checkpoint kept)."""
     meta = {'format': FORMAT} | meta
     self._quiet_abandoned_work()  # a failed write abandons orbax's other writes, as a failed read does its reads
     try:
@@ -258,10 +259,10 @@ class Checkpoints:
         while self.manager.is_saving_in_progress():
           time.sleep(SAVE_POLL_S)
         self.manager.wait_until_finished()
-    except KeyboardInterrupt:  # a second Ctrl-C: orbax's threads still write; close() waits for them and removes it
-      self.abandoned = step
-      # once it is written, orbax would delete the checkpoints it replaces: they are kept, whole, instead
-      self.manager._checkpoint_deleter.delete_steps = lambda steps: None
+    except KeyboardInterrupt:  # a second Ctrl-C
+      if self._finished_despite_stop(step):
+        raise  # a stop as the first Ctrl-C's: after a whole checkpoint
+      self.abandoned = step  # orbax's threads still write; close() waits for them and removes it
       raise AbandonedSave('stopped at once: the checkpoint being saved was abandoned; the earlier ones are whole') \
           from None
     except Exception as e:  # a full disk, a folder gone read-only (this save, or the one before it)
@@ -270,6 +271,18 @@ class Checkpoints:
         raise
       self.failed = True  # its unfinished folder is removed by close(), once orbax's threads stopped writing into it
       raise error from None
+
+  def _finished_despite_stop(self, step: int) -> bool:
+    """Whether step's save, stopped by a second Ctrl-C, had finished all the same. Orbax renames a written
+    checkpoint into place, then deletes the ones it replaces: those deletions are held back before looking,
+    so that a save seen unfinished has deleted none and deletes none (the checkpoint it replaces kept, whole,
+    in its place); one seen finished may go on (or have kept one more checkpoint than usual)."""
+    deleter = self.manager._checkpoint_deleter
+    deleter.delete_steps, delete_steps = (lambda steps: None), deleter.delete_steps
+    if not is_checkpoint(self.directory / str(step)):
+      return False
+    deleter.delete_steps = delete_steps
+    return True
 
   def latest_step(self) -> int:
     step = self.manager.latest_step()

@@ -655,13 +655,13 @@ def test_a_read_only_out_dir_is_one_error_line_before_training(folder, tmp_path,
 
 SLOW_SAVE = '''
 import sys, time
-import orbax.checkpoint as ocp
-finalize = ocp.CheckpointManager._finalize
-def slow_finalize(self, step, steps_to_remove):  # a big model's save: seconds in orbax's thread
+from orbax.checkpoint._src.checkpointers import async_checkpointer
+commit = async_checkpointer._on_commit_callback
+def slow_commit(*args):  # a big model's save: seconds in orbax's thread, before the checkpoint is renamed into place
   print('writing a checkpoint', flush=True)
   time.sleep(3)
-  finalize(self, step, steps_to_remove)
-ocp.CheckpointManager._finalize = slow_finalize
+  commit(*args)
+async_checkpointer._on_commit_callback = slow_commit
 from jaxgpt import cli
 sys.exit(cli.main(['train.py', *sys.argv[1:]]))
 '''

@@ -22,6 +22,7 @@ import threading
 import jax
 import numpy as np
 import pytest
+from orbax.checkpoint._src.checkpointers import async_checkpointer
 
 from conftest import REPO_ROOT, STEP_LINE, TINY_RUN, config_flags, finish, make_workdir, parse_log, snapshot
 from jaxgpt import checkpoint
@@ -403,6 +404,55 @@ def test_a_failed_reads_tracebacks_are_quieted_while_the_checkpoints_are_open(tm
   abandon_a_failed_task()  # after close(), a failed task is reported again
   gc.collect()
   assert 'Task exception was never retrieved' in caplog.text
+
+
+@pytest.mark.parametrize('lands, stop, kept', [
+    ('before the rename', checkpoint.AbandonedSave, ['1', '2']),  # 3 unfinished: removed, 2 not rotated away
+    ('after the rename', KeyboardInterrupt, ['1', '3']),  # 3 whole: kept, and 2 rotated away as it would be
+    ('after the save', KeyboardInterrupt, ['1', '3']),
+])
+def test_a_second_ctrl_c_deletes_only_a_checkpoint_whose_save_did_not_finish(tmp_path, monkeypatch, lands, stop, kept):
+  """orbax writes a checkpoint in its threads, renames it into place, then deletes the one it replaces. A second
+  Ctrl-C landing before the rename abandons the save; one landing after it stops as a first does, the new
+  checkpoint kept (it was deleted, maybe after the one it replaced). Orbax's thread is held where the Ctrl-C
+  lands, so there is no race."""
+  out_dir = tmp_path / 'out'
+  writer = Checkpoints(out_dir)
+  save_step(writer, 1, 2.0)  # the best
+  save_step(writer, 2, 3.0)  # the latest, replaced by 3
+  renamed, released = threading.Event(), threading.Event()
+  commit = async_checkpointer._on_commit_callback
+
+  def held_commit(*args):  # orbax's thread: renames the written checkpoint into place
+    if lands == 'before the rename':
+      released.wait(60)
+    commit(*args)
+    renamed.set()
+    if lands == 'after the rename':
+      released.wait(60)  # the rotation comes after
+
+  orbax_save = writer.manager.save
+
+  def save_then_ctrl_c(*args, **kwargs):  # the Ctrl-C lands once orbax began writing
+    orbax_save(*args, **kwargs)
+    if lands == 'after the rename':
+      renamed.wait(60)
+    if lands == 'after the save':
+      writer.manager.wait_until_finished()
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(async_checkpointer, '_on_commit_callback', held_commit)
+  monkeypatch.setattr(writer.manager, 'save', save_then_ctrl_c)
+  with pytest.raises(KeyboardInterrupt) as stopped:
+    save_step(writer, 3, 4.0)
+  assert type(stopped.value) is stop
+  assert (out_dir / '3').exists() == (lands != 'before the rename')
+  released.set()
+  writer.close()
+  assert sorted(p.name for p in out_dir.iterdir()) == kept
+  with Checkpoints(out_dir, read_only=True) as reader:
+    assert reader.steps() == [int(step) for step in kept]
+    assert reader.meta(int(kept[-1]))['iter_num'] == int(kept[-1])
 
 # a row of `python -m jaxgpt.checkpoint`: step, val loss, kept as, saved (local time), params
 LISTED_ROW = re.compile(r'^ *(\d+) +(\d+\.\d{4}|-) +(best, latest|best|latest|) +(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) +'
