@@ -10,7 +10,9 @@ jaxgpt checkpoint of the tiny model in `out` and nanoGPT's ckpt.pt of it.
 
 import dataclasses
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -21,7 +23,7 @@ import torch
 from flax import nnx
 
 from conftest import REPO_ROOT, TINY, TINY_RUN, config_flags, make_workdir, nanogpt_folder, parse_log
-from jaxgpt import ckpt_pt, evaluate, nanogpt_torch
+from jaxgpt import ckpt_pt, cli, evaluate, nanogpt_torch
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import ConfigError, base_config, validate
 from jaxgpt.optim import make_optimizer
@@ -267,3 +269,19 @@ def test_train_stops_at_the_time_limit(tmp_path, shakespeare):
                       r'saved in out', proc.stdout.splitlines()[-1])
   with Checkpoints(str(workdir / 'out'), read_only=True) as checkpoints:
     assert checkpoints.latest_step() == 1 and checkpoints.meta(1)['val_loss'] == pytest.approx(steps[1][1], abs=1e-4)
+
+
+@pytest.mark.slow  # trains in process
+def test_a_stop_during_the_whole_split_evaluation_abandons_it_and_saves(tmp_path, shakespeare, monkeypatch, capsys):
+  monkeypatch.chdir(make_workdir(tmp_path, shakespeare))
+  evaluate_split = evaluate.SplitEvaluator.__call__
+
+  def interrupted(self, params, stop=None):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, once the first evaluation reached the whole val split
+    return evaluate_split(self, params, stop)
+  monkeypatch.setattr(evaluate.SplitEvaluator, '__call__', interrupted)
+  assert cli.main(['train.py', f'--config={CONFIG}', *config_flags(RUN | dict(out_dir='out', full_val_context=16))]) \
+      == 0
+  out = capsys.readouterr().out
+  assert 'step 0:' not in out  # abandoned, not finished
+  assert out.splitlines()[-1] == 'SIGINT at iteration 0: saved a checkpoint to out; continue with --config.init_from=resume'
