@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -83,3 +84,39 @@ def test_a_killed_writers_leftovers_go_and_a_live_ones_stay(tmp_path):
     running.wait()
   assert left == {'running', 'this process', 'other host', 'other path'}
   assert path.read_bytes() == b'ids'
+
+
+def test_an_older_jaxgpts_leftovers_go_and_a_running_writers_stay(tmp_path):
+  """Temporary files named as jaxgpt named them before jaxgpt.files (no host): .NAME.PID.tmp (prepare, the gpt2
+  export), .NAME.PID.partial (the ckpt_pt export), .NAME.RANDOM.tmp (prepare, no pid). The next write of their
+  path removes those of a process that is gone, and pid-less ones once none beside them was written for an hour."""
+  gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+  gone_pid = int(gone.stdout)
+  running = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  leftovers = {
+      'gone': tmp_path / f'.model.safetensors.{gone_pid}.tmp',
+      'gone, partial': tmp_path / f'.ckpt.pt.{gone_pid}.partial',
+      'running': tmp_path / f'.ckpt.pt.{running.pid}.partial',
+      'pid-less': tmp_path / '.train.bin.0123456789abcdef.tmp',
+      'pid-less, written now': tmp_path / '.val.bin.fedcba9876543210.tmp',  # an older prepare running beside
+      'a user\'s': tmp_path / '.train.bin.notes.tmp',
+  }
+  for temp in leftovers.values():
+    temp.write_bytes(b'x' * 100)
+  quiet = time.time() - files.OLD_WRITER_QUIET_S - 60
+  os.utime(leftovers['pid-less'], (quiet, quiet))
+
+  def write_each():
+    for path in ('model.safetensors', 'ckpt.pt', 'train.bin'):
+      with files.replacing(tmp_path / path) as (temp,):
+        temp.write_bytes(b'new')
+    return {name for name, temp in leftovers.items() if temp.exists()}
+
+  try:
+    assert write_each() == {'running', 'pid-less', 'pid-less, written now', "a user's"}
+    os.utime(leftovers['pid-less, written now'], (quiet, quiet))  # that older prepare was killed an hour ago
+    assert write_each() == {'running', 'pid-less, written now', "a user's"}  # val.bin's goes as val.bin is written
+  finally:
+    running.kill()
+    running.wait()
+  assert (tmp_path / 'train.bin').read_bytes() == b'new'
