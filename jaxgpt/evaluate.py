@@ -225,6 +225,7 @@ def check_vocabulary(model: Model, dataset: str, folder: pathlib.Path, split_pat
 
 @dataclasses.dataclass
 class Evaluation:
+  """What `evaluate` found, and its line."""
   loss: float
   split: str
   path: pathlib.Path  # the split's tokens
@@ -278,9 +279,11 @@ def main(argv: list[str]) -> int:
                       help="a training run's out_dir (e.g. out-shakespeare-char), or nanoGPT's ckpt.pt (needs torch: "
                            "pip install -e '.[torch]')")
   parser.add_argument('--checkpoint', choices=CHOICES, help="which of the out_dir's checkpoints (default: best)")
-  parser.add_argument('--context', type=int, help="the windows' length in tokens (default: the model's block_size)")
+  parser.add_argument('--context', type=int, metavar='N',
+                      help="the windows' length in tokens (default: the model's block_size)")
   parser.add_argument('--split', choices=('val', 'train'), default='val', help='default: val')
-  parser.add_argument('--dataset', help='the data set in data/ (default: the one the model was trained on)')
+  parser.add_argument('--dataset', metavar='NAME',
+                      help='the data set in data/ (default: the one the model was trained on)')
   parser.add_argument('--device', choices=CONFIG_CHOICES['device'], default='cpu', help='default: cpu')
   args = parser.parse_args(argv[1:])
 
