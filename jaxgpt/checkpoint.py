@@ -3,14 +3,16 @@
 Each checkpoint is a step folder holding `params` and `opt_state` (orbax's
 standard pytree format) and `meta` (JSON: iter_num, val_loss, best_val_loss,
 the model config, the run config and the vocabulary; the batches need no
-state, each drawn from (seed, iteration, device)). Orbax writes a step into a temporary folder and renames it when
-complete, so a run killed mid-save leaves the previous checkpoints as they
-were. A save is waited for: a full disk stops the run at that save, and a
-second Ctrl-C during it abandons it, its folder removed. out_dir keeps two: the latest and the one with the best val loss. A
-resumed training starts from the latest, sampling and the exports read the
-best; each takes `checkpoint=best|latest` to choose the other. Only the
-step folders orbax wrote (with its metadata) are checkpoints: a user's
-folder or file named like a step is neither read nor deleted.
+state, each drawn from (seed, iteration, device)). Orbax writes a step into
+a temporary folder and renames it when complete, so a run killed mid-save
+leaves the previous checkpoints as they were. A save is waited for: a full
+disk stops the run at that save, and a second Ctrl-C before it is complete
+abandons it, its folder removed. out_dir keeps two: the latest and the one
+with the best val loss. A resumed training starts from the latest, sampling
+and the exports read the best; each takes `checkpoint=best|latest` to
+choose the other. Only the step folders orbax wrote (with its metadata) are
+checkpoints: a user's folder or file named like a step is neither read nor
+deleted.
 
 One writer at a time: a writer holds a lock on out_dir while it runs (the
 kernel drops it when the process ends, however it ends), and a second writer

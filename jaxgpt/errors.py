@@ -1,4 +1,5 @@
-"""The one error type of a user mistake.
+"""The one error type of a user mistake, and the import of an optional extra
+that names the extra to install when it is missing (`optional_import`).
 
 Every check of the user's input (config, data set, checkpoint, prompt, a
 tool's flags) raises a `JaxGPTError` whose message is one line naming the

@@ -1,8 +1,11 @@
-"""The GPT language model, in Flax NNX, identical to nanoGPT's model.py.
+"""The GPT language model in Flax NNX, computing what nanoGPT's model.py computes.
 
 Module and parameter names and layouts follow nanoGPT (and so GPT-2): `wte`,
 `wpe`, `h`, `ln_f`, `c_attn`, `c_proj`, `c_fc`, Linear weights (out, in), so
-importing nanoGPT or GPT-2 weights is a name map (jaxgpt/nanogpt.py).
+importing nanoGPT or GPT-2 weights is a name map (jaxgpt/nanogpt.py). One
+forward pass serves training, evaluation and generation: `GPT.__call__`
+takes an optional key/value cache (`GPT.init_cache`) and returns the logits
+and the cache updated.
 """
 
 import dataclasses

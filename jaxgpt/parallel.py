@@ -1,13 +1,17 @@
-"""Data parallelism, nanoGPT's DDP the JAX way: one jitted train step over a
-device Mesh, with only the shardings telling XLA how to split it.
+"""Data parallelism, nanoGPT's DDP the JAX way: the devices a step is split
+over (a Mesh), each one's batches, and how many threads split a CPU's share.
 
 The Mesh has one axis, `data`, over every device. Batches are sharded along
-it (each device holds batch_size rows of every micro-batch); params and the
-optimizer state are replicated, or with fsdp=True split along the same axis
-(each device holds a slice of every large array, gathered when used). XLA
-inserts the gradient all-reduce (or reduce-scatter) itself. Across
-processes (`python -m jaxgpt.launch`, or one per host) the same holds, with
-jax.distributed joining them into one set of devices.
+it (each device holds batch_size rows of every micro-batch, drawn by
+`Batches`); params and the optimizer state are replicated, or with fsdp=True
+split along the same axis (each device holds a slice of every large array,
+gathered when used), and XLA inserts the gradient all-reduce (or
+reduce-scatter) itself. On a CPU, one device a process, a step's rows are
+split over threads instead (`gradient_shards`, run by
+step.ShardedTrainStep), their gradients averaged across processes in one
+exchange (`mean_across_devices`). Processes (`python -m jaxgpt.launch`, or
+one per host) join into one set of devices through jax.distributed
+(`initialize`).
 """
 
 import os

@@ -1,10 +1,12 @@
-"""The process's CPU runtime: its set-up, and the device jax runs on.
+"""The process's CPU runtime: its set-up, XLA's options for the model's
+matmuls (`compiler_options`), and the device jax runs on.
 
-`setup` is process-wide (glibc's malloc, jax's dispatch and compilation
-cache, a warning filter), so importing jaxgpt does not run it: the
-command-line entry points do (jaxgpt/entry.py), and a notebook or script that
-trains through the library calls `jaxgpt.runtime.setup()` itself, before its
-first jax array, to run at the speed docs/performance.md reports.
+`setup` is process-wide (it checks XLA_FLAGS, and sets glibc's malloc,
+jax's dispatch and compilation cache, a warning filter), so importing jaxgpt
+does not run it: the command-line entry points do (jaxgpt/entry.py), and a
+notebook or script that trains through the library calls
+`jaxgpt.runtime.setup()` itself, before its first jax array, to run at the
+speed docs/performance.md reports.
 `python -m jaxgpt.bench` catches a regression of these settings.
 """
 
