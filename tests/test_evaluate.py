@@ -273,17 +273,25 @@ def test_train_stops_at_the_time_limit(tmp_path, shakespeare):
 
 
 @pytest.mark.slow  # trains in process
-def test_a_stop_during_the_whole_split_evaluation_abandons_it_and_saves(tmp_path, shakespeare, monkeypatch, capsys):
+def test_a_stop_during_the_whole_split_evaluation_abandons_it_and_saves(tmp_path, shakespeare, monkeypatch, capsys,
+                                                                        caplog):
   monkeypatch.chdir(make_workdir(tmp_path, shakespeare))
-  evaluate_split = evaluate.SplitEvaluator.__call__
+  evaluate_split, calls = evaluate.SplitEvaluator.__call__, []
 
-  def interrupted(self, params, stop=None):
-    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, once the first evaluation reached the whole val split
-    return evaluate_split(self, params, stop)
+  def interrupted(self, params, stop):
+    def ctrl_c_after_the_first_call() -> bool:
+      if len(calls) == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+      calls.append(1)
+      return stop()
+    with jax.log_compiles():  # its program was compiled before the first step
+      return evaluate_split(self, params, ctrl_c_after_the_first_call)
   monkeypatch.setattr(evaluate.SplitEvaluator, '__call__', interrupted)
   assert cli.main(['train.py', f'--config={CONFIG}', *config_flags(RUN | dict(out_dir='out', full_val_context=16))]) \
       == 0
   out = capsys.readouterr().out
+  assert len(calls) == 2  # the second program call was not made
   assert 'step 0:' not in out  # abandoned, not finished
   assert out.splitlines()[-1] == ('SIGINT at iteration 0: saved a checkpoint to out; continue with '
                                   '--config.init_from=resume')
+  assert not [record for record in caplog.records if 'Compiling' in record.getMessage()]
