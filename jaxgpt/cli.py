@@ -7,7 +7,8 @@ its keys; nanoGPT's spelling and nanoGPT's own config files too.
   python train.py --batch_size=8    # no config file: nanoGPT's defaults (GPT-2 124M on OpenWebText)
 
 The file is read by config.load_config_file (a get_config(), or nanoGPT's
-`key = value` lines); the overrides by ml_collections' DEFINE_config_dict.
+`key = value` lines); the overrides by ml_collections' DEFINE_config_dict,
+in `parse_flags`, which sample.py's flags go through too.
 
 A user mistake ends with one `error:` line naming the problem and the fix.
 """

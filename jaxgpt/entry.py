@@ -3,7 +3,8 @@
 A command that runs jax sets its process up first (`jaxgpt.runtime.setup`:
 importing jaxgpt does not do it, so that a library user's process is left as
 it was); one that does not (plotting, preparing data) leaves jax unloaded.
-SIGTERM, and SIGHUP (the terminal closed), then act as Ctrl-C. A user's
+SIGTERM, and SIGHUP (the terminal closed), then act as Ctrl-C; a command
+that must stop at a point of its choosing notes them (`StopSignals`). A user's
 mistake (`JaxGPTError`) ends as one `error: ...` line and exit status 1, and
 Ctrl-C as one line saying what was left as it was, and exit status 130;
 neither prints a traceback. Standard output closed by its reader (`| head`)
