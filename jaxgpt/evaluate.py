@@ -215,9 +215,10 @@ def check_vocabulary(model: Model, dataset: str, folder: pathlib.Path, split_pat
   vocab = data.load_vocab(folder)
   data.check_ids(split_path, data.vocab_size(vocab))
   size = model.config.vocab_size
-  others = ((model.vocab is not None and model.vocab != vocab) or (vocab is None and size not in data.GPT2_VOCAB_SIZES)
-            or (vocab is not None and len(vocab) != size))
-  if others:
+  # a jaxgpt checkpoint keeps its vocabulary; a ckpt.pt only its size (GPT-2's, or its characters')
+  another = (model.vocab is not None and model.vocab != vocab) or \
+      (vocab is None and size not in data.GPT2_VOCAB_SIZES) or (vocab is not None and len(vocab) != size)
+  if another:
     words = f'{len(vocab)} characters' if vocab is not None else "GPT-2's tokens"
     raise JaxGPTError(f'data/{dataset} holds {words}, not the vocabulary {model.what} was trained on '
                       f'(vocab_size {size}): pass --dataset=<the data set it was trained on>')
@@ -243,8 +244,6 @@ def evaluate(source: str, checkpoint: str | None = None, context: int | None = N
              dataset: str | None = None) -> Evaluation:
   """The loss of the model at source (a jaxgpt out_dir, or nanoGPT's ckpt.pt)
   over the whole split, in windows of `context` tokens (None: its block_size)."""
-  if dataset is not None:
-    check_dataset_name(dataset, '--dataset')
   if is_ckpt_pt(source):
     if checkpoint is not None:
       raise JaxGPTError(f'{source} is one checkpoint, nanoGPT\'s ckpt.pt: drop --checkpoint (it chooses among the '
@@ -257,6 +256,7 @@ def evaluate(source: str, checkpoint: str | None = None, context: int | None = N
   dataset = dataset or model.dataset
   if not dataset:
     raise JaxGPTError(f'{model.what} names no data set: pass --dataset=NAME (data/NAME/{split}.bin)')
+  check_dataset_name(dataset, '--dataset')  # the flag's, or the one a ckpt.pt names: a folder of data/
   folder = prepare.ensure_prepared(dataset)
   path = folder / f'{split}.bin'
   tokens = split_tokens(path, context, '--context')
