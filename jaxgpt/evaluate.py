@@ -24,6 +24,7 @@ train.py evaluates so at its evaluation points with --config.full_val_context.
 import argparse
 import dataclasses
 import functools
+import math
 import pathlib
 import sys
 import time
@@ -63,9 +64,11 @@ def windows(num_tokens: int, context: int) -> tuple[np.ndarray, np.ndarray]:
   return np.array(starts), np.array(counted)
 
 
-def windows_per_call(context: int, vocab_size: int) -> int:
-  """The rows of every program call: one shape, so one compiled program."""
-  return max(1, min(TOKENS_PER_CALL, LOGITS_PER_CALL // vocab_size) // context)
+def windows_per_call(num_tokens: int, context: int, vocab_size: int) -> int:
+  """The rows of every program call over a split of num_tokens: one shape,
+  so one compiled program; no more than the split's windows."""
+  most = max(1, min(TOKENS_PER_CALL, LOGITS_PER_CALL // vocab_size) // context)
+  return min(most, math.ceil((num_tokens - 1) / context))  # windows()'s count
 
 
 def make_token_losses(graphdef: nnx.GraphDef, compiler_options: dict | None = None
@@ -82,11 +85,12 @@ def make_token_losses(graphdef: nnx.GraphDef, compiler_options: dict | None = No
   return sum_losses
 
 
-def call_shapes(params: Params, context: int) -> tuple[jax.ShapeDtypeStruct, ...]:
-  """(x, y, weight) of every call of sum_losses on windows of `context`: to compile it ahead."""
-  rows = windows_per_call(context, vocab_size(params))
-  return (jax.ShapeDtypeStruct((rows, context), jnp.int32),) * 2 + (jax.ShapeDtypeStruct((rows, context),
-                                                                                         jnp.float32),)
+def call_shapes(params: Params, num_tokens: int, context: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """(x, y, weight) of every call of sum_losses on a split of num_tokens, in windows of `context`: to compile it
+  ahead."""
+  shape = (windows_per_call(num_tokens, context, vocab_size(params)), context)
+  return jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(
+      shape, jnp.float32)
 
 
 def vocab_size(params: Params) -> int:
@@ -102,7 +106,7 @@ def split_loss(params: Params, graphdef: nnx.GraphDef, tokens: np.ndarray, conte
   before each program call; True abandons the evaluation: None."""
   sum_losses = sum_losses or make_token_losses(graphdef, compiler_options)
   starts, counted = windows(len(tokens), context)
-  rows = windows_per_call(context, vocab_size(params))
+  rows = windows_per_call(len(tokens), context, vocab_size(params))
   positions = np.arange(context)
   total = 0.0
   for first in range(0, len(starts), rows):
@@ -156,7 +160,7 @@ class SplitEvaluator:
 
   def compile(self, params: Params) -> jax.stages.Compiled:
     """Compiles the program for params (arrays, or their shapes and shardings); later calls find it compiled."""
-    return self.sum_losses.lower(params, *call_shapes(params, self.context)).compile()
+    return self.sum_losses.lower(params, *call_shapes(params, len(self.tokens), self.context)).compile()
 
   def __call__(self, params: Params, stop: Callable[[], bool] | None = None) -> float | None:
     return split_loss(params, self.graphdef, self.tokens, self.context, sum_losses=self.sum_losses, stop=stop)
