@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.beta1 = 0.9  # AdamW's first-moment decay
   c.beta2 = 0.95  # AdamW's second-moment decay
   c.grad_clip = 1.0  # clip the global gradient norm at this value; 0 disables
+  # the optimizer: nanoGPT's 'adamw', or 'muon' (not in nanoGPT: the blocks' matrices by Muon, the rest by AdamW)
+  c.optimizer = 'adamw'
+  c.muon_learning_rate = 0.02  # Muon's peak learning rate, on learning_rate's schedule
+  c.muon_momentum = 0.95  # Muon's (Nesterov) momentum
   # learning-rate schedule: linear warmup, cosine decay to min_lr
   c.decay_lr = True  # False: learning_rate throughout
   c.warmup_iters = 2000  # iterations of linear warmup
@@ -226,6 +230,7 @@ CHOICES = {
     'checkpoint': CHECKPOINTS,
     'device': ('cpu', 'gpu', 'cuda'),
     'dtype': ('float32', 'bfloat16'),
+    'optimizer': ('adamw', 'muon'),
 }
 # numpy's generators refuse a negative seed, and jax keeps a seed's low 32 bits
 # only (seed 2**32 would draw what seed 0 draws)
@@ -262,7 +267,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'dropout={c.dropout} must be in [0, 1)')
   if not c.learning_rate > 0:
     raise ConfigError(f'learning_rate={c.learning_rate} must be > 0')
-  for key in ('beta1', 'beta2'):
+  if not c.muon_learning_rate > 0:
+    raise ConfigError(f'muon_learning_rate={c.muon_learning_rate} must be > 0')
+  for key in ('beta1', 'beta2', 'muon_momentum'):
     if not 0.0 <= c[key] < 1.0:
       raise ConfigError(f'{key}={c[key]} must be in [0, 1)')
   # nanoGPT's get_lr divides by lr_decay_iters - warmup_iters at iteration
