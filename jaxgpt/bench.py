@@ -6,6 +6,8 @@
   python -m jaxgpt.bench --generate   # sampling speed, with and without the key/value cache
   python -m jaxgpt.bench --processes=2 [--iters=300]   # data parallel: 1 train.py against 2 launched, same tokens
   python -m jaxgpt.bench --memory [--iters=20] [--nanogpt_dir=PATH] [RECIPE ...]   # training runs' peak RSS
+  python -m jaxgpt.bench --speedrun [--seeds=3] [--nanogpt_dir=PATH] [--runs_dir=PATH] [RECIPE] [--config.key=value]
+  python -m jaxgpt.bench --budget=SECONDS [--seeds=3] [--runs_dir=PATH] RECIPE [--config.key=value]
 
 Every ratio it prints reads the same way: `A / B` is A's time (or peak RSS)
 over B's, the reference (nanoGPT; float32 against bfloat16; the fewest
@@ -70,6 +72,40 @@ run's peak RSS (ru_maxrss) and its RSS when it logged iterations 2 and
 recipe takes seconds an iteration and gigabytes on a laptop's CPU: try it
 with --iters=2 first.
 
+With --speedrun it runs the speedrun's pair: nanoGPT's own train.py on the
+seed command (NANOGPT_SEED_COMMAND, its 2000 iterations), in a scratch
+checkout as --nanogpt lays it out, then jaxgpt's train.py on RECIPE
+(default: configs/shakespeare_char_speedrun.py, any `--config.key=value`
+applied to it) once a seed, seeds 1337, 1338, ... (--seeds: 3, the median
+of 3 being the record's). Each is a whole command in a child process, one
+at a time, nanoGPT's first: one nanoGPT run gives the target, and the seeds
+follow it at once, on the same cores in the same minutes. Each is timed
+from its start to its exit, as /usr/bin/time counts it (start-up,
+compiling, evaluations; the data set is prepared before, so no download),
+and its peak RSS read. Then this process evaluates each run's model as
+`python -m jaxgpt.evaluate MODEL --context=64` does, over the whole val
+split: nanoGPT's ckpt.pt (its best by its own estimate), each jaxgpt
+out_dir's best checkpoint. The runs use the compilation cache as a user's
+do: a run of the same shapes finds the programs that an earlier one
+compiled (the first seed's compiling may be the others' loading);
+JAX_COMPILATION_CACHE_DIR='' times every run compiling. --iters=N cuts
+nanoGPT's run to N iterations, evaluated and saved at N: a quick try,
+whose loss is no target. Prints each run's command and, as it ends, its
+figures; then a table of the runs (wall time, full-split val loss, the
+iterations run, what stopped it: its target_val_loss, its time_limit or
+the end of its schedule, peak RSS), the seeds' median wall time and loss
+with their spread (min-max), nanoGPT's, `nanoGPT / jaxgpt speedrun: N.NNx`
+(nanoGPT's wall time over the seeds' median), whether every seed's loss is
+at or below nanoGPT's, the CPU, its cores and the versions. The runs'
+out_dirs are made in --runs_dir and kept (nanoGPT, seed-1337, ...), else
+in a temporary folder.
+
+With --budget=SECONDS it runs RECIPE once a seed as --speedrun does,
+without nanoGPT, with --config.time_limit=SECONDS and no target
+(target_val_loss=0): the loss a budget of that many seconds reaches. A run
+stops after the first iteration past the limit, evaluated and saved there,
+or at its max_iters (RECIPE's schedule should fill the budget).
+
 The figures measured so far, with their machines: docs/performance.md and
 the README.
 """
@@ -94,7 +130,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import cli, entry, nanogpt_torch, parallel, prepare, runtime
+from jaxgpt import cli, entry, evaluate, nanogpt_torch, parallel, prepare, runtime
 from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError, optional_import
 from jaxgpt.generate import Generator
@@ -121,6 +157,10 @@ NANOGPT = 'nanoGPT'
 TRAIN_PY = REPOSITORY / 'train.py'
 NANOGPT_ITERS, RUN_ITERS = 200, 20  # --iters' defaults: --nanogpt's, --memory's and --processes'
 MEMORY_RECIPES = [str(REPOSITORY / 'configs' / name) for name in ('shakespeare_char.py', 'shakespeare_char_gpu.py')]
+SPEEDRUN_RECIPE = str(REPOSITORY / 'configs' / 'shakespeare_char_speedrun.py')
+SEED_ITERS = 2000  # the seed command's max_iters: --speedrun's nanoGPT run
+FIRST_SEED = 1337  # base_config's and nanoGPT's: --speedrun's runs take seeds 1337, 1338, ...
+SPEEDRUN_CONTEXT = 64  # the windows of the speedrun's full-split val loss: the seed model's block_size
 # Starts argv[2:] and writes to file descriptor argv[1] its pid, then its exit
 # status and peak RSS (wait4's ru_maxrss, KB on Linux). A child's ru_maxrss
 # starts at its parent's high-water RSS (Linux carries it through fork and
@@ -173,7 +213,8 @@ def build_step(c, dtype: str):
 class Measured:
   peak_kb: int  # the child's ru_maxrss
   rss_kb: dict[int, int]  # its VmRSS when its `iter K:` line came, by K
-  seconds: float
+  seconds: float  # from its start to its exit, as /usr/bin/time counts them
+  lines: list[str]  # its stdout
 
 
 def rss_kb(pid: int) -> int | None:
@@ -197,9 +238,10 @@ def measure(name: str, args: list[str], cwd: pathlib.Path | None = None) -> Meas
                                env=os.environ | {'PYTHONUNBUFFERED': '1'})
     os.close(write_fd)
     pid = int(report.readline())
-    rss = {}
+    rss, lines = {}, []
     with starter.stdout:
       for line in starter.stdout:
+        lines.append(line.rstrip('\n'))
         if (m := re.match(r'iter (\d+):', line)) and (kb := rss_kb(pid)) is not None:
           rss[int(m[1])] = kb
     status, peak_kb = map(int, report.readline().split())
@@ -208,7 +250,7 @@ def measure(name: str, args: list[str], cwd: pathlib.Path | None = None) -> Meas
       stderr.seek(0)
       tail = '\n'.join(stderr.read().splitlines()[-15:])
       raise JaxGPTError(f'{name} failed (exit status {status}), its stderr ending:\n{tail}')
-  return Measured(peak_kb, rss, time.perf_counter() - t0)
+  return Measured(peak_kb, rss, time.perf_counter() - t0, lines)
 
 
 def mb(kb: int | None) -> str:
@@ -352,19 +394,149 @@ def bench_nanogpt(nanogpt_dir: str | None, iters: int, rounds: int, overrides: l
         f'(eager), Python {platform.python_version()}')
 
 
+# -- the speedrun: nanoGPT's seed command against a recipe, whole commands ----------
+
+
+@dataclasses.dataclass
+class Run:
+  """A whole training command's figures, and its model's loss over the whole val split."""
+  name: str
+  seconds: float  # start to exit
+  peak_kb: int
+  evaluation: evaluate.Evaluation
+  iterations: int  # the iteration it stopped at, or its max_iters
+  stopped_by: str  # 'target', 'time' or 'end'
+
+
+# train.py's last line when target_val_loss or time_limit ends a run (Trainer.stop_here)
+STOPPED = re.compile(r'^(val loss [\d.]+ is at or below target_val_loss|time_limit)=.*: stopped at iteration (\d+), '
+                     'saved in ')
+
+
+def how_it_ended(lines: list[str], max_iters: int) -> tuple[int, str]:
+  """(the iteration it stopped at, what stopped it) of a run that printed lines: its target, its time limit, or
+  the end of its schedule."""
+  for line in reversed(lines):
+    if m := STOPPED.match(line):
+      return int(m[2]), 'time' if m[1] == 'time_limit' else 'target'
+  return max_iters, 'end'
+
+
+def run_and_evaluate(name: str, args: list[str], cwd: pathlib.Path | None, model: pathlib.Path,
+                     max_iters: int) -> Run:
+  """Runs a training command (args) in cwd to its end, then evaluates the model it saved at model (an out_dir, or
+  nanoGPT's ckpt.pt) over the whole val split at a context of SPEEDRUN_CONTEXT."""
+  m = measure(name, args, cwd)
+  if model.suffix == '.pt' and not model.is_file():
+    raise JaxGPTError(f"{name} saved no {model}: nanoGPT saves its ckpt.pt at an evaluation after iteration 0 "
+                      'whose val loss is its best yet; give it more --iters')
+  evaluation = evaluate.evaluate(str(model), context=SPEEDRUN_CONTEXT)
+  run = Run(name, m.seconds, m.peak_kb, evaluation, *how_it_ended(m.lines, max_iters))
+  print(f'{name}: {run.seconds:.1f} s, peak RSS {mb(run.peak_kb)}, stopped by {run.stopped_by} at iteration '
+        f'{run.iterations}; {evaluation.line()}', flush=True)
+  return run
+
+
+@contextlib.contextmanager
+def runs_folder(runs_dir: str | None, names: list[str]) -> Iterator[pathlib.Path]:
+  """The folder where each run's out_dir is made, one per name: runs_dir, kept, whose run folders must not exist
+  yet; else a temporary one, removed afterwards."""
+  if runs_dir is None:
+    with tempfile.TemporaryDirectory(prefix='speedrun-') as folder:
+      yield pathlib.Path(folder)
+    return
+  folder = pathlib.Path(runs_dir).absolute()
+  if taken := [name for name in names if (folder / name).exists()]:
+    raise JaxGPTError(f'{folder / taken[0]} exists: each run needs a fresh out_dir, pass another --runs_dir')
+  folder.mkdir(parents=True, exist_ok=True)
+  yield folder
+
+
+def bench_speedrun(recipe: str, seeds: int, iters: int, overrides: list[str], overridden: frozenset[str],
+                   nanogpt_dir: str | None, runs_dir: str | None, budget: float | None) -> None:
+  """nanoGPT's seed command (unless budget), then jaxgpt's train.py on recipe once a seed, each a whole command
+  in a child process, each model evaluated over the whole val split; their table."""
+  if 'seed' in overridden:
+    raise JaxGPTError(f'--config.seed: the bench gives each run its seed ({FIRST_SEED} on, --seeds of them): '
+                      'leave it out')
+  limits = [f'--config.time_limit={budget:g}', '--config.target_val_loss=0'] if budget else []
+  flags = [f'--config={recipe}', *overrides, *limits]
+  c = cli.parse_config(['bench'] + flags)  # a typo answers now, not after minutes of runs
+  names = [f'seed-{seed}' for seed in range(FIRST_SEED, FIRST_SEED + seeds)]
+  with contextlib.ExitStack() as stack:
+    torch, nanogpt_run = None, None
+    if budget is None:
+      torch = optional_import('torch', '--speedrun', 'torch')
+      nanogpt, _ = stack.enter_context(nanogpt_checkout(nanogpt_dir, [c]))  # the data set prepared, and checked
+    else:
+      prepare.ensure_prepared(c.dataset)  # before the runs: their times leave the download out
+    folder = stack.enter_context(runs_folder(runs_dir, ([] if budget else [NANOGPT]) + names))
+    runtime.pin_device('cpu')  # the evaluations, in this process
+    if budget is None:
+      nanogpt_args = ['train.py', *with_max_iters(NANOGPT_SEED_COMMAND, iters)]
+      if iters != SEED_ITERS:  # an evaluation at the end, which saves its ckpt.pt
+        nanogpt_args.append(f'--eval_interval={iters}')
+      nanogpt_args.append(f'--out_dir={folder / NANOGPT}')
+      print(f"{NANOGPT}: python {' '.join(nanogpt_args)}\n  in a scratch copy of the checkout of "
+            f"{nanogpt_torch.find('train.py', nanogpt_dir)}, then\n  python -m jaxgpt.evaluate "
+            f'{folder / NANOGPT / "ckpt.pt"} --context={SPEEDRUN_CONTEXT}', flush=True)
+      nanogpt_run = run_and_evaluate(NANOGPT, [sys.executable, *nanogpt_args], nanogpt,
+                                     folder / NANOGPT / 'ckpt.pt', iters)
+    runs = []
+    for seed, name in zip(range(FIRST_SEED, FIRST_SEED + seeds), names):
+      args = [str(TRAIN_PY), *flags, f'--config.seed={seed}', f'--config.out_dir={folder / name}']
+      print(f"{name}: python {' '.join(args)}, then\n  python -m jaxgpt.evaluate {folder / name} "
+            f'--context={SPEEDRUN_CONTEXT}', flush=True)
+      runs.append(run_and_evaluate(name, [sys.executable, *args], None, folder / name, c.max_iters))
+  print_speedrun(runs, nanogpt_run)
+  print(f'{cpu_name()}, {len(os.sched_getaffinity(0))} cores; jax {jax.__version__}, ' +
+        (f'PyTorch {torch.__version__} (eager), ' if torch else '') + f'Python {platform.python_version()}')
+
+
+def print_speedrun(runs: list[Run], nanogpt: Run | None) -> None:
+  """One row a run, then the seeds' medians and spreads, and against nanoGPT's run (where there is one) the
+  ratio of the wall times and whether every seed's loss is at or below nanoGPT's."""
+  print(f'\n| run | wall s | val loss (whole split, context {SPEEDRUN_CONTEXT}) | iterations | stopped by | '
+        'peak RSS |\n| --- | ---: | ---: | ---: | --- | ---: |')
+  for run in ([nanogpt] if nanogpt else []) + runs:
+    print(f'| {run.name} | {run.seconds:.1f} | {run.evaluation.loss:.4f} | {run.iterations} | {run.stopped_by} | '
+          f'{mb(run.peak_kb)} |')
+  seconds, losses = [run.seconds for run in runs], [run.evaluation.loss for run in runs]
+  print(f'\njaxgpt: median {np.median(seconds):.1f} s ({min(seconds):.1f}-{max(seconds):.1f}), val loss median '
+        f'{np.median(losses):.4f} ({min(losses):.4f}-{max(losses):.4f}) over {len(runs)} seed(s)')
+  if nanogpt is None:
+    return
+  target = nanogpt.evaluation.loss
+  print(f'{NANOGPT}: {nanogpt.seconds:.1f} s, val loss {target:.4f}')
+  print(f'{NANOGPT} / jaxgpt speedrun: {nanogpt.seconds / np.median(seconds):.2f}x (nanoGPT\'s wall time over '
+        "jaxgpt's median: above 1, jaxgpt is the faster)")
+  above = [f'{run.name} {run.evaluation.loss:.4f}' for run in runs if run.evaluation.loss > target]
+  print(f"every seed's val loss at or below nanoGPT's {target:.4f}: " +
+        (f'no ({", ".join(above)})' if above else 'yes'))
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog='python -m jaxgpt.bench', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps', type=int, default=300, help='timed steps of each kind, after 5 warm-up steps')
   parser.add_argument('--nanogpt', action='store_true',
                       help="time nanoGPT's own train.py against jaxgpt's, on the seed command, by turns")
-  parser.add_argument('--nanogpt_dir', help="the nanoGPT checkout whose train.py --nanogpt and --memory run, in a "
-                      "scratch copy (default: $JAXGPT_NANOGPT_DIR, else ../nanoGPT)")
+  parser.add_argument('--nanogpt_dir', help="the nanoGPT checkout whose train.py --nanogpt, --memory and "
+                      "--speedrun run, in a scratch copy (default: $JAXGPT_NANOGPT_DIR, else ../nanoGPT)")
   parser.add_argument('--generate', action='store_true', help='time sampling instead of training')
   parser.add_argument('--memory', action='store_true',
                       help="peak RSS of jaxgpt's train.py and of nanoGPT's, in child processes, per RECIPE")
   parser.add_argument('--iters', type=int, help=f'iterations of each run: {NANOGPT_ITERS} with --nanogpt, '
-                      f'{RUN_ITERS} with --memory or --processes')
+                      f'{RUN_ITERS} with --memory or --processes; of nanoGPT\'s run with --speedrun, {SEED_ITERS} '
+                      '(fewer: a quick try, evaluated at its end, whose loss is no target)')
+  parser.add_argument('--speedrun', action='store_true', help="nanoGPT's seed command, then RECIPE (default: "
+                      'configs/shakespeare_char_speedrun.py) once a seed: whole commands, full-split val losses')
+  parser.add_argument('--budget', type=float, metavar='SECONDS', help="RECIPE once a seed, stopped after the first "
+                      'iteration past SECONDS (time_limit), no target: the loss a budget reaches')
+  parser.add_argument('--seeds', type=int, default=3, help=f'runs of RECIPE with --speedrun or --budget, seeds '
+                      f'{FIRST_SEED}, {FIRST_SEED + 1}, ... (default: 3)')
+  parser.add_argument('--runs_dir', help='with --speedrun or --budget, the folder where each run\'s out_dir is made '
+                      '(nanoGPT, seed-1337, ...) and kept (default: a temporary folder, removed)')
   parser.add_argument('--processes', type=int, help='N: the seed step in 1 train.py process against N started by '
                       'jaxgpt.launch, the same tokens a step')
   parser.add_argument('--rounds', type=int, default=3, help='turns of each --nanogpt or --processes run')
@@ -372,13 +544,20 @@ def main(argv: list[str]) -> int:
                       'core count, each in a child process pinned to that many cores')
   args, overrides = parser.parse_known_args(argv[1:])
   if args.iters is None:
-    args.iters = NANOGPT_ITERS if args.nanogpt else RUN_ITERS
-  for flag in ('steps', 'iters', 'rounds'):
+    args.iters = NANOGPT_ITERS if args.nanogpt else SEED_ITERS if args.speedrun else RUN_ITERS
+  for flag in ('steps', 'iters', 'rounds', 'seeds'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag}={getattr(args, flag)} must be >= 1')
   if args.nanogpt and args.iters < FIRST_TIMED_ITER:
     parser.error(f'--iters={args.iters}: --nanogpt times iterations {FIRST_TIMED_ITER} on, so it needs at least '
                  f'{FIRST_TIMED_ITER}')
+  runs = [flag for flag in ('nanogpt', 'memory', 'generate', 'processes', 'cores') if getattr(args, flag)]
+  if (args.speedrun or args.budget is not None) and runs:
+    parser.error(f'--speedrun and --budget run whole commands: leave out --{runs[0]}')
+  if args.speedrun and args.budget is not None:
+    parser.error('--budget runs RECIPE alone, --speedrun nanoGPT against it: pass one of the two')
+  if args.budget is not None and args.budget <= 0:
+    parser.error(f'--budget={args.budget:g} must be > 0 seconds')
   if args.nanogpt and (args.generate or args.processes):
     parser.error('--nanogpt times training runs: leave out --generate and --processes')
   if args.processes is not None and not 2 <= args.processes <= len(os.sched_getaffinity(0)):
@@ -489,11 +668,17 @@ def bench(args: argparse.Namespace, overrides: list[str], overridden: frozenset[
   if args.processes:
     bench_processes(args.processes, args.iters, args.rounds, overrides)
     return
+  # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag
+  recipes = [arg for arg in overrides if arg.endswith('.py') and not arg.startswith('-')]
+  flags = [arg for arg in overrides if arg not in recipes]
+  if args.speedrun or args.budget is not None:
+    if len(recipes) > 1:
+      raise JaxGPTError(f'--speedrun and --budget run one RECIPE, not {len(recipes)}: pass one of {", ".join(recipes)}')
+    bench_speedrun((recipes or [SPEEDRUN_RECIPE])[0], args.seeds, args.iters, flags, overridden, args.nanogpt_dir,
+                   args.runs_dir, args.budget)
+    return
   if args.memory:
-    # RECIPE.py as cli reads nanoGPT's CONFIG.py: a .py argument that is not a flag
-    recipes = [arg for arg in overrides if arg.endswith('.py') and not arg.startswith('-')]
-    bench_memory(recipes or MEMORY_RECIPES, args.iters, [arg for arg in overrides if arg not in recipes],
-                 args.nanogpt_dir)
+    bench_memory(recipes or MEMORY_RECIPES, args.iters, flags, args.nanogpt_dir)
     return
   if args.nanogpt:
     bench_nanogpt(args.nanogpt_dir, args.iters, args.rounds, overrides, overridden)
