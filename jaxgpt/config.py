@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   # I/O
   c.out_dir = 'out'  # the run's folder: checkpoints, metrics.jsonl
   c.eval_interval = 2000  # evaluate (and maybe save) every this many iterations
+  c.eval_start = 0  # evaluate only at iterations >= this (not in nanoGPT): a speedrun evaluates near its end only
   c.log_interval = 1  # print the loss every this many iterations
   c.eval_iters = 200  # batches of each split an evaluation averages
   c.eval_only = False  # evaluate once at step 0, then exit
@@ -224,7 +225,8 @@ def close_key(key: str, c: ml_collections.ConfigDict) -> str:
 _POSITIVE = ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
              'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'num_processes',
              'coordinator_timeout')
-_NON_NEGATIVE = ('threads', 'max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters', 'min_lr')
+_NON_NEGATIVE = ('eval_start', 'threads', 'max_iters', 'weight_decay', 'grad_clip', 'warmup_iters', 'lr_decay_iters',
+                 'min_lr')
 CHOICES = {
     'init_from': ('scratch', 'resume') + GPT2_MODELS,
     'checkpoint': CHECKPOINTS,

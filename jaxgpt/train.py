@@ -1,7 +1,7 @@
 """The training loop, with nanoGPT's semantics and log lines.
 
 Iterations 0..max_iters inclusive; train and val loss estimated every
-eval_interval iterations (and at 0); a checkpoint when val improves (or
+eval_interval iterations (and at 0), from eval_start on; a checkpoint when val improves (or
 always, with always_save_checkpoint), never at iteration 0, and the final
 state when training ends; eval_only stops after the first evaluation (a
 resumed run's too: it evaluates the checkpoint, and saves nothing). A
@@ -444,7 +444,8 @@ class Trainer:
     with self.logger:
       while True:
         out_of_time = self.out_of_time()
-        if state.iter_num % c.eval_interval == 0 or c.eval_only or out_of_time:
+        due = state.iter_num % c.eval_interval == 0 and state.iter_num >= c.eval_start
+        if due or c.eval_only or out_of_time:
           runtime.release_free_memory()  # the steps' freed buffers, before the evaluation takes its own
           with self.progress.evaluating():
             evaluation = self.evaluate()

@@ -205,6 +205,7 @@ def test_a_ckpt_pt_without_torch_is_one_error_line(folder, monkeypatch, capsys):
     (dict(full_val_context=-1), 'full_val_context=-1 must be >= 0 (0: off)'),
     (dict(target_val_loss=-1.0), 'target_val_loss=-1.0 must be >= 0 (0: off)'),
     (dict(time_limit=-1.0), 'time_limit=-1.0 must be >= 0 (0: off)'),
+    (dict(eval_start=-1), 'eval_start=-1 must be >= 0'),
     (dict(full_val_context=1025), 'full_val_context=1025 exceeds block_size=1024, the longest context the model '
                                   'reads: pass --config.full_val_context=1024 or less'),
     (dict(full_val_context=64, num_processes=2), 'full_val_context evaluates the whole model in one process'),
@@ -270,6 +271,19 @@ def test_train_stops_at_the_time_limit(tmp_path, shakespeare):
                       r'saved in out', proc.stdout.splitlines()[-1])
   with Checkpoints(str(workdir / 'out'), read_only=True) as checkpoints:
     assert checkpoints.latest_step() == 1 and checkpoints.meta(1)['val_loss'] == pytest.approx(steps[1][1], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_eval_start_leaves_out_the_evaluations_before_it(tmp_path, shakespeare):
+  workdir = make_workdir(tmp_path, shakespeare)
+  proc = train(workdir, out_dir='out', eval_start=25, max_iters=35)
+  assert proc.returncode == 0 and proc.stderr == '', proc.stderr
+  steps, iters = parse_log(proc.stdout)
+  assert sorted(steps) == [30]  # 0, 10 and 20 come before eval_start
+  assert sorted(iters) == list(range(0, 36, 5))  # trained throughout
+  assert proc.stdout.splitlines()[-1] == 'saving checkpoint to out (the final state, before iteration 36)'
+  with Checkpoints(str(workdir / 'out'), read_only=True) as checkpoints:
+    assert checkpoints.steps() == [30, 36] and checkpoints.best_step() == 30
 
 
 @pytest.mark.slow  # trains in process
