@@ -73,8 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.beta1 = 0.9  # AdamW's first-moment decay
   c.beta2 = 0.95  # AdamW's second-moment decay
   c.grad_clip = 1.0  # clip the global gradient norm at this value; 0 disables
-  # the optimizer: nanoGPT's 'adamw', or 'muon' (not in nanoGPT: the blocks' matrices by Muon, the rest by AdamW)
-  c.optimizer = 'adamw'
+  # the optimizer
+  c.optimizer = 'adamw'  # nanoGPT's 'adamw', or 'muon' (not in nanoGPT: the blocks' matrices by Muon, the rest AdamW)
   c.muon_learning_rate = 0.02  # Muon's peak learning rate, on learning_rate's schedule
   c.muon_momentum = 0.95  # Muon's (Nesterov) momentum
   # learning-rate schedule: linear warmup, cosine decay to min_lr
