@@ -141,7 +141,7 @@ def test_bench_nanogpt_cores_runs_the_same_once_per_core_count(tmp_path, shakesp
 @pytest.mark.slow
 def test_bench_without_a_nanogpt_checkout(tmp_path):
   # the path it was given, before any run: --memory's jaxgpt run would take minutes
-  for mode in ('--nanogpt', '--memory'):
+  for mode in ('--nanogpt', '--memory', '--speedrun'):
     proc = bench(mode, f'--nanogpt_dir={tmp_path}', env=without_nanogpt_dir_env())
     assert proc.returncode == 1
     assert proc.stderr == (f"error: nanoGPT's train.py not found at {tmp_path / 'train.py'}: clone "
