@@ -9,8 +9,9 @@ import optax
 import pytest
 
 from conftest import TINY, flat_params, nanogpt_get_lr
+from jaxgpt import cli
 from jaxgpt.config import ConfigError, base_config, validate
-from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer
+from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer, muon_labels, orthogonalized
 from jaxgpt.step import init_model
 
 
@@ -149,3 +150,70 @@ def test_grad_clip_clips_the_global_norm():
 def test_grad_clip_zero_disables_clipping():
   norm = _first_moment_norm(config(grad_clip=0.0), 1e6)
   assert norm == pytest.approx(0.1 * math.sqrt(6) * 1e6, rel=1e-5)
+
+
+# -- Muon (optimizer='muon') ----------------------------------------------------------
+
+
+def muon_scale(shape) -> float:
+  return math.sqrt(max(1.0, shape[0] / shape[1]))  # Muon's reference's, for a tall matrix
+
+
+@pytest.mark.parametrize('seed', range(4))
+@pytest.mark.parametrize('shape', [(32, 96), (96, 32), (64, 64), (128, 512), (512, 128)])  # wide, tall, square
+def test_orthogonalized_brings_the_singular_values_near_one(shape, seed):
+  g = np.asarray(jax.random.normal(jax.random.key(seed), shape), np.float64)
+  u, s, vt = np.linalg.svd(g, full_matrices=False)
+  o = np.asarray(orthogonalized(jnp.asarray(g, jnp.float32)), np.float64) / muon_scale(shape)
+  # Newton-Schulz maps each singular value on its own, keeping the singular vectors: u^T o v is diagonal
+  mapped = u.T @ o @ vt.T
+  np.testing.assert_allclose(mapped - np.diag(np.diag(mapped)), 0.0, atol=1e-4)
+  singular = np.diag(mapped)
+  assert np.all(singular <= 1.3)
+  # five iterations lift a direction holding at least 1/500 of g's norm into [0.6, 1.3]; a random square matrix
+  # may have smaller ones (seed 3: 0.0006 of its norm), which stay small
+  lifted = s / np.linalg.norm(g) >= 2e-3
+  assert np.mean(lifted) > 0.9 and np.all((0.6 <= singular[lifted]) & (singular[lifted] <= 1.3)), singular
+
+
+def test_muon_labels_give_muon_to_the_blocks_matrices_only(model_params):
+  labels, params = flat_params(muon_labels(model_params)), flat_params(model_params)
+  muon = sorted(name for name, label in labels.items() if label == 'muon')
+  assert muon == sorted(f'h/{layer}/{module}/weight' for layer in range(TINY.n_layer)
+                        for module in ('attn/c_attn', 'attn/c_proj', 'mlp/c_fc', 'mlp/c_proj'))
+  assert all(params[name].ndim == 2 for name in muon)
+  assert {str(label) for name, label in labels.items() if name not in muon} == {'adamw'}  # embeddings, LayerNorms, biases
+
+
+def test_muon_moves_the_matrices_by_their_orthogonalized_gradient_and_the_rest_as_adamw(model_params):
+  c = config(optimizer='muon', muon_learning_rate=0.05, decay_lr=False, grad_clip=0.0, weight_decay=0.1)
+  leaves, treedef = jax.tree.flatten(model_params)
+  grads = jax.tree.unflatten(treedef, [jax.random.normal(jax.random.key(i), p.shape) for i, p in enumerate(leaves)])
+  tx = make_optimizer(c)
+  updates, _ = tx.update(grads, tx.init(model_params), model_params)  # one step, momentum from zero
+  c.optimizer = 'adamw'
+  adamw = make_optimizer(c)
+  adamw_updates, _ = adamw.update(grads, adamw.init(model_params), model_params)
+  labels, updates, adamw_updates, grads = map(flat_params, (muon_labels(model_params), updates, adamw_updates, grads))
+  for name, label in labels.items():
+    if label == 'adamw':
+      np.testing.assert_allclose(updates[name], adamw_updates[name], rtol=1e-6, atol=1e-9, err_msg=name)
+      continue
+    # Nesterov momentum from zero is (1 + momentum) x the gradient, which orthogonalized normalizes away
+    np.testing.assert_allclose(updates[name], -0.05 * orthogonalized(jnp.asarray(grads[name])), rtol=1e-5,
+                               atol=1e-7, err_msg=name)
+    singular = np.linalg.svd(updates[name], compute_uv=False) / (0.05 * muon_scale(updates[name].shape))
+    assert 0.6 <= singular.min() and singular.max() <= 1.3, (name, singular)
+
+
+@pytest.mark.parametrize('settings, message', [
+    (dict(optimizer='sgd'), "optimizer='sgd' is not supported: choose one of adamw, muon"),
+    (dict(muon_learning_rate=0.0), 'muon_learning_rate=0.0 must be > 0'),
+    (dict(muon_learning_rate=-0.02), 'muon_learning_rate=-0.02 must be > 0'),
+    (dict(muon_momentum=1.0), 'muon_momentum=1.0 must be in [0, 1)'),
+    (dict(muon_momentum=-0.1), 'muon_momentum=-0.1 must be in [0, 1)'),
+])
+def test_muon_keys_are_validated_in_one_error_line(settings, message, capsys):
+  flags = [f'--config.{key}={value}' for key, value in settings.items()]
+  assert cli.main(['train.py', *flags]) == 1  # refused before anything is read or compiled
+  assert capsys.readouterr().err == f'error: {message}\n'
