@@ -182,7 +182,8 @@ def test_muon_labels_give_muon_to_the_blocks_matrices_only(model_params):
   assert muon == sorted(f'h/{layer}/{module}/weight' for layer in range(TINY.n_layer)
                         for module in ('attn/c_attn', 'attn/c_proj', 'mlp/c_fc', 'mlp/c_proj'))
   assert all(params[name].ndim == 2 for name in muon)
-  assert {str(label) for name, label in labels.items() if name not in muon} == {'adamw'}  # embeddings, LayerNorms, biases
+  rest = {str(label) for name, label in labels.items() if name not in muon}
+  assert rest == {'adamw'}  # the embeddings, LayerNorm weights and biases
 
 
 def test_muon_moves_the_matrices_by_their_orthogonalized_gradient_and_the_rest_as_adamw(model_params):
