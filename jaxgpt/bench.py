@@ -7,7 +7,7 @@
   python -m jaxgpt.bench --processes=2 [--iters=300]   # data parallel: 1 train.py against 2 launched, same tokens
   python -m jaxgpt.bench --memory [--iters=20] [--nanogpt_dir=PATH] [RECIPE ...]   # training runs' peak RSS
   python -m jaxgpt.bench --speedrun [--seeds=3] [--nanogpt_dir=PATH] [--runs_dir=PATH] [RECIPE] [--config.key=value]
-  python -m jaxgpt.bench --budget=SECONDS [--seeds=3] [--runs_dir=PATH] RECIPE [--config.key=value]
+  python -m jaxgpt.bench --budget=SECONDS [--seeds=3] [--runs_dir=PATH] [RECIPE] [--config.key=value]
 
 Every ratio it prints reads the same way: `A / B` is A's time (or peak RSS)
 over B's, the reference (nanoGPT; float32 against bfloat16; the fewest
@@ -459,7 +459,7 @@ def bench_speedrun(recipe: str, seeds: int, iters: int, overrides: list[str], ov
   if 'seed' in overridden:
     raise JaxGPTError(f'--config.seed: the bench gives each run its seed ({FIRST_SEED} on, --seeds of them): '
                       'leave it out')
-  limits = [f'--config.time_limit={budget:g}', '--config.target_val_loss=0'] if budget else []
+  limits = [] if budget is None else [f'--config.time_limit={budget:g}', '--config.target_val_loss=0']
   flags = [f'--config={recipe}', *overrides, *limits]
   c = cli.parse_config(['bench'] + flags)  # a typo answers now, not after minutes of runs
   names = [f'seed-{seed}' for seed in range(FIRST_SEED, FIRST_SEED + seeds)]
@@ -470,18 +470,10 @@ def bench_speedrun(recipe: str, seeds: int, iters: int, overrides: list[str], ov
       nanogpt, _ = stack.enter_context(nanogpt_checkout(nanogpt_dir, [c]))  # the data set prepared, and checked
     else:
       prepare.ensure_prepared(c.dataset)  # before the runs: their times leave the download out
-    folder = stack.enter_context(runs_folder(runs_dir, ([] if budget else [NANOGPT]) + names))
+    folder = stack.enter_context(runs_folder(runs_dir, ([NANOGPT] if budget is None else []) + names))
     runtime.pin_device('cpu')  # the evaluations, in this process
     if budget is None:
-      nanogpt_args = ['train.py', *with_max_iters(NANOGPT_SEED_COMMAND, iters)]
-      if iters != SEED_ITERS:  # an evaluation at the end, which saves its ckpt.pt
-        nanogpt_args.append(f'--eval_interval={iters}')
-      nanogpt_args.append(f'--out_dir={folder / NANOGPT}')
-      print(f"{NANOGPT}: python {' '.join(nanogpt_args)}\n  in a scratch copy of the checkout of "
-            f"{nanogpt_torch.find('train.py', nanogpt_dir)}, then\n  python -m jaxgpt.evaluate "
-            f'{folder / NANOGPT / "ckpt.pt"} --context={SPEEDRUN_CONTEXT}', flush=True)
-      nanogpt_run = run_and_evaluate(NANOGPT, [sys.executable, *nanogpt_args], nanogpt,
-                                     folder / NANOGPT / 'ckpt.pt', iters)
+      nanogpt_run = run_nanogpt_seed_command(nanogpt, nanogpt_dir, iters, folder / NANOGPT)
     runs = []
     for seed, name in zip(range(FIRST_SEED, FIRST_SEED + seeds), names):
       args = [str(TRAIN_PY), *flags, f'--config.seed={seed}', f'--config.out_dir={folder / name}']
@@ -491,6 +483,19 @@ def bench_speedrun(recipe: str, seeds: int, iters: int, overrides: list[str], ov
   print_speedrun(runs, nanogpt_run)
   print(f'{cpu_name()}, {len(os.sched_getaffinity(0))} cores; jax {jax.__version__}, ' +
         (f'PyTorch {torch.__version__} (eager), ' if torch else '') + f'Python {platform.python_version()}')
+
+
+def run_nanogpt_seed_command(nanogpt: pathlib.Path, nanogpt_dir: str | None, iters: int, out_dir: pathlib.Path) -> Run:
+  """nanoGPT's own train.py on the seed command, cut to iters iterations, in its scratch checkout (nanogpt), and
+  the loss of the ckpt.pt it saves in out_dir."""
+  args = ['train.py', *with_max_iters(NANOGPT_SEED_COMMAND, iters)]
+  if iters != SEED_ITERS:  # its evaluation every 250 iterations would miss the end: one there, which saves ckpt.pt
+    args.append(f'--eval_interval={iters}')
+  args.append(f'--out_dir={out_dir}')
+  print(f"{NANOGPT}: python {' '.join(args)}\n  in a scratch copy of the checkout of "
+        f"{nanogpt_torch.find('train.py', nanogpt_dir)}, then\n  python -m jaxgpt.evaluate {out_dir / 'ckpt.pt'} "
+        f'--context={SPEEDRUN_CONTEXT}', flush=True)
+  return run_and_evaluate(NANOGPT, [sys.executable, *args], nanogpt, out_dir / 'ckpt.pt', iters)
 
 
 def print_speedrun(runs: list[Run], nanogpt: Run | None) -> None:
