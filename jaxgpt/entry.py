@@ -3,12 +3,13 @@
 A command that runs jax sets its process up first (`jaxgpt.runtime.setup`:
 importing jaxgpt does not do it, so that a library user's process is left as
 it was); one that does not (plotting, preparing data) leaves jax unloaded.
-SIGTERM, and SIGHUP (the terminal closed), then act as Ctrl-C; a command
-that must stop at a point of its choosing notes them (`StopSignals`). A user's
-mistake (`JaxGPTError`) ends as one `error: ...` line and exit status 1, and
-Ctrl-C as one line saying what was left as it was, and exit status 130;
-neither prints a traceback. Standard output closed by its reader (`| head`)
-ends the command quietly, with exit status 0: the reader had what it wanted.
+SIGTERM, and SIGHUP (the terminal closed; not under `nohup`), then act as
+Ctrl-C; a command that must stop at a point of its choosing notes them
+(`StopSignals`). A user's mistake (`JaxGPTError`) ends as one `error: ...`
+line and exit status 1, and Ctrl-C as one line saying what was left as it
+was, and exit status 130; neither prints a traceback. Standard output
+closed by its reader (`| head`) ends the command quietly, with exit status
+0: the reader had what it wanted.
 """
 
 import contextlib
@@ -49,6 +50,11 @@ def leave_closed_pipe() -> None:
   os.close(devnull)
 
 
+def ignored(signum: int) -> bool:
+  """Whether this process was told to ignore the signal (`nohup` ignores SIGHUP, a background job SIGINT)."""
+  return signal.getsignal(signum) is signal.SIG_IGN
+
+
 class StopSignals:
   """Within: Ctrl-C, SIGTERM and SIGHUP (the terminal closed) each stop the
   work as Ctrl-C does, with a KeyboardInterrupt named after the signal; the
@@ -58,15 +64,17 @@ class StopSignals:
   signals: those handled. noted: the first is noted in `received` (its
   number) and passed to `on_noted`, not raised, so that the work stops where
   it chooses (between two steps, never midway through reading or writing a
-  checkpoint); a second is raised at once. keep_ignored: a signal that this
-  process was told to ignore (a background job's SIGINT) stays ignored."""
+  checkpoint); a second is raised at once. A SIGHUP that this process was
+  told to ignore (`nohup`) stays ignored: its user asked for the work to
+  outlive the terminal. keep_ignored: so does any other ignored signal (a
+  background job's SIGINT)."""
 
   def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, *, noted: bool = False, keep_ignored: bool = False):
     self.signals, self.noted, self.keep_ignored = signals, noted, keep_ignored
     self.received: list[int] = []
 
   def __enter__(self) -> 'StopSignals':
-    handled = [s for s in self.signals if not (self.keep_ignored and signal.getsignal(s) is signal.SIG_IGN)]
+    handled = [s for s in self.signals if not (ignored(s) and (self.keep_ignored or s == signal.SIGHUP))]
     self.replaced = {s: signal.signal(s, self._stop) for s in handled}
     return self
 

@@ -12,10 +12,11 @@ C++ lines of gloo and XLA too) goes to rank<N>.log in --log_dir (default: a
 new folder in the system's temporary folder), named on the first line, and
 when one of them fails, the end of its log is shown (a mistake in the
 flags is said once, before any process starts). Ctrl-C (SIGTERM, or
-SIGHUP: the terminal closed) reaches every process once: they finish the
-same iteration and save one checkpoint; before training begins there is
-nothing to save, and they are stopped at once. When one process fails, the
-others are stopped; the exit status is the first failure's.
+SIGHUP: the terminal closed, unless under nohup) reaches every process
+once: they finish the same iteration and save one checkpoint; before
+training begins there is nothing to save, and they are stopped at once.
+When one process fails, the others are stopped; the exit status is the
+first failure's.
 """
 
 import argparse
@@ -164,8 +165,9 @@ def launch(nproc: int, script: str, process_args: Callable[[int], list[str]], lo
         p.send_signal(signum)
 
   # the terminal closed (SIGHUP, an ssh session dropped) stops the run as Ctrl-C: the processes, in sessions of
-  # their own, would not hear it
-  previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+  # their own, would not hear it. Under nohup it stays ignored (as in the processes, which inherit that)
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+              if not (s == signal.SIGHUP and entry.ignored(s))}
   failed = {}
   try:
     for rank, (cores, log_path) in enumerate(zip(share_cores(nproc), log_paths(nproc, log_dir))):

@@ -114,7 +114,8 @@ class StopSignals(entry.StopSignals):
   by its reader (`| head`) stops the run too, as SIGPIPE (`Log.note_closed`),
   its last line on stderr. Before training begins it stops at the next such
   point, with nothing written; raised in the middle of jax's start-up it
-  could crash the interpreter on its way out. A second one raises at once."""
+  could crash the interpreter on its way out. A second one raises at once.
+  Under `nohup` SIGHUP stays ignored: the run outlives its terminal."""
 
   def __init__(self, log: Log):
     super().__init__(noted=True)

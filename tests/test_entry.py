@@ -137,6 +137,26 @@ def test_stop_signals_can_leave_an_ignored_signal_ignored():
     signal.signal(signal.SIGINT, previous)
 
 
+def test_an_ignored_sighup_stays_ignored_under_nohup():
+  """nohup: the user asked for the work to outlive the terminal; entry.run and a StopSignals that hears every
+  other ignored signal (train.py's) leave SIGHUP ignored, and the work goes on past one."""
+  previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGHUP, signal.SIGINT)}
+  try:
+    def work():
+      with entry.StopSignals(noted=True) as stop:
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGHUP)
+        assert stop.received == []
+        signal.raise_signal(signal.SIGINT)  # ignored too, but heard: only SIGHUP is kept ignored
+        assert stop.received == [signal.SIGINT]
+      return 7
+    assert entry.run(work, 'interrupted', uses_jax=False) == 7
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
 # each command on what it needs: a data set to prepare from a small text, or a folder with no metrics.jsonl to plot
 COMMANDS_WITHOUT_JAX = {'prepare': ['jaxgpt.prepare', 'char', 'input.txt', '--name', 'tiny'],
                         'data': ['jaxgpt.data', 'shakespeare_char'],

@@ -93,6 +93,29 @@ def test_the_terminal_closed_sighup_saves_and_stops_as_ctrl_c(workdir):
 
 
 @pytest.mark.slow
+def test_a_nohup_run_trains_on_past_sighup_to_its_end(workdir):
+  """nohup python train.py ...: the user asked for the run to outlive the terminal, so its SIGHUP stays ignored."""
+  out_dir = workdir / 'nohup'
+  run = subprocess.Popen(['nohup', sys.executable, str(REPO_ROOT / 'train.py'), f'--config={CONFIG}', *TINY_FLAGS,
+                          '--config.max_iters=30', f'--config.out_dir={out_dir}'],
+                         cwd=workdir, env=os.environ | {'PYTHONUNBUFFERED': '1'}, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in run.stdout:
+    seen.append(line)
+    if line.startswith('iter 5:'):
+      run.send_signal(signal.SIGHUP)
+      break
+  finished = finish(run)
+  stdout = ''.join(seen) + finished.stdout
+  assert finished.returncode == 0, stdout + finished.stderr
+  assert 'SIGHUP' not in stdout + finished.stderr
+  assert ('iter', 30) in losses_from(stdout, 30)
+  assert stdout.splitlines()[-1] == f'saving checkpoint to {out_dir} (the final state, before iteration 31)'
+  assert (out_dir / '31').is_dir()
+
+
+@pytest.mark.slow
 def test_a_run_whose_terminal_closes_saves_and_exits_0(workdir):
   """train.py at a terminal of its own (its controlling terminal, as a login shell's) that closes: the kernel
   sends SIGHUP, and writes to the terminal fail from then on; the run saves a checkpoint all the same."""
