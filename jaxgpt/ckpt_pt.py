@@ -23,12 +23,15 @@ memory held is the checkpoint's own.
 Export writes what nanoGPT's sample.py and train.py read: `model` (the
 state_dict), `optimizer` (the AdamW state_dict that configure_optimizers'
 optimizer loads), `model_args`, `iter_num`, `best_val_loss`, `config`; so
-either side's `init_from=resume` continues the other's run. It never replaces
-an existing file unless told to (--overwrite), makes the target's missing
-folders (as nanoGPT's train.py makes its out_dir), and writes a temporary file
-beside the target, renamed onto it when whole: an interrupted export leaves no
-half file (the leftovers of one killed, e.g. by kill -9, the next export to
-that path removes). A ckpt.pt is read with torch.load(weights_only=True): a
+either side's `init_from=resume` continues the other's run. A run trained
+with optimizer='muon' is exported without `optimizer` (nanoGPT has no Muon:
+its sample.py and model.py load the model, its train.py cannot resume it),
+and export says so in a line. It never replaces an existing file unless
+told to (--overwrite), makes the target's missing folders (as nanoGPT's
+train.py makes its out_dir), and writes a temporary file beside the target,
+renamed onto it when whole: an interrupted export leaves no half file (the
+leftovers of one killed, e.g. by kill -9, the next export to that path
+removes). A ckpt.pt is read with torch.load(weights_only=True): a
 file that names code is refused and none of it runs.
 """
 
@@ -389,10 +392,25 @@ def save_atomically(checkpoint: dict, path: pathlib.Path) -> None:
                       'nothing was written') from None
 
 
-def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = False) -> int:
+@dataclasses.dataclass
+class Exported:
+  """What export_ckpt wrote: the checkpoint's step, and the optimizer its run trained with."""
+  step: int
+  optimizer: str  # 'adamw': its state is in the ckpt.pt; 'muon': nanoGPT has none to load it into
+
+  def lines(self, out_dir: str, path: str) -> list[str]:
+    said = [f'exported step {self.step} of {out_dir} to {path}']
+    if self.optimizer == 'muon':
+      said.append("the optimizer state (Muon's) is not exported: nanoGPT has no Muon, so its train.py cannot resume "
+                  'this run; its sample.py and model.py load the model')
+    return said
+
+
+def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = False) -> Exported:
   """Writes out_dir's best (or latest) checkpoint as nanoGPT's ckpt.pt at
-  path; returns its step. An existing file at path is replaced only with
-  overwrite."""
+  path. An existing file at path is replaced only with overwrite. The AdamW
+  state goes with it; a Muon run's state does not (nanoGPT's train.py has no
+  Muon to resume it with): its ckpt.pt has the model alone."""
   torch = _torch()
   if not path or path.endswith(os.sep):  # pathlib would drop the trailing '/' and write a file named so
     raise JaxGPTError(f'{path!r} names a folder: name the file to write, e.g. {os.path.join(path, "ckpt.pt")}')
@@ -409,15 +427,17 @@ def export_ckpt(out_dir: str, path: str, which: str = 'best', overwrite: bool = 
   state_dict = {name: torch.from_numpy(np.array(array)) for name, array in nanogpt.to_nanogpt(params).items()}
   state_dict['lm_head.weight'] = state_dict['transformer.wte.weight']  # tied: the same tensor, as nanoGPT saves it
   check_space(ckpt_path.parent, (params, opt_state))
+  optimizer = {'optimizer': torch_adamw_state(opt_state, state_dict, c, meta['iter_num'])} \
+      if c.optimizer == 'adamw' else {}
   save_atomically({
       'model': state_dict,
-      'optimizer': torch_adamw_state(opt_state, state_dict, c, meta['iter_num']),
+      **optimizer,
       'model_args': {k: meta['model_args'][k] for k in MODEL_ARGS},
       'iter_num': meta['iter_num'],
       'best_val_loss': meta['best_val_loss'],
       'config': meta['config'],
   }, ckpt_path)
-  return step
+  return Exported(step, c.optimizer)
 
 
 def main(argv: list[str]) -> int:
@@ -442,8 +462,8 @@ def main(argv: list[str]) -> int:
       step = import_ckpt(args.ckpt_pt, args.out_dir, args.meta)
       print(f'imported {args.ckpt_pt} (iteration {step}) into {args.out_dir}')
     else:
-      step = export_ckpt(args.out_dir, args.ckpt_pt, args.checkpoint, args.overwrite)
-      print(f'exported step {step} of {args.out_dir} to {args.ckpt_pt}')
+      exported = export_ckpt(args.out_dir, args.ckpt_pt, args.checkpoint, args.overwrite)
+      print('\n'.join(exported.lines(args.out_dir, args.ckpt_pt)))
 
   return entry.run(convert, f'interrupted: no checkpoint was imported into {args.out_dir}'
                    if args.command == 'import' else f'interrupted: {args.ckpt_pt} is as it was')

@@ -18,7 +18,7 @@ import torch
 from flax import nnx
 
 from conftest import REPO_ROOT, TINY, file_size_limit, make_workdir, nanogpt_folder, nanogpt_get_lr
-from jaxgpt import ckpt_pt, data, files, gpt2, nanogpt, nanogpt_torch, runtime
+from jaxgpt import ckpt_pt, data, evaluate, files, gpt2, nanogpt, nanogpt_torch, runtime
 from jaxgpt.checkpoint import Checkpoints
 from jaxgpt.config import base_config
 from jaxgpt.errors import JaxGPTError
@@ -119,7 +119,7 @@ def jax_train_step(c):
 def test_export_loads_into_nanogpt_with_equal_logits(tmp_path):
   params = init_model(CONFIG, seed=3)[2]
   save_jaxgpt_checkpoint(tmp_path / 'out', params)
-  assert ckpt_pt.export_ckpt(str(tmp_path / 'out'), str(tmp_path / 'ckpt.pt')) == 10
+  assert ckpt_pt.export_ckpt(str(tmp_path / 'out'), str(tmp_path / 'ckpt.pt')).step == 10
   ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
   assert ckpt['iter_num'] == 10 and ckpt['best_val_loss'] == 2.0
   # tied in the file itself: the GPT ties them whatever the file holds, so only the file can show it
@@ -398,7 +398,7 @@ def test_export_never_replaces_a_file_unless_told(jaxgpt_run, tmp_path):
   with pytest.raises(JaxGPTError, match='ckpt.pt exists: export to another path, or pass --overwrite to replace it'):
     ckpt_pt.export_ckpt(str(out_dir), str(target))
   assert target.read_bytes() == b'the nanoGPT run of last week'
-  assert ckpt_pt.export_ckpt(str(out_dir), str(target), overwrite=True) == 3
+  assert ckpt_pt.export_ckpt(str(out_dir), str(target), overwrite=True).step == 3
   assert torch.load(target, weights_only=True)['iter_num'] == 3
   assert os.listdir(tmp_path) == ['ckpt.pt']  # no temporary file left beside it
 
@@ -442,7 +442,7 @@ def test_export_removes_the_leftovers_of_a_killed_export(jaxgpt_run, tmp_path):
   out_dir, _, _ = jaxgpt_run
   target = tmp_path / 'ckpt.pt'
   files.temp_path(target, pid=dead_pid()).write_bytes(b'half a checkpoint')
-  assert ckpt_pt.export_ckpt(str(out_dir), str(target)) == 3
+  assert ckpt_pt.export_ckpt(str(out_dir), str(target)).step == 3
   assert os.listdir(tmp_path) == ['ckpt.pt']
 
 
@@ -512,7 +512,7 @@ def test_export_chooses_again_when_a_training_rotates_its_checkpoint_away(jaxgpt
 
   monkeypatch.setattr(Checkpoints, 'meta', a_training_saves_first)
   if export == 'ckpt_pt':
-    assert ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'ckpt.pt')) == 4
+    assert ckpt_pt.export_ckpt(str(out_dir), str(tmp_path / 'ckpt.pt')).step == 4
     assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['iter_num'] == 4
   else:
     assert gpt2.export(str(out_dir), str(tmp_path / 'gpt2')) == 4
@@ -607,3 +607,100 @@ def test_nanogpt_round_trip(tmp_path, nanogpt_dir, shakespeare):
   assert abs(back_val[30] - jax_val[30]) < 0.2, (jax_val, back_val)
   assert all(math.isfinite(float(loss)) for log in (nano_log, resumed, nano_resumed)
              for loss in re.findall(r'loss ([\d.naif]+)', log))
+
+
+# -- a Muon run: the speedrun's recipe, shortened ------------------------------------
+
+SPEEDRUN = REPO_ROOT / 'configs' / 'shakespeare_char_speedrun.py'
+# the speedrun's model, optimizer and dtype; 20 iterations, the whole val split evaluated at 10 and 20
+MUON_RUN = dict(max_iters=20, lr_decay_iters=20, warmup_iters=5, eval_interval=10, eval_start=0, eval_iters=2,
+                log_interval=1, target_val_loss=0.0, time_limit=0.0, out_dir='out')
+LOSS_LINE = re.compile(r'^(iter|step) (\d+): (loss \d+\.\d{4}|train loss \d+\.\d{4}, val loss \d+\.\d{4})')
+
+
+def start_speedrun(workdir: pathlib.Path, **settings) -> subprocess.Popen:
+  flags = [f'--config.{key}={value}' for key, value in (MUON_RUN | settings).items()]
+  return subprocess.Popen([sys.executable, str(REPO_ROOT / 'train.py'), f'--config={SPEEDRUN}', *flags], cwd=workdir,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(popen: subprocess.Popen) -> str:
+  out, err = popen.communicate(timeout=600)
+  assert popen.returncode == 0, out + err
+  return out
+
+
+def loss_lines(log: str, since: int) -> dict[tuple[str, int], str]:
+  """{('iter' | 'step', N): the loss text} for N >= since: what a log says of the model, not of the time."""
+  return {(m[1], int(m[2])): m[3] for m in map(LOSS_LINE.match, log.splitlines()) if m and int(m[2]) >= since}
+
+
+@pytest.fixture(scope='module')
+def muon_runs(tmp_path_factory, shakespeare):
+  """The shortened speedrun trained 20 iterations at once (`whole`), and
+  stopped at 10 then resumed to 20 (`resumed`): {name: (workdir, log)}."""
+  root = tmp_path_factory.mktemp('muon')
+  whole, stopped = (make_workdir(root / name, shakespeare) for name in ('whole', 'stopped'))
+  runs = [start_speedrun(whole), start_speedrun(stopped, max_iters=10)]
+  try:
+    logs = [finished(popen) for popen in runs]
+    runs.append(start_speedrun(stopped, init_from='resume'))
+    logs.append(finished(runs[-1]))
+  finally:
+    for popen in runs:  # none left running, whatever failed
+      if popen.poll() is None:
+        popen.kill()
+        popen.communicate()
+  return {'whole': (whole, logs[0]), 'first': (stopped, logs[1]), 'resumed': (stopped, logs[2])}
+
+
+@pytest.mark.slow
+def test_a_resumed_muon_run_logs_what_the_whole_run_logs(muon_runs):
+  _, whole = muon_runs['whole']
+  _, resumed = muon_runs['resumed']
+  assert 'Resuming training from out' in resumed
+  expected = loss_lines(whole, since=11)  # the first run saved the final state before iteration 11
+  assert sorted(expected) == [('iter', n) for n in range(11, 21)] + [('step', 20)]
+  assert loss_lines(resumed, since=0) == expected  # the Muon momentum and AdamW moments restored, bit for bit
+
+
+@pytest.mark.slow
+def test_an_exported_muon_run_loads_in_nanogpt_with_the_same_whole_split_loss(muon_runs, nanogpt_dir, monkeypatch):
+  workdir, _ = muon_runs['whole']
+  monkeypatch.chdir(workdir)
+  with Checkpoints('out', read_only=True) as checkpoints:
+    best = checkpoints.best_step()
+  exported = run(['-m', 'jaxgpt.ckpt_pt', 'export', '--out_dir=out', 'nanogpt/ckpt.pt'], workdir)
+  assert exported.splitlines() == [
+      f'exported step {best} of out to nanogpt/ckpt.pt',
+      "the optimizer state (Muon's) is not exported: nanoGPT has no Muon, so its train.py cannot resume this run; "
+      'its sample.py and model.py load the model']
+  ckpt = torch.load('nanogpt/ckpt.pt', map_location='cpu', weights_only=True)
+  assert 'optimizer' not in ckpt and ckpt['model_args'] == dict(n_layer=4, n_head=4, n_embd=128, block_size=64,
+                                                                 bias=False, vocab_size=65, dropout=0.0)
+  model_py = nanogpt_torch.checkout(nanogpt_dir)  # as nanoGPT's sample.py loads it
+  model = model_py.GPT(model_py.GPTConfig(**ckpt['model_args']))
+  model.load_state_dict(ckpt['model'])
+  model.eval()
+  tokens = np.fromfile('data/shakespeare_char/val.bin', np.uint16)
+  nanogpt_loss = torch_split_loss(model, tokens, 64)
+  jaxgpt_loss = evaluate.evaluate('out', context=64).loss
+  assert jaxgpt_loss < 3.5  # trained: an untrained model's is ln(65) = 4.17
+  assert nanogpt_loss == pytest.approx(jaxgpt_loss, rel=1e-5)
+  line = run(['-m', 'jaxgpt.evaluate', 'out', '--context=64'], workdir)
+  assert line.startswith(f'val loss {jaxgpt_loss:.4f} over 111,539 tokens of data/shakespeare_char/val.bin '
+                         f'(windows of 64), step {best} of out, in ')
+
+
+def torch_split_loss(model: torch.nn.Module, tokens: np.ndarray, context: int) -> float:
+  """The mean loss of nanoGPT's model over tokens 1 .. n - 1, in evaluate.windows' windows (each target once)."""
+  starts, counted = evaluate.windows(len(tokens), context)
+  positions, total = np.arange(context), 0.0
+  for first in range(0, len(starts), 256):
+    index = starts[first:first + 256, None] + positions
+    x, y = (torch.from_numpy(tokens[i].astype(np.int64)) for i in (index, index + 1))
+    with torch.no_grad():  # nanoGPT's GPT gives the logits of every position only with targets
+      logits, _ = model(x, y)
+    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction='none').double().numpy()
+    total += float(np.sum(losses * (positions >= counted[first:first + 256, None])))
+  return total / (len(tokens) - 1)
