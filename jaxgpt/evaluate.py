@@ -29,6 +29,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -101,19 +102,23 @@ def vocab_size(params: Params) -> int:
 
 def split_loss(params: Params, graphdef: nnx.GraphDef, tokens: np.ndarray, context: int,
                compiler_options: dict | None = None, sum_losses=None,
-               stop: Callable[[], bool] | None = None) -> float | None:
+               stop: Callable[[], bool] | None = None, helper: Executor | None = None) -> float | None:
   """The mean loss over every token of `tokens` (a split) but the first,
   from windows of `context` tokens (see the module's docstring). sum_losses:
   make_token_losses' program, where one is kept across calls. stop: asked
-  before each program call; True abandons the evaluation: None."""
+  before each program call (each pair, with a helper); True abandons the
+  evaluation: None. helper: a thread that makes every other program call
+  while this one makes the next: what XLA:CPU runs on a call's own thread
+  (all but its larger dots, which its pool shares out) then overlaps with
+  the other call. The calls' sums are added in the calls' order whichever
+  thread made them: the same number with a helper or without."""
   sum_losses = sum_losses or make_token_losses(graphdef, compiler_options)
   starts, counted = windows(len(tokens), context)
   rows = windows_per_call(len(tokens), context, vocab_size(params))
   positions = np.arange(context)
-  total = 0.0
-  for first in range(0, len(starts), rows):
-    if stop and stop():
-      return None
+
+  def call_sum(first: int) -> float:
+    """The sum of the losses of the call whose windows begin at starts[first], in float64."""
     batch_starts, batch_counted = starts[first:first + rows], counted[first:first + rows]
     weight = (positions >= batch_counted[:, None]).astype(np.float32)
     pad = rows - len(batch_starts)  # the last call's rows filled up with weight 0: one program for all calls
@@ -121,7 +126,18 @@ def split_loss(params: Params, graphdef: nnx.GraphDef, tokens: np.ndarray, conte
     weight = np.pad(weight, ((0, pad), (0, 0)))
     x = tokens[index].astype(np.int32)
     y = tokens[index + 1].astype(np.int32)
-    total += float(np.sum(np.asarray(sum_losses(params, x, y, weight), dtype=np.float64)))
+    return float(np.sum(np.asarray(sum_losses(params, x, y, weight), dtype=np.float64)))
+
+  firsts = list(range(0, len(starts), rows))
+  at_once = 2 if helper else 1
+  total = 0.0
+  for pair in range(0, len(firsts), at_once):
+    if stop and stop():
+      return None
+    helped = helper.submit(call_sum, firsts[pair + 1]) if helper and pair + 1 < len(firsts) else None
+    total += call_sum(firsts[pair])
+    if helped:
+      total += helped.result()
   return total / (len(tokens) - 1)
 
 
@@ -151,11 +167,12 @@ def split_tokens(path: pathlib.Path, context: int, flag: str) -> np.ndarray:
 class SplitEvaluator:
   """split_loss of one split at one context, in float32, its program built
   once and compiled ahead of the first call (`compile`): train.py's
-  full_val_context and the command's."""
+  full_val_context and the command's. helper: split_loss's, a thread of the
+  caller's that makes every other call (on one device; None: one at a time)."""
 
-  def __init__(self, model_config: GPTConfig, tokens: np.ndarray, context: int):
+  def __init__(self, model_config: GPTConfig, tokens: np.ndarray, context: int, helper: Executor | None = None):
     self.config = float32_model(model_config)
-    self.tokens, self.context = tokens, context
+    self.tokens, self.context, self.helper = tokens, context, helper
     self.graphdef, _ = abstract_params(self.config)
     self.sum_losses = make_token_losses(self.graphdef, runtime.compiler_options(self.config.dtype,
                                                                                 self.config.n_embd))
@@ -165,7 +182,8 @@ class SplitEvaluator:
     return self.sum_losses.lower(params, *call_shapes(params, len(self.tokens), self.context)).compile()
 
   def __call__(self, params: Params, stop: Callable[[], bool] | None = None) -> float | None:
-    return split_loss(params, self.graphdef, self.tokens, self.context, sum_losses=self.sum_losses, stop=stop)
+    return split_loss(params, self.graphdef, self.tokens, self.context, sum_losses=self.sum_losses, stop=stop,
+                      helper=self.helper)
 
 
 # -- the command ----------------------------------------------------------------------
@@ -267,10 +285,11 @@ def evaluate(source: str, checkpoint: str | None = None, context: int | None = N
   path = folder / f'{split}.bin'
   tokens = split_tokens(path, context, '--context')
   check_vocabulary(model, dataset, folder, path)
-  evaluator = SplitEvaluator(model.config, tokens, context)
-  evaluator.compile(model.params)  # ahead: the time is the evaluation's
-  t0 = time.perf_counter()
-  loss = evaluator(model.params)
+  with ThreadPoolExecutor(1, thread_name_prefix='eval') as helper:  # the command runs on one device
+    evaluator = SplitEvaluator(model.config, tokens, context, helper)
+    evaluator.compile(model.params)  # ahead: the time is the evaluation's
+    t0 = time.perf_counter()
+    loss = evaluator(model.params)
   return Evaluation(loss, split, path, len(tokens) - 1, context, model.what, time.perf_counter() - t0)
 
 

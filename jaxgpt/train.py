@@ -396,7 +396,8 @@ class Trainer:
     context = self.config.full_val_context
     evaluate.check_context(context, self.model_config.block_size, '--config.full_val_context')  # a resumed model's
     tokens = evaluate.split_tokens(folder / 'val.bin', context, '--config.full_val_context')
-    return evaluate.SplitEvaluator(self.model_config, tokens, context)
+    # on one device, every other program call on the eval thread (split_loss)
+    return evaluate.SplitEvaluator(self.model_config, tokens, context, self.eval_thread if self.one_device else None)
 
   def _check_memory_before_compiling(self) -> None:
     """Stops a run that cannot fit in memory, from the config alone: before
@@ -426,7 +427,7 @@ class Trainer:
     programs = self.train_step.compile(*abstract_state, self.xs, self.ys, iter_num) + \
         [(eval_program, len(self.eval_batches) if self.one_device else 1)]  # the splits at once on one device
     if self.full_val:
-      programs.append((self.full_val.compile(abstract_state[0]), 1))
+      programs.append((self.full_val.compile(abstract_state[0]), 2 if self.full_val.helper else 1))
     estimate = memory.run_estimate(programs, abstract_state)
     available = memory.available_bytes()
     self.log.print(f'memory: {estimate}' + (f', {available[0] / memory.GB:.2f} GB available' if available else ''))

@@ -15,6 +15,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -128,6 +130,27 @@ def test_a_stop_ends_the_evaluation_between_program_calls():
   assert evaluate.split_loss(params, graphdef, tokens, CONTEXT, sum_losses=counted, stop=lambda: len(calls) == 2) \
       is None
   assert len(calls) == 2
+
+
+def test_a_helper_thread_makes_every_other_call_and_the_number_is_the_same():
+  params, graphdef = sharp_params(), init_model(TINY, 0)[1]
+  tokens = np.random.default_rng(2).integers(0, TINY.vocab_size, 5 * evaluate.TOKENS_PER_CALL + 3).astype(np.uint16)
+  sum_losses, threads = evaluate.make_token_losses(graphdef), []
+
+  def noted(*args):
+    threads.append(threading.current_thread().name)
+    return sum_losses(*args)
+  alone = evaluate.split_loss(params, graphdef, tokens, CONTEXT, sum_losses=noted)
+  assert threads == ['MainThread'] * 6  # five calls of whole windows, and the partial last
+  threads.clear()
+  with ThreadPoolExecutor(1, thread_name_prefix='helper') as helper:
+    helped = evaluate.split_loss(params, graphdef, tokens, CONTEXT, sum_losses=noted, helper=helper)
+    assert sorted(threads) == ['MainThread'] * 3 + ['helper_0'] * 3
+    threads.clear()
+    stopped = evaluate.split_loss(params, graphdef, tokens, CONTEXT, sum_losses=noted, helper=helper,
+                                  stop=lambda: len(threads) == 2)
+  assert helped == alone  # the calls' sums added in one order: not a bit apart
+  assert stopped is None and len(threads) == 2  # the stop heard after the first two calls
 
 
 def test_the_checkpoint_gives_the_plain_sum_the_same_every_time(folder, monkeypatch, capsys):
