@@ -281,8 +281,9 @@ def test_a_closed_pipe_ends_sampling_quietly(workdir):
   out_dir = workdir / 'sample-pipe'
   trained = finish(start(workdir, '--config.max_iters=2', '--config.eval_interval=2', f'--config.out_dir={out_dir}'))
   assert trained.returncode == 0, trained.stderr
+  # ~130 KB of samples, twice the pipe's 64 KiB: sample.py is still writing them when the reader closes it
   popen = subprocess.Popen([sys.executable, str(REPO_ROOT / 'sample.py'), f'--out_dir={out_dir}', '--start=ROMEO:',
-                            '--num_samples=1000', '--max_new_tokens=500'],
+                            '--num_samples=256', '--max_new_tokens=500'],
                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   code, stderr = read_then_close(popen, lambda stdout: len(stdout.read(20)) == 20)
   assert code == 0, stderr  # the reader had what it asked for, as from `| head`
