@@ -357,6 +357,28 @@ def test_a_stop_while_the_processes_start_ends_them_all_at_once_with_one_line(wo
   assert not [p for p in out_dir.glob('*') if p.name.isdigit()] if out_dir.exists() else True  # nothing saved
 
 
+# a stand-in for train.py: says whether it ignores SIGHUP; process 0 sends its launcher SIGHUP (the terminal closed)
+# and gives it a second to stop the processes, as it would if it heard it
+SAYS_IT_IGNORES_SIGHUP = """
+import os, signal, sys, time
+print('SIGHUP ignored:', signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, flush=True)
+if '--config.process_id=0' in sys.argv:
+  os.kill(os.getppid(), signal.SIGHUP)
+  time.sleep(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_nohup_launcher_and_its_processes_outlive_the_terminal(tmp_path):
+  (tmp_path / 'train.py').write_text(SAYS_IT_IGNORES_SIGHUP)
+  proc = subprocess.run(['nohup', sys.executable, '-m', 'jaxgpt.launch', '--nproc=2', f'--log_dir={tmp_path}',
+                         'train.py'], cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stdout + proc.stderr  # not 130, stopped
+  assert proc.stdout.splitlines()[1:] == ['SIGHUP ignored: True'], proc.stdout
+  assert (tmp_path / 'rank1.log').read_text() == 'SIGHUP ignored: True\n'
+
+
 UNTIL_STOPPED = dict(max_iters=100000, eval_interval=100000)  # no evaluation after the first, no save but a stop's
 
 
