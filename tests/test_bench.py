@@ -190,7 +190,8 @@ def test_bench_nanogpt_without_torch(tmp_path):
 
 @pytest.mark.slow
 @linux_only('the CPU affinity (os.sched_getaffinity), whose cores bench reports')
-def test_bench_memory_runs_jaxgpts_and_nanogpts_own_train_py(tmp_path, shakespeare, nanogpt_dir):
+def test_bench_memory_runs_jaxgpts_and_nanogpts_own_train_py(tmp_path, shakespeare, nanogpt_dir, monkeypatch,
+                                                            capsys):
   workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
   named = marked_copy(nanogpt_dir, tmp_path / 'nanoGPT')
   before = snapshot(named)
@@ -222,12 +223,13 @@ def test_bench_memory_runs_jaxgpts_and_nanogpts_own_train_py(tmp_path, shakespea
   assert lines[at + 7] == "nanoGPT / jaxgpt: nanoGPT's peak RSS over jaxgpt's (above 1, jaxgpt needs less)"
   assert re.fullmatch(rf'.+, {len(os.sched_getaffinity(0))} cores; 3 iterations, eval_iters=1; jax .+, '
                       r'PyTorch .+ \(eager\), Python .+', lines[at + 8]), lines[at + 8]
-  # a run that fails shows the end of its stderr
-  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, '--config.block_size=200000',
-               f'--nanogpt_dir={named}', cwd=workdir)
-  assert proc.returncode == 1
-  assert proc.stderr.startswith('error: shakespeare_char.py, jaxgpt failed (exit status 1), its stderr ending:\n')
-  assert proc.stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
+  # a run that fails shows the end of its stderr (the bench in this process, its runs in child processes)
+  monkeypatch.chdir(workdir)
+  assert bench_module.main(['bench', '--memory', '--iters=3', recipe, *TINY_OVERRIDES, '--config.block_size=200000',
+                            f'--nanogpt_dir={named}']) == 1
+  stderr = capsys.readouterr().err
+  assert stderr.startswith('error: shakespeare_char.py, jaxgpt failed (exit status 1), its stderr ending:\n')
+  assert stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ from jaxgpt import bench as bench_module
 from jaxgpt import evaluate
 
 RECIPE = str(REPO_ROOT / 'configs' / 'shakespeare_char_speedrun.py')
-# the speedrun recipe made tiny: one narrow layer, 20 iterations, evaluated on the whole val split at a context of
-# 64 (block_size 64, the speedrun's evaluation context) at 0, 10 and 20, whatever the recipe's tuning
-TINY_SPEEDRUN = config_flags(dict(n_layer=1, n_head=2, n_embd=32, batch_size=8, block_size=64, max_iters=20,
-                                  lr_decay_iters=20, warmup_iters=5, eval_interval=10, eval_start=0,
+# the speedrun recipe made tiny: one narrow layer, 10 iterations, evaluated on the whole val split at a context of
+# 64 (block_size 64, the speedrun's evaluation context) at 0 and 10, whatever the recipe's tuning
+TINY_SPEEDRUN = config_flags(dict(n_layer=1, n_head=2, n_embd=32, batch_size=8, block_size=64, max_iters=10,
+                                  lr_decay_iters=10, warmup_iters=2, eval_interval=10, eval_start=0,
                                   full_val_context=64, log_interval=5))
 ROW = re.compile(r'\| (\S+) \| (\d+\.\d) \| (\d\.\d{4}) \| (\d+) \| (end|target|time) \| ([\d,]+) MB \|')
 
@@ -41,14 +41,14 @@ def test_speedrun_runs_nanogpt_then_the_seeds_and_evaluates_each_model(tmp_path,
                                                                         monkeypatch):
   workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
   runs = tmp_path / 'runs'
-  proc = bench('--speedrun', '--iters=20', '--seeds=2', f'--nanogpt_dir={nanogpt_dir}', f'--runs_dir={runs}',
+  proc = bench('--speedrun', '--iters=10', '--seeds=2', f'--nanogpt_dir={nanogpt_dir}', f'--runs_dir={runs}',
                *TINY_SPEEDRUN, cwd=workdir, env=without_nanogpt_dir_env())
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
-  # the commands, as they ran: nanoGPT's seed command cut to 20 iterations and evaluated at them, then each seed
+  # the commands, as they ran: nanoGPT's seed command cut to 10 iterations and evaluated at them, then each seed
   at = lines.index(f'nanoGPT: python train.py config/train_shakespeare_char.py --device=cpu --compile=False '
                    '--eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 '
-                   f'--n_embd=128 --max_iters=20 --lr_decay_iters=2000 --dropout=0.0 --eval_interval=20 '
+                   f'--n_embd=128 --max_iters=10 --lr_decay_iters=2000 --dropout=0.0 --eval_interval=10 '
                    f'--out_dir={runs / "nanoGPT"}')
   assert lines[at + 2] == f'  python -m jaxgpt.evaluate {runs / "nanoGPT" / "ckpt.pt"} --context=64'
   for seed in (1337, 1338):
@@ -65,8 +65,8 @@ def test_speedrun_runs_nanogpt_then_the_seeds_and_evaluates_each_model(tmp_path,
   for name, model in models.items():
     evaluation = evaluate.evaluate(str(model), context=64)
     assert rows[name][1] == f'{evaluation.loss:.4f}', name
-    assert evaluation.what == f'step 20 of {model}'
-    assert rows[name][2:] == (20, 'end'), name
+    assert evaluation.what == f'step 10 of {model}'
+    assert rows[name][2:] == (10, 'end'), name
     losses[name] = evaluation.loss
   for name in ('seed-1337', 'seed-1338'):  # the run's own val loss at its evaluations is the same evaluation
     assert best_val_loss(runs / name) == pytest.approx(losses[name], abs=1e-4)
@@ -129,8 +129,8 @@ def test_a_run_stopped_at_its_target_is_told_from_one_that_ran_to_its_end(tmp_pa
                          '--config.target_val_loss=10', '--config.out_dir=out'], cwd=workdir, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
-  assert bench_module.how_it_ended(proc.stdout.splitlines(), 20) == (0, 'target')
-  assert bench_module.how_it_ended(['iter 20: loss 3.4586, time 5.00ms, mfu 1.00%'], 20) == (20, 'end')
+  assert bench_module.how_it_ended(proc.stdout.splitlines(), 10) == (0, 'target')
+  assert bench_module.how_it_ended(['iter 10: loss 3.4586, time 5.00ms, mfu 1.00%'], 10) == (10, 'end')
 
 
 def test_speedrun_and_budget_errors(tmp_path, monkeypatch, capsys):
