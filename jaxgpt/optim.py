@@ -57,13 +57,14 @@ NEWTON_SCHULZ_STEPS = 5
 
 
 def orthogonalized(g: jax.Array) -> jax.Array:
-  """g (out, in) with its singular values brought near 1 (to 0.7-1.2: enough
-  for Muon), by Newton-Schulz iterations on the wide orientation of g, scaled
-  by sqrt(max(1, out / in)) as Muon's reference scales its updates.
+  """g (out, in) with its singular values brought near 1 (those not tiny to
+  ~0.7-1.2: enough for Muon), by Newton-Schulz iterations on the wide
+  orientation of g, scaled by sqrt(max(1, out / in)) as Muon's reference
+  scales its updates.
 
   optax.contrib.muon computes the same, but vmapped over a batch of one
-  matrix: XLA:CPU runs those batched dots on its generic path, 5x slower
-  than these plain ones (docs/performance.md)."""
+  matrix, which XLA:CPU runs on slower dots: its whole update takes 1.7x as
+  long as this one's (docs/performance.md)."""
   a, b, c = NEWTON_SCHULZ_COEFFS
   x = g / (jnp.linalg.norm(g) + 1e-7)  # singular values at most 1, where the iteration converges
   wide = x.T if x.shape[0] > x.shape[1] else x  # x x^T is then the smaller square

@@ -32,7 +32,9 @@ README = REPO_ROOT / 'README.md'
 # what a command that trains gets for the keys it does not set itself
 SMALL_SCHEDULE = dict(max_iters=20, lr_decay_iters=20, eval_interval=10, eval_iters=2, warmup_iters=2)
 CUT = 100  # max_iters=2000 in the README runs 20 iterations here
-BENCH_FLAGS = {'--nanogpt': ['--iters=12', '--rounds=1'], '--memory': ['--iters=3']}
+BENCH_FLAGS = {'--nanogpt': ['--iters=12', '--rounds=1'], '--memory': ['--iters=3'],
+               '--speedrun': ['--iters=12', '--seeds=1', '--config.max_iters=10', '--config.lr_decay_iters=10',
+                              '--config.eval_start=10', '--config.eval_interval=10', '--config.warmup_iters=2']}
 
 
 def readme_commands(text: str) -> list[str]:
