@@ -522,7 +522,7 @@ NANOGPT_SCRIPTS = ('train.py', 'sample.py', 'configurator.py', 'data/shakespeare
 # one tiny run's settings, spelled for nanoGPT (--key=value) and jaxgpt (--config.key=value)
 ROUND_TRIP = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, gradient_accumulation_steps=1,
                   dropout=0.0, learning_rate=1e-2, warmup_iters=2, lr_decay_iters=40, min_lr=1e-3,
-                  eval_interval=10, eval_iters=50, log_interval=1, always_save_checkpoint=True)
+                  eval_interval=10, eval_iters=20, log_interval=1, always_save_checkpoint=True)
 
 
 def nanogpt_checkout(folder: pathlib.Path, nanogpt_dir: pathlib.Path, corpus: pathlib.Path) -> pathlib.Path:
@@ -559,10 +559,12 @@ def samples(stdout: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_nanogpt_round_trip(tmp_path, nanogpt_dir, shakespeare):
+def test_nanogpt_round_trip(tmp_path, nanogpt_dir, shakespeare, monkeypatch):
   """nanoGPT's ckpt.pt -> import -> sample.py, resume -> export -> nanoGPT's
   sample.py and train.py --init_from=resume, from a fresh jaxgpt checkout
-  beside a nanoGPT one, each side's own scripts in subprocesses."""
+  beside a nanoGPT one, each side's train.py and sample.py in subprocesses
+  (import and export in process: their command lines are
+  test_module_runs_from_the_repository's and test_export_then_import_keeps_the_adamw_state's)."""
   pytest.importorskip('tiktoken', reason="nanoGPT's sample.py imports tiktoken")
   pytest.importorskip('requests', reason="nanoGPT's prepare.py imports requests")
   nano = nanogpt_checkout(tmp_path / 'nanoGPT', nanogpt_dir, shakespeare)
@@ -575,9 +577,9 @@ def test_nanogpt_round_trip(tmp_path, nanogpt_dir, shakespeare):
 
   # a fresh jaxgpt checkout: no data set prepared, nothing in out
   here = make_workdir(tmp_path / 'jaxgpt', shakespeare)
-  imported = run(['-m', 'jaxgpt.ckpt_pt', 'import', '../nanoGPT/out/ckpt.pt', '--out_dir=out'], here)
-  assert imported.splitlines() == [f'found vocab_size = 65 (inside {nano / "data" / "shakespeare_char"})',
-                                   'imported ../nanoGPT/out/ckpt.pt (iteration 20) into out']
+  monkeypatch.chdir(here)
+  assert ckpt_pt.import_ckpt('../nanoGPT/out/ckpt.pt', 'out') == 20
+  assert imported_vocab(here / 'out') == vocab  # found in the nanoGPT checkout's data/shakespeare_char
   text = samples(run([REPO_ROOT / 'sample.py', '--out_dir=out', '--start=ROMEO:', '--num_samples=2',
                       '--max_new_tokens=30'], here))
   assert len(text) == 2 and all(t.startswith('ROMEO:') and len(t) == 36 and set(t) <= set(vocab) for t in text)
@@ -587,14 +589,13 @@ def test_nanogpt_round_trip(tmp_path, nanogpt_dir, shakespeare):
   assert iterations(resumed) == list(range(20, 31))  # continues at nanoGPT's iteration
   nano_val, jax_val = evaluations(nano_log), evaluations(resumed)
   assert sorted(jax_val) == [20, 30]
-  # the same weights evaluated on other random batches (50 of 4 x 16 tokens): near, and well below
+  # the same weights evaluated on other random batches (20 of 4 x 16 tokens): near, and well below
   # the untrained model's ln(65) = 4.17
   assert abs(jax_val[20] - nano_val[20]) < 0.2 and nano_val[20] < 3.5, (nano_val, jax_val)
 
   (nano / 'out-jaxgpt').mkdir()
   # the best: the evaluated state at 30 (the latest is the final state, before iteration 31)
-  exported = run(['-m', 'jaxgpt.ckpt_pt', 'export', '--out_dir=out', '../nanoGPT/out-jaxgpt/ckpt.pt'], here)
-  assert exported.splitlines() == ['exported step 30 of out to ../nanoGPT/out-jaxgpt/ckpt.pt']
+  assert ckpt_pt.export_ckpt('out', '../nanoGPT/out-jaxgpt/ckpt.pt').step == 30
   settings, text = run(['sample.py', '--out_dir=out-jaxgpt', '--device=cpu', '--dtype=float32', '--start=ROMEO:',
                         '--num_samples=2', '--max_new_tokens=30'], nano).split('Loading meta from data/shakespeare_char/meta.pkl...\n')
   text = samples(text)
@@ -612,9 +613,12 @@ def test_nanogpt_round_trip(tmp_path, nanogpt_dir, shakespeare):
 # -- a Muon run: the speedrun's recipe, shortened ------------------------------------
 
 SPEEDRUN = REPO_ROOT / 'configs' / 'shakespeare_char_speedrun.py'
-# the speedrun's model, optimizer and dtype; 20 iterations, the whole val split evaluated at 10 and 20
-MUON_RUN = dict(max_iters=20, lr_decay_iters=20, warmup_iters=5, eval_interval=10, eval_start=0, eval_iters=2,
-                log_interval=1, target_val_loss=0.0, time_limit=0.0, out_dir='out')
+# the speedrun's optimizer, dtype and context on a smaller model and batch (what is checked holds at any size);
+# 20 iterations, the whole val split evaluated at 10 and 20
+MUON_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=64)
+MUON_RUN = MUON_MODEL | dict(batch_size=16, max_iters=20, lr_decay_iters=20, warmup_iters=5, eval_interval=10,
+                             eval_start=0, eval_iters=2, log_interval=1, target_val_loss=0.0, time_limit=0.0,
+                             out_dir='out')
 LOSS_LINE = re.compile(r'^(iter|step) (\d+): (loss \d+\.\d{4}|train loss \d+\.\d{4}, val loss \d+\.\d{4})')
 
 
@@ -670,14 +674,13 @@ def test_an_exported_muon_run_loads_in_nanogpt_with_the_same_whole_split_loss(mu
   monkeypatch.chdir(workdir)
   with Checkpoints('out', read_only=True) as checkpoints:
     best = checkpoints.best_step()
-  exported = run(['-m', 'jaxgpt.ckpt_pt', 'export', '--out_dir=out', 'nanogpt/ckpt.pt'], workdir)
-  assert exported.splitlines() == [
+  # in process: the command line prints these lines (test_export_then_import_keeps_the_adamw_state runs it)
+  assert ckpt_pt.export_ckpt('out', 'nanogpt/ckpt.pt').lines('out', 'nanogpt/ckpt.pt') == [
       f'exported step {best} of out to nanogpt/ckpt.pt',
       "the optimizer state (Muon's) is not exported: nanoGPT has no Muon, so its train.py cannot resume this run; "
       'its sample.py and model.py load the model']
   ckpt = torch.load('nanogpt/ckpt.pt', map_location='cpu', weights_only=True)
-  assert 'optimizer' not in ckpt and ckpt['model_args'] == dict(n_layer=4, n_head=4, n_embd=128, block_size=64,
-                                                                 bias=False, vocab_size=65, dropout=0.0)
+  assert 'optimizer' not in ckpt and ckpt['model_args'] == MUON_MODEL | dict(bias=False, vocab_size=65, dropout=0.0)
   model_py = nanogpt_torch.checkout(nanogpt_dir)  # as nanoGPT's sample.py loads it
   model = model_py.GPT(model_py.GPTConfig(**ckpt['model_args']))
   model.load_state_dict(ckpt['model'])
@@ -685,11 +688,8 @@ def test_an_exported_muon_run_loads_in_nanogpt_with_the_same_whole_split_loss(mu
   tokens = np.fromfile('data/shakespeare_char/val.bin', np.uint16)
   nanogpt_loss = torch_split_loss(model, tokens, 64)
   jaxgpt_loss = evaluate.evaluate('out', context=64).loss
-  assert jaxgpt_loss < 3.5  # trained: an untrained model's is ln(65) = 4.17
-  assert nanogpt_loss == pytest.approx(jaxgpt_loss, rel=1e-5)
-  line = run(['-m', 'jaxgpt.evaluate', 'out', '--context=64'], workdir)
-  assert line.startswith(f'val loss {jaxgpt_loss:.4f} over 111,539 tokens of data/shakespeare_char/val.bin '
-                         f'(windows of 64), step {best} of out, in ')
+  assert jaxgpt_loss < 3.5  # trained (3.40 here): an untrained model's is ln(65) = 4.17
+  assert nanogpt_loss == pytest.approx(jaxgpt_loss, rel=1e-5)  # its command line's: test_evaluate.py's
 
 
 def torch_split_loss(model: torch.nn.Module, tokens: np.ndarray, context: int) -> float:
