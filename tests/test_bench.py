@@ -18,6 +18,18 @@ def bench(*args, cwd=REPO_ROOT, env=None):
                         text=True, timeout=300, env=env)
 
 
+def bench_here(monkeypatch, capsys, cwd: pathlib.Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+  """bench's main with args in this process, as bench() runs it but for jax's and torch's start: from cwd, nanoGPT
+  found by --nanogpt_dir alone, env's variables set (its runs, child processes, inherit them)."""
+  monkeypatch.chdir(cwd)
+  monkeypatch.delenv('JAXGPT_NANOGPT_DIR', raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  status = bench_module.main(['bench', *args])
+  out, err = capsys.readouterr()
+  return subprocess.CompletedProcess(args, status, out, err)
+
+
 def is_printed_ratio(ratio: str, numerator: str, denominator: str) -> bool:
   """Whether ratio, as printed, can be numerator / denominator, each printed rounded to its decimals: the
   program divides the unrounded figures, known here only to half a unit of their last decimal."""
@@ -100,14 +112,14 @@ def marked_copy(nanogpt_dir: pathlib.Path, folder: pathlib.Path) -> pathlib.Path
 
 @pytest.mark.slow
 @linux_only('the CPU affinity (os.sched_getaffinity), whose cores bench reports')
-def test_bench_nanogpt_runs_nanogpts_own_train_py_by_turns(tmp_path, shakespeare, nanogpt_dir):
+def test_bench_nanogpt_runs_nanogpts_own_train_py_by_turns(tmp_path, shakespeare, nanogpt_dir, monkeypatch, capsys):
   workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
   named = marked_copy(nanogpt_dir, tmp_path / 'nanoGPT')
   before = snapshot(named)
   marker = tmp_path / 'ran'
   # no ../nanoGPT beside workdir, no JAXGPT_NANOGPT_DIR: nanoGPT is found by --nanogpt_dir alone
-  proc = bench('--nanogpt', '--iters=6', '--rounds=2', *TINY_OVERRIDES, '--config.dtype=float32',
-               f'--nanogpt_dir={named}', cwd=workdir, env=without_nanogpt_dir_env() | {'BENCH_TEST_MARKER': str(marker)})
+  proc = bench_here(monkeypatch, capsys, workdir, '--nanogpt', '--iters=6', '--rounds=2', *TINY_OVERRIDES,
+                    '--config.dtype=float32', f'--nanogpt_dir={named}', BENCH_TEST_MARKER=str(marker))
   assert proc.returncode == 0, proc.stderr
   # nanoGPT's train.py of the named folder ran once a round, from a copy that is gone, and the folder is as it was
   ran = marker.read_text().splitlines()
@@ -197,8 +209,8 @@ def test_bench_memory_runs_jaxgpts_and_nanogpts_own_train_py(tmp_path, shakespea
   before = snapshot(named)
   recipe = str(REPO_ROOT / 'configs' / 'shakespeare_char.py')
   marker = tmp_path / 'ran'
-  proc = bench('--memory', '--iters=3', recipe, *TINY_OVERRIDES, f'--nanogpt_dir={named}', cwd=workdir,
-               env=without_nanogpt_dir_env() | {'BENCH_TEST_MARKER': str(marker)})
+  proc = bench_here(monkeypatch, capsys, workdir, '--memory', '--iters=3', recipe, *TINY_OVERRIDES,
+                    f'--nanogpt_dir={named}', BENCH_TEST_MARKER=str(marker))
   assert proc.returncode == 0, proc.stderr
   assert len(marker.read_text().splitlines()) == 1 and snapshot(named) == before
   lines = proc.stdout.splitlines()
@@ -223,19 +235,18 @@ def test_bench_memory_runs_jaxgpts_and_nanogpts_own_train_py(tmp_path, shakespea
   assert lines[at + 7] == "nanoGPT / jaxgpt: nanoGPT's peak RSS over jaxgpt's (above 1, jaxgpt needs less)"
   assert re.fullmatch(rf'.+, {len(os.sched_getaffinity(0))} cores; 3 iterations, eval_iters=1; jax .+, '
                       r'PyTorch .+ \(eager\), Python .+', lines[at + 8]), lines[at + 8]
-  # a run that fails shows the end of its stderr (the bench in this process, its runs in child processes)
-  monkeypatch.chdir(workdir)
-  assert bench_module.main(['bench', '--memory', '--iters=3', recipe, *TINY_OVERRIDES, '--config.block_size=200000',
-                            f'--nanogpt_dir={named}']) == 1
-  stderr = capsys.readouterr().err
-  assert stderr.startswith('error: shakespeare_char.py, jaxgpt failed (exit status 1), its stderr ending:\n')
-  assert stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
+  # a run that fails shows the end of its stderr
+  proc = bench_here(monkeypatch, capsys, workdir, '--memory', '--iters=3', recipe, *TINY_OVERRIDES,
+                    '--config.block_size=200000', f'--nanogpt_dir={named}')
+  assert proc.returncode == 1
+  assert proc.stderr.startswith('error: shakespeare_char.py, jaxgpt failed (exit status 1), its stderr ending:\n')
+  assert proc.stderr.endswith('fewer than block_size + 1 = 200001: lower --config.block_size or use more data\n')
 
 
 @pytest.mark.slow
-def test_bench_processes_times_one_process_against_launched_ones(tmp_path, shakespeare):
+def test_bench_processes_times_one_process_against_launched_ones(tmp_path, shakespeare, monkeypatch, capsys):
   workdir = make_workdir(tmp_path, shakespeare)
-  proc = bench('--processes=2', '--iters=6', '--rounds=1', '--config.n_layer=1', cwd=workdir)
+  proc = bench_here(monkeypatch, capsys, workdir, '--processes=2', '--iters=6', '--rounds=1', '--config.n_layer=1')
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert re.fullmatch(r'1 process: median \d+\.\d\d ms/iter over 6 iterations', lines[0]), lines
