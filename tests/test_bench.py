@@ -40,11 +40,6 @@ def is_printed_ratio(ratio: str, numerator: str, denominator: str) -> bool:
   return r_low <= n_high / d_low and n_low / d_high <= r_high
 
 
-def without_nanogpt_dir_env() -> dict[str, str]:
-  """This process's environment but for JAXGPT_NANOGPT_DIR: a run finds nanoGPT only by --nanogpt_dir."""
-  return {k: v for k, v in os.environ.items() if k != 'JAXGPT_NANOGPT_DIR'}
-
-
 @pytest.mark.slow
 @linux_only('the CPU affinity (os.sched_getaffinity), whose cores bench reports')
 def test_bench_times_float32_and_bfloat16_by_turns():

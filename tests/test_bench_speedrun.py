@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from conftest import REPO_ROOT, config_flags, linux_only, make_workdir
-from test_bench import bench, is_printed_ratio, without_nanogpt_dir_env
+from test_bench import bench_here, is_printed_ratio
 
 from jaxgpt import bench as bench_module
 from jaxgpt import evaluate
@@ -38,11 +38,11 @@ def best_val_loss(out_dir) -> float:
 @pytest.mark.slow
 @linux_only('the CPU affinity (os.sched_getaffinity), whose cores bench reports')
 def test_speedrun_runs_nanogpt_then_the_seeds_and_evaluates_each_model(tmp_path, shakespeare, nanogpt_dir,
-                                                                        monkeypatch):
+                                                                        monkeypatch, capsys):
   workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
   runs = tmp_path / 'runs'
-  proc = bench('--speedrun', '--iters=10', '--seeds=2', f'--nanogpt_dir={nanogpt_dir}', f'--runs_dir={runs}',
-               *TINY_SPEEDRUN, cwd=workdir, env=without_nanogpt_dir_env())
+  proc = bench_here(monkeypatch, capsys, workdir, '--speedrun', '--iters=10', '--seeds=2',
+                    f'--nanogpt_dir={nanogpt_dir}', f'--runs_dir={runs}', *TINY_SPEEDRUN)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   # the commands, as they ran: nanoGPT's seed command cut to 10 iterations and evaluated at them, then each seed
@@ -59,7 +59,7 @@ def test_speedrun_runs_nanogpt_then_the_seeds_and_evaluates_each_model(tmp_path,
   rows = table_rows(lines)
   assert list(rows) == ['nanoGPT', 'seed-1337', 'seed-1338'], lines
   # each loss is the evaluator's on what the run left: nanoGPT's ckpt.pt, each out_dir's best checkpoint
-  monkeypatch.chdir(workdir)  # the evaluator reads data/shakespeare_char of the current folder
+  # the evaluator reads data/shakespeare_char of the current folder: workdir, bench_here's
   models = {'nanoGPT': runs / 'nanoGPT' / 'ckpt.pt', 'seed-1337': runs / 'seed-1337', 'seed-1338': runs / 'seed-1338'}
   losses = {}
   for name, model in models.items():
@@ -96,11 +96,12 @@ def test_speedrun_runs_nanogpt_then_the_seeds_and_evaluates_each_model(tmp_path,
 
 
 @pytest.mark.slow
-def test_budget_runs_the_recipe_with_a_time_limit_and_no_target(tmp_path, shakespeare, monkeypatch):
+def test_budget_runs_the_recipe_with_a_time_limit_and_no_target(tmp_path, shakespeare, monkeypatch, capsys):
   workdir = make_workdir(tmp_path / 'jaxgpt', shakespeare)
   runs = tmp_path / 'runs'
   # a budget shorter than an iteration: each run stops after its first, at iteration 1
-  proc = bench('--budget=0.001', '--seeds=1', f'--runs_dir={runs}', RECIPE, *TINY_SPEEDRUN, cwd=workdir)
+  proc = bench_here(monkeypatch, capsys, workdir, '--budget=0.001', '--seeds=1', f'--runs_dir={runs}', RECIPE,
+                    *TINY_SPEEDRUN)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert not any(line.startswith('nanoGPT') for line in lines), lines
@@ -109,13 +110,12 @@ def test_budget_runs_the_recipe_with_a_time_limit_and_no_target(tmp_path, shakes
           f'--config.out_dir={runs / "seed-1337"}, then') in lines
   rows = table_rows(lines)
   assert list(rows) == ['seed-1337'] and rows['seed-1337'][2:] == (1, 'time'), lines
-  monkeypatch.chdir(workdir)
   assert rows['seed-1337'][1] == f'{evaluate.evaluate(str(runs / "seed-1337"), context=64).loss:.4f}'
   assert re.fullmatch(r'jaxgpt: median (\d+\.\d) s \(\1-\1\), val loss median (\d\.\d{4}) \(\2-\2\) over 1 seed\(s\)',
                       lines[-2]), lines[-2]
   assert 'PyTorch' not in lines[-1]  # no nanoGPT run: torch is not needed
   # the runs' folders are fresh ones: a second bench into the same --runs_dir stops before it runs anything
-  proc = bench('--budget=60', '--seeds=1', f'--runs_dir={runs}', RECIPE, cwd=workdir)
+  proc = bench_here(monkeypatch, capsys, workdir, '--budget=60', '--seeds=1', f'--runs_dir={runs}', RECIPE)
   assert proc.returncode == 1
   assert proc.stderr == (f'error: {runs / "seed-1337"} exists: each run needs a fresh out_dir, pass another '
                          '--runs_dir\n')
