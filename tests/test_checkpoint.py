@@ -25,7 +25,7 @@ import pytest
 from orbax.checkpoint._src.checkpointers import async_checkpointer
 
 from conftest import REPO_ROOT, STEP_LINE, TINY_RUN, config_flags, finish, make_workdir, parse_log, snapshot
-from jaxgpt import checkpoint
+from jaxgpt import checkpoint, cli
 from jaxgpt.checkpoint import CheckpointError, Checkpoints, holds_checkpoints
 from jaxgpt.model import GPTConfig
 from jaxgpt.step import init_model
@@ -70,58 +70,35 @@ def loss_lines(stdout, since):
 def runs(tmp_path_factory, shakespeare, env):
   """Every train.py run of this module, started side by side where they can be:
 
-  A: 40 iterations in one run, and B: 20 iterations, with the ERRORS cases
-     that need no checkpoint; B's out_dir is then copied to `saved`;
-  B resumed to 40 in another process, same out_dir, with the ERRORS cases
-     and the FROM_SAVED runs, each on a copy of `saved`.
+  A: 40 iterations in one run, and B: 20 iterations; B's out_dir is then
+     copied to `saved` (the ERRORS cases' checkpoints, run in process);
+  B resumed to 40 in another process, same out_dir, with the FROM_SAVED
+     runs, each on a copy of `saved`.
 
   Returns {'a', 'b1', 'b2': the processes, 'out_a', 'out_b': out_dirs,
-  'errors': {name: (process, out_dir, snapshot of out_dir before, or None)},
+  'saved': B's first leg's out_dir, copied,
   FROM_SAVED's names: (process, out_dir, snapshot of out_dir before),
   'started': the local time before the first run began}."""
   root = tmp_path_factory.mktemp('runs')
-  started, errors, from_saved = [], {}, {}
+  started, from_saved = [], {}
   started_at = datetime.datetime.now()
 
   def launch(workdir, out_dir, **settings):
     started.append(start_train(env, workdir, out_dir, **settings))
     return started[-1]
 
-  def start_error(name):
-    setup, settings, _ = ERRORS[name]
-    out_dir = root / name
-    if setup in ('copy', 'corrupt', 'foreign'):
-      shutil.copytree(root / 'saved', out_dir)
-      {'corrupt': corrupt_params, 'foreign': foreign_meta}.get(setup, lambda _: None)(out_dir)
-    elif setup == 'empty':
-      out_dir.mkdir()
-    elif setup == 'ckpt.pt':
-      put_nanogpt_checkpoint(out_dir)
-    before = snapshot(out_dir) if out_dir.exists() else None
-    workdir = make_workdir(root / f'work-{name}', shakespeare)  # its own: data/ is prepared on first use
-    errors[name] = (launch(workdir, out_dir, **settings), out_dir, before)
-
   try:
     work_a = make_workdir(root / 'a', shakespeare)
     work_b = make_workdir(root / 'b', shakespeare)
     a = launch(work_a, work_a / 'out', max_iters=40)
-    b1 = launch(work_b, work_b / 'out', max_iters=20)
-    early = [name for name in ERRORS if ERRORS[name][0] in ('empty', 'ckpt.pt', 'missing')]
-    for name in early:
-      start_error(name)
-    b1 = finish(b1)
+    b1 = finish(launch(work_b, work_b / 'out', max_iters=20))
     assert b1.returncode == 0, b1.stdout + b1.stderr
     shutil.copytree(work_b / 'out', root / 'saved')
     b2 = launch(work_b, work_b / 'out', max_iters=40, init_from='resume')
-    for name in ERRORS:
-      if name not in early:
-        start_error(name)
     for name, settings in FROM_SAVED.items():
       out_dir = shutil.copytree(root / 'saved', root / name)
       from_saved[name] = (launch(work_b, out_dir, **settings), out_dir, snapshot(out_dir))
-    return dict(a=finish(a), b1=b1, b2=finish(b2), out_a=work_a / 'out', out_b=work_b / 'out',
-                errors={name: (finish(popen, timeout=120), out_dir, before)
-                        for name, (popen, out_dir, before) in errors.items()},
+    return dict(a=finish(a), b1=b1, b2=finish(b2), out_a=work_a / 'out', out_b=work_b / 'out', saved=root / 'saved',
                 started=started_at, **{name: (finish(popen), out_dir, before)
                                        for name, (popen, out_dir, before) in from_saved.items()})
   finally:
@@ -236,6 +213,18 @@ def put_nanogpt_checkpoint(out_dir):
   (out_dir / 'ckpt.pt').write_bytes(b'\x80\x02 a torch checkpoint')
 
 
+def bad_out_dir(setup, out_dir, saved):
+  """out_dir set up as an ERRORS case says, from saved (a run's out_dir)."""
+  if setup in ('copy', 'corrupt', 'foreign'):
+    shutil.copytree(saved, out_dir)
+    {'corrupt': corrupt_params, 'foreign': foreign_meta}.get(setup, lambda _: None)(out_dir)
+  elif setup == 'empty':
+    out_dir.mkdir()
+  elif setup == 'ckpt.pt':
+    put_nanogpt_checkpoint(out_dir)
+  return out_dir
+
+
 # name: (how out_dir is set up from a copy of a saved run (None: empty, absent: missing),
 #        the train.py settings, what the one error line says)
 ERRORS = {
@@ -264,18 +253,25 @@ FROM_SAVED = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ERRORS)
-def test_bad_out_dir_is_one_error_line_and_changes_nothing(runs, name):
-  proc, out_dir, before = runs['errors'][name]
-  assert proc.returncode == 1, proc.stdout + proc.stderr
-  assert 'Traceback' not in proc.stderr
-  [line] = proc.stderr.splitlines()
+def test_bad_out_dir_is_one_error_line_and_changes_nothing(runs, name, tmp_path, shakespeare, monkeypatch, capsys):
+  """In process, train.py's main (its process's exit status 1 and lone line: test_train_e2e.py's
+  test_bad_override_is_one_error_line): a process each would cost its start, and each case fails before training."""
+  setup, settings, message = ERRORS[name]
+  out_dir = bad_out_dir(setup, tmp_path / 'out', runs['saved'])
+  before = snapshot(out_dir) if out_dir.exists() else None
+  monkeypatch.chdir(make_workdir(tmp_path / 'work', shakespeare))  # its own: data/ is prepared on first use
+  # one thread: the step's threads would size XLA's pool in this process's environment
+  flags = config_flags(TINY_RUN | SCHEDULE | settings | {'out_dir': out_dir, 'threads': 1})
+  assert cli.main(['train.py', f'--config={CONFIG}', *flags]) == 1
+  out, err = capsys.readouterr()
+  [line] = err.splitlines()
   assert line.startswith('error: ')
-  assert re.search(ERRORS[name][2], line), line
+  assert re.search(message, line), line
   if before is None:
     assert not out_dir.exists()  # not created
   else:
     assert snapshot(out_dir) == before
-  assert 'saving checkpoint' not in proc.stdout
+  assert 'saving checkpoint' not in out
 
 
 def test_a_reader_chooses_again_when_a_writer_rotates_its_checkpoint_away(tmp_path):
@@ -495,9 +491,9 @@ def test_the_listing_shows_each_checkpoint_as_its_run_logged_it(runs):
 
 
 @pytest.mark.slow
-def test_the_listing_reads_no_weights(runs):
+def test_the_listing_reads_no_weights(runs, tmp_path):
   # the weights of every checkpoint are garbage here: the rows are those of the intact copy
-  _, out_dir, _ = runs['errors']['corrupt_params']
+  out_dir = bad_out_dir('corrupt', tmp_path / 'out', runs['saved'])
   assert {step: row[:2] for step, row in listed(out_dir).items()} == {20: (listed_val(runs, 20), 'best'),
                                                                        21: ('-', 'latest')}
 
