@@ -179,11 +179,12 @@ def pretrained_model_config(c: ml_collections.ConfigDict, pretrained: GPTConfig,
 
 def resumed_model_config(c: ml_collections.ConfigDict, meta: dict, overridden: frozenset[str],
                          vocab: list[str] | None) -> GPTConfig:
-  """The checkpoint's model shape, also written back into c. An override on
-  the command line that disagrees with it is an error, not a silent change."""
-  saved = meta['model_args']
-  for key in RUN_SHAPE_KEYS + ('seed',):
-    saved_value = saved[key] if key in saved else meta['config'][key]
+  """The checkpoint's model shape, seed and optimizer (its state is saved in
+  that optimizer's form), also written back into c. An override on the
+  command line that disagrees with it is an error, not a silent change."""
+  saved = {'optimizer': 'adamw'} | meta['config'] | meta['model_args']  # no optimizer key (older ones): AdamW's
+  for key in RUN_SHAPE_KEYS + ('seed', 'optimizer'):
+    saved_value = saved[key]
     if key in overridden and c[key] != saved_value:
       raise JaxGPTError(f'--config.{key}={c[key]} conflicts with the checkpoint in {c.out_dir}, '
                         f'which has {key}={saved_value}: drop the override to resume, or train '

@@ -271,6 +271,8 @@ CHECKPOINT_CASES = {
                            'a_file is a file: point out_dir at the folder a training run wrote its checkpoints to'),
     'sample from a file': (sample_('--out_dir=a_file'), 'a_file is a file: point out_dir at the folder'),
     'resume another shape': (resume('--config.n_layer=3'), '--config.n_layer=3 conflicts with the checkpoint'),
+    'resume with another optimizer': (resume('--config.optimizer=muon'), '--config.optimizer=muon conflicts with '
+                                      'the checkpoint in out, which has optimizer=adamw: drop the override'),
     'resume another vocabulary': (resume('--config.dataset=other_vocab'),
                                   'the vocabulary of dataset other_vocab differs from the one the checkpoint'),
     'scratch over checkpoints': (train('--config.out_dir=out'), 'holds checkpoints of an earlier run'),
