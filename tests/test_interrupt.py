@@ -32,6 +32,17 @@ def start(workdir, *args):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def signal_at(run: subprocess.Popen, prefix: str, signum: int) -> list[str]:
+  """Sends run signum once its stdout shows a line starting with prefix; returns the lines read until then."""
+  seen = []
+  for line in run.stdout:
+    seen.append(line)
+    if line.startswith(prefix):
+      run.send_signal(signum)
+      break
+  return seen
+
+
 def losses_from(stdout: str, first: int) -> dict[tuple[str, int], str]:
   """{('iter' | 'step', N): the loss text} for N >= first."""
   found = {}
@@ -48,12 +59,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(workdir):
   assert uninterrupted.returncode == 0, uninterrupted.stderr
 
   run = start(workdir, '--config.max_iters=1000', f'--config.out_dir={workdir / "b"}')
-  seen = []
-  for line in run.stdout:  # wait until training is under way, past the first eval
-    seen.append(line)
-    if line.startswith('iter 23:'):
-      run.send_signal(signal.SIGINT)
-      break
+  seen = signal_at(run, 'iter 23:', signal.SIGINT)  # once training is under way, past the first eval
   interrupted = finish(run)
   stdout = ''.join(seen) + interrupted.stdout
   assert interrupted.returncode == 0, stdout + interrupted.stderr
@@ -76,10 +82,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(workdir):
 def test_the_terminal_closed_sighup_saves_and_stops_as_ctrl_c(workdir):
   # an ssh session dropped: the run was killed unsaved (exit 129) after 12,566 iterations
   run = start(workdir, '--config.max_iters=1000', f'--config.out_dir={workdir / "hup"}')
-  for line in run.stdout:
-    if line.startswith('iter 5:'):
-      run.send_signal(signal.SIGHUP)
-      break
+  signal_at(run, 'iter 5:', signal.SIGHUP)
   stopped = finish(run)
   assert stopped.returncode == 0, stopped.stdout + stopped.stderr
   assert 'Traceback' not in stopped.stderr
@@ -100,12 +103,7 @@ def test_a_nohup_run_trains_on_past_sighup_to_its_end(workdir):
                           '--config.max_iters=30', f'--config.out_dir={out_dir}'],
                          cwd=workdir, env=os.environ | {'PYTHONUNBUFFERED': '1'}, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  seen = []
-  for line in run.stdout:
-    seen.append(line)
-    if line.startswith('iter 5:'):
-      run.send_signal(signal.SIGHUP)
-      break
+  seen = signal_at(run, 'iter 5:', signal.SIGHUP)
   finished = finish(run)
   stdout = ''.join(seen) + finished.stdout
   assert finished.returncode == 0, stdout + finished.stderr
